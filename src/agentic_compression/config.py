@@ -1,0 +1,55 @@
+"""Run configuration (written to config.json): every limit of the loop and of the evaluation lives here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class EvalSettings(BaseModel):
+    benchmark: str = "hellaswag"
+    limit: int = Field(default=100, gt=0, description="items of the seeded benchmark subset shared by all candidates")
+    batch_size: int = Field(default=4, gt=0)
+    ppl_tokens: int = Field(default=4096, gt=64, description="evaluation-half WikiText-2 tokens scored")
+    ppl_window: int = Field(default=512, gt=16)
+    ppl_stride: int = Field(default=256, gt=0)
+    prompt_tokens: int = Field(default=128, gt=0)
+    decode_tokens: int = Field(default=16, gt=0)
+    warmup: int = Field(default=1, ge=0)
+    repeats: int = Field(default=3, gt=0)
+    seed: int = 1234
+    threads: int | None = Field(default=None, description="torch threads in the evaluation process (None = torch's)")
+    country_iso_code: str = "USA"
+    timeout_s: int = Field(default=3600, gt=0)
+
+
+class CalibrationSettings(BaseModel):
+    source: str = Field(default="wikitext2-first-half",
+                        description="calibration text: the first half of WikiText-2 (evaluation uses the second)")
+    seed: int = 0
+
+
+class RunConfig(BaseModel):
+    model: str
+    dataset: str = "hellaswag"
+    data_dir: Path
+    output_dir: Path = Path("experiments")
+    experiment: str | None = None
+    max_episodes: int = Field(default=10, gt=0)
+    budget_hours: float = Field(default=4.0, gt=0)
+    patience: int = Field(default=5, gt=0, description="stop after this many episodes without frontier improvement")
+    policy: str = "rule"
+    online: bool = False
+    threads: int | None = None
+    history_limit: int = 100
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    # method -> parameter overrides the policy applies (e.g. fewer GPTQ samples for a quick run)
+    method_overrides: dict[str, dict] = Field(default_factory=dict)
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v):
+        if v is not None and v <= 0:
+            raise ValueError("threads must be positive")
+        return v

@@ -1,0 +1,103 @@
+"""Measurements on a loaded model: latency, perplexity, benchmark accuracy (lm-eval), energy (codecarbon)."""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return {"median": statistics.median(xs), "p25": q[0], "p75": q[2], "min": xs[0], "max": xs[-1], "n": len(xs)}
+
+
+@torch.no_grad()
+def latency(model, prompt_ids: list[int], decode_tokens: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """Prefill time of the prompt and per-token greedy decode time with the KV cache: warm-up runs are discarded,
+    then ``repeats`` runs; medians and quartiles in milliseconds."""
+    ids = torch.tensor([prompt_ids])
+    prefill, decode = [], []
+    for run in range(warmup + repeats):
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        t1 = time.perf_counter()
+        past, nxt, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), []
+        for _ in range(decode_tokens):
+            s = time.perf_counter()
+            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            steps.append((time.perf_counter() - s) * 1e3)
+        if run >= warmup:
+            prefill.append((t1 - t0) * 1e3)
+            decode.extend(steps)
+    d = _spread(decode)
+    return {"prefill_ms": _spread(prefill), "decode_ms_per_token": d, "prompt_tokens": len(prompt_ids),
+            "decode_tokens": decode_tokens, "warmup": warmup, "repeats": repeats,
+            "decode_tokens_per_s": 1e3 / d["median"]}
+
+
+@torch.no_grad()
+def perplexity(model, ids: list[int], window: int, stride: int) -> dict[str, Any]:
+    """Sliding-window perplexity (each token scored once, with up to ``window`` tokens of context)."""
+    x = torch.tensor([ids])
+    nll, count, prev_end = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + window, len(ids))
+        trg_len = end - prev_end
+        inp = x[:, begin:end]
+        target = inp.clone()
+        target[:, :-trg_len] = -100  # context already scored by the previous window
+        logits, labels = model(input_ids=inp).logits[:, :-1].float(), target[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        n = int((labels != -100).sum())
+        nll, count, prev_end = nll + float(loss), count + n, end
+        if end == len(ids):
+            break
+    return {"perplexity": math.exp(nll / count), "tokens": count, "window": window, "stride": stride}
+
+
+def accuracy(model, tokenizer, include_path: Path, task: str, batch_size: int, seed: int) -> dict[str, Any]:
+    """Zero-shot multiple-choice accuracy through lm-eval on the in-memory model; acc_norm is the headline."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    tm = TaskManager(include_path=str(include_path), include_defaults=False)
+    res = simple_evaluate(model=lm, tasks=[task], task_manager=tm, num_fewshot=0, random_seed=seed,
+                          numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                          bootstrap_iters=1000, log_samples=False)
+    r = res["results"][task]
+    n = res["n-samples"][task]["effective"]
+    return {"acc_norm": r["acc_norm,none"], "acc_norm_stderr": r["acc_norm_stderr,none"], "acc": r["acc,none"],
+            "acc_stderr": r["acc_stderr,none"], "n": n}
+
+
+class Energy:
+    """codecarbon's offline tracker around a block of work (process-attributed, no network)."""
+
+    def __init__(self, country_iso_code: str):
+        from codecarbon import OfflineEmissionsTracker
+
+        self.tracker = OfflineEmissionsTracker(country_iso_code=country_iso_code, save_to_file=False,
+                                               log_level="error", tracking_mode="process", measure_power_secs=5)
+        self.result: dict[str, Any] = {}
+
+    def __enter__(self):
+        self.tracker.start()
+        return self
+
+    def __exit__(self, *exc):
+        kg = self.tracker.stop()
+        d = self.tracker.final_emissions_data
+        self.result = {"co2_grams": float(kg) * 1e3, "energy_kwh": float(d.energy_consumed),
+                       "duration_s": float(d.duration), "cpu_power_w": float(d.cpu_power),
+                       "ram_power_w": float(d.ram_power), "cpu_model": d.cpu_model, "country": d.country_iso_code,
+                       "tracker": "codecarbon.OfflineEmissionsTracker"}
+        return False

@@ -1,0 +1,93 @@
+"""One candidate's evaluation in a fresh process, so that its peak memory, latency and energy are its own.
+
+Usage (internal): python -m agentic_compression.evaluation.worker REQUEST.json RESULT.json
+Order matters: runtime RSS is read before the checkpoint is loaded from disk; the peak (VmHWM) is read after
+load + latency and before lm-eval, whose own buffers would otherwise count as the model's."""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+
+def peak_rss_bytes() -> int:
+    """This process's RSS high-water mark. VmHWM belongs to the address space created at exec; getrusage's
+    ru_maxrss would also carry the parent's peak across fork + exec, so it is only the fallback off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main(request: Path, result: Path) -> None:
+    req = json.loads(request.read_text())
+    import torch
+    import transformers  # noqa: F401  (part of the runtime, not of the model)
+
+    from ..config import EvalSettings
+    from ..models import load
+    from . import measure
+
+    s = EvalSettings(**req["settings"])
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    rss_runtime = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    ckpt = Path(req["checkpoint"])
+    model, tok = load(ckpt)
+    load_s = time.perf_counter() - t0
+    rss_loaded = psutil.Process().memory_info().rss
+
+    prompt = req["prompt_ids"][: s.prompt_tokens]
+    lat = measure.latency(model, prompt, s.decode_tokens, s.warmup, s.repeats)
+    peak = peak_rss_bytes()
+
+    with measure.Energy(s.country_iso_code) as energy:
+        ppl = measure.perplexity(model, req["ppl_ids"][: s.ppl_tokens], s.ppl_window, s.ppl_stride)
+        acc = measure.accuracy(model, tok, Path(req["include_path"]), req["task"], s.batch_size, s.seed)
+
+    out = {
+        "accuracy": acc, "perplexity": ppl, "latency": lat, "energy": energy.result,
+        "memory": {"peak_rss_bytes": peak, "runtime_rss_bytes": rss_runtime, "loaded_rss_bytes": rss_loaded,
+                   "model_peak_bytes": peak - rss_runtime, "load_seconds": load_s, "threads": torch.get_num_threads()},
+        "size_bytes": _dir_bytes(ckpt),
+        "num_params": logical_params(model),
+    }
+    result.write_text(json.dumps(out, indent=1))
+
+
+_QUANT_AUX = ("weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "input_scale", "input_zero_point")
+
+
+def logical_params(model) -> int:
+    """Weights the network computes with: a packed weight counts as its unpacked shape; scales and zero points
+    (quantization metadata) are not parameters of the network. Tied tensors count once."""
+    import math
+
+    total, seen = 0, set()
+    for mod in model.modules():
+        tensors = dict(mod.named_parameters(recurse=False))
+        if hasattr(mod, "weight_packed"):
+            total += math.prod(int(v) for v in mod.weight_shape.tolist())
+            tensors.pop("weight_packed", None)
+        for name, t in tensors.items():
+            if id(t) not in seen and not name.endswith(_QUANT_AUX):
+                seen.add(id(t))
+                total += t.numel()
+    return total
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

