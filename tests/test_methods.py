@@ -114,3 +114,94 @@ def test_registry_reports_availability_with_reason(monkeypatch):
     ok, why = methods.get("gptq").available()
     assert not ok and "llmcompressor" in why
     assert "gptq" not in methods.available_methods()
+
+
+def test_awq_runs_on_cpu_and_stores_4bit(tiny_dir, tmp_path, ctx):
+    """llm-compressor's AWQ pins its activation cache, which fails without an accelerator; ours runs on CPU."""
+    out = _compress(tiny_dir, tmp_path, "awq", {"group_size": 32, "num_samples": 8, "seq_len": 64, "n_grid": 4}, ctx)
+    model, _ = load(out)
+    q = _unpacked(model.model.layers[1].mlp.up_proj)
+    assert q.shape == (128, 64) and q.min() >= -8 and q.max() <= 7
+    _forward_ok(out)
+
+
+@pytest.mark.parametrize("mode,cls,dtype", [("int8", "Linear8bitLt", torch.int8), ("nf4", "Linear4bit", torch.uint8)])
+def test_bitsandbytes_checkpoint_reloads_quantized(tiny_dir, tmp_path, ctx, mode, cls, dtype):
+    out = _compress(tiny_dir, tmp_path, "bnb", {"mode": mode}, ctx)
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "bitsandbytes"
+    model = _forward_ok(out)
+    lin = model.model.layers[0].self_attn.o_proj
+    assert type(lin).__name__ == cls and lin.weight.dtype == dtype
+    if mode == "nf4":  # two 4-bit values per byte
+        assert lin.weight.numel() == 64 * 64 // 2
+    assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight.dtype == torch.float32
+
+
+def _zeros(model):
+    from agentic_compression.methods.pruning import decoder_linears
+
+    return {n: (m.weight == 0).float().mean().item() for n, m in decoder_linears(model)}
+
+
+@pytest.mark.parametrize("method", ["magnitude", "sparsegpt", "wanda"])
+@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+def test_pruned_checkpoint_reloads_with_its_zeros(tiny_dir, tmp_path, ctx, method, structure):
+    params = {"sparsity": 0.5, "mask_structure": structure}
+    if method != "magnitude":
+        params |= {"num_samples": 8, "seq_len": 64}
+    out = _compress(tiny_dir, tmp_path, method, params, ctx)
+    model = _forward_ok(out)
+    zeros = _zeros(model)
+    assert len(zeros) == 14 and all(0.49 <= z <= 0.51 for z in zeros.values()), zeros
+    assert (model.model.embed_tokens.weight == 0).float().mean() < 0.01  # embedding / tied head untouched
+    if structure == "2:4":
+        w = model.model.layers[0].mlp.gate_proj.weight
+        assert ((w.reshape(-1, 4) == 0).sum(1) >= 2).all()
+
+
+def test_magnitude_keeps_the_largest_weights(tiny_dir, tmp_path, ctx):
+    ref, _ = load(tiny_dir)
+    model = _forward_ok(_compress(tiny_dir, tmp_path, "magnitude", {"sparsity": 0.3}, ctx))
+    w0, w1 = ref.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight
+    kept, dropped = w0[w1 != 0].abs(), w0[w1 == 0].abs()
+    assert dropped.max() <= kept.min() and torch.equal(w1[w1 != 0], w0[w1 != 0])
+
+
+def test_asvd_factorises_into_two_smaller_linears_and_reloads(tiny_dir, tmp_path, ctx):
+    from agentic_compression.methods.asvd import LOWRANK_FILE, LowRankLinear, rank_for
+
+    model, tok = load(tiny_dir)
+    before = sum(p.numel() for p in model.parameters())
+    m = methods.get("asvd")()
+    model = m.apply(model, tok, {"rank_ratio": 0.5, "targets": "all", "num_samples": 4, "seq_len": 32}, ctx)
+    out = tmp_path / "asvd"
+    m.save(model, tok, out)
+    ranks = json.loads((out / LOWRANK_FILE).read_text())["ranks"]
+    assert len(ranks) == 14 and ranks["model.layers.0.mlp.down_proj"] == rank_for(128, 64, 0.5) == 21
+    reloaded = _forward_ok(out)
+    down = reloaded.model.layers[0].mlp.down_proj
+    assert isinstance(down, LowRankLinear) and down.down.weight.shape == (21, 128) and down.up.weight.shape == (64, 21)
+    after = sum(p.numel() for p in reloaded.parameters())
+    assert after < before
+    from agentic_compression.spec import safetensors_params
+
+    assert safetensors_params(out)[0] < safetensors_params(tiny_dir)[0]  # fewer parameters on disk
+    ids = tok("Low rank layers", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**ids).logits, reloaded(**ids).logits, atol=1e-5)
+
+
+def test_asvd_is_the_best_rank_r_fit_in_the_activation_scaled_norm():
+    """ASVD truncates W S, so no rank-r matrix (plain SVD's included) has a smaller ||(W - W_r) S||_F."""
+    from agentic_compression.methods.asvd import factorise
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 32, bias=True)
+    scale = torch.rand(48) * 10 + 0.01  # some input channels carry far larger activations
+    asvd, svd = factorise(lin, scale, 8, alpha=1.0), factorise(lin, None, 8, alpha=0.0)
+    dense = lambda f: f.up.weight @ f.down.weight  # noqa: E731
+    err = lambda f, s: ((lin.weight - dense(f)) * s).norm().item()  # noqa: E731
+    assert err(asvd, scale) < err(svd, scale)
+    assert err(svd, torch.ones(48)) < err(asvd, torch.ones(48))  # plain SVD wins the unscaled norm
+    full = factorise(lin, scale, 32, alpha=0.5)
+    assert torch.allclose(dense(full), lin.weight, atol=1e-5) and torch.equal(full.up.bias, lin.bias)

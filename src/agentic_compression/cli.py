@@ -38,8 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", default="rule")
     r.add_argument("--limit", type=int, default=100, help="benchmark items (seeded subset shared by all candidates)")
     r.add_argument("--ppl-tokens", type=int, default=4096, help="WikiText-2 evaluation-half tokens for perplexity")
-    r.add_argument("--repeats", type=int, default=3, help="latency repeats after one warm-up")
+    r.add_argument("--repeats", type=int, default=5, help="latency repeats after one warm-up")
     r.add_argument("--threads", type=int, help="torch threads (under load, 1 can beat 2)")
+    r.add_argument("--noise-tolerance", type=float, default=0.05,
+                   help="relative latency/memory/CO2 differences treated as ties in Pareto dominance")
     r.add_argument("--seed", type=int, default=1234, help="seed of the benchmark subset and evaluation")
     r.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
                    metavar="METHOD.PARAM=VALUE", help="fix a method parameter, e.g. gptq.num_samples=32")
@@ -69,7 +71,8 @@ def _run(a) -> int:
     try:
         cfg = RunConfig(model=a.model, dataset=a.dataset, data_dir=a.data_dir, output_dir=a.output_dir,
                         experiment=a.experiment, max_episodes=a.max_episodes, budget_hours=a.budget_hours,
-                        patience=a.patience, policy=a.policy, online=a.online, threads=a.threads,
+                        patience=a.patience, policy=a.policy, noise_tolerance=a.noise_tolerance,
+                        online=a.online, threads=a.threads,
                         method_overrides=overrides,
                         eval=EvalSettings(benchmark=a.dataset, limit=a.limit, ppl_tokens=a.ppl_tokens,
                                           repeats=a.repeats, threads=a.threads, seed=a.seed))

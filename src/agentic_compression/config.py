@@ -16,7 +16,7 @@ class EvalSettings(BaseModel):
     prompt_tokens: int = Field(default=128, gt=0)
     decode_tokens: int = Field(default=16, gt=0)
     warmup: int = Field(default=1, ge=0)
-    repeats: int = Field(default=3, gt=0)
+    repeats: int = Field(default=5, gt=0)
     seed: int = 1234
     threads: int | None = Field(default=None, description="torch threads in the evaluation process (None = torch's)")
     country_iso_code: str = "USA"
@@ -42,6 +42,8 @@ class RunConfig(BaseModel):
     online: bool = False
     threads: int | None = None
     history_limit: int = 100
+    noise_tolerance: float = Field(default=0.05, ge=0, lt=1, description="relative differences in latency, memory "
+                                   "and CO2 below this are ties when comparing candidates (accuracy, size: exact)")
     eval: EvalSettings = Field(default_factory=EvalSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     # method -> parameter overrides the policy applies (e.g. fewer GPTQ samples for a quick run)

@@ -77,7 +77,9 @@ class Experiment:
                             "choose another --experiment name (nothing there was changed)")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.policy = policies.make(cfg.policy)
-        self.frontier = ParetoFrontier()
+        noise = cfg.noise_tolerance
+        self.frontier = ParetoFrontier(tolerance={"accuracy": 0.0, "latency_ms": noise, "memory_gb": noise,
+                                                  "model_size_gb": 0.0, "co2_grams": noise})
         self.episodes: list[Episode] = []
         self.hv_history: list[dict] = []
         self.baseline: EvaluationResult | None = None
@@ -261,6 +263,7 @@ class Experiment:
                            "co2_grams": "min"},
             "hypervolume": self.frontier.hypervolume(), "reference_point": "accuracy 0; each cost at "
             f"{self.frontier.ref_factor}x the baseline (objectives normalised by the baseline)",
+            "noise_tolerance": self.frontier.tolerance,
             "solutions": frontier})
         balanced = self.frontier.balanced()
         summary = {

@@ -96,7 +96,12 @@ def load(path: Path | str, threads: int | None = None):
 
     if threads:
         torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    from .methods.asvd import LOWRANK_FILE, load_lowrank
+
+    if (Path(path) / LOWRANK_FILE).exists():
+        model = load_lowrank(Path(path))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:

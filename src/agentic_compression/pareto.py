@@ -14,9 +14,22 @@ def to_min(objectives: Mapping[str, float]) -> Vector:
     return tuple(-sign * objectives[k] for k, sign in OBJECTIVES.items())
 
 
-def dominates(a: Vector, b: Vector) -> bool:
-    """a is no worse than b everywhere and strictly better somewhere (both minimised)."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+def dominates(a: Vector, b: Vector, tol: Vector | None = None) -> bool:
+    """a is no worse than b everywhere and better somewhere (both minimised). With ``tol`` (relative, per
+    objective) differences within measurement noise are ties: a must be no worse than b beyond tol everywhere and
+    better than b beyond tol somewhere."""
+    t = [abs(y) * e for y, e in zip(b, tol)] if tol else [0.0] * len(b)
+    return all(x <= y + d for x, y, d in zip(a, b, t)) and any(x < y - d for x, y, d in zip(a, b, t))
+
+
+def equivalent(a: Vector, b: Vector, tol: Vector | None = None) -> bool:
+    t = [abs(y) * e for y, e in zip(b, tol)] if tol else [0.0] * len(b)
+    return all(abs(x - y) <= d for x, y, d in zip(a, b, t))
+
+
+# Relative differences treated as noise: timings, RSS and energy vary run to run by a few percent; accuracy
+# (paired, same items) and bytes on disk are exact.
+DEFAULT_TOLERANCE = {"accuracy": 0.0, "latency_ms": 0.05, "memory_gb": 0.05, "model_size_gb": 0.0, "co2_grams": 0.05}
 
 
 def hypervolume(points: Sequence[Vector], ref: Vector) -> float:
@@ -37,10 +50,13 @@ def hypervolume(points: Sequence[Vector], ref: Vector) -> float:
 
 
 class ParetoFrontier:
-    def __init__(self, baseline: Mapping[str, float] | None = None, ref_factor: float = 2.0):
+    def __init__(self, baseline: Mapping[str, float] | None = None, ref_factor: float = 2.0,
+                 tolerance: Mapping[str, float] | None = None):
         self.solutions: list[ParetoSolution] = []
         self.baseline = dict(baseline) if baseline else None
         self.ref_factor = ref_factor
+        self.tolerance = dict(DEFAULT_TOLERANCE if tolerance is None else tolerance)
+        self.tol: Vector = tuple(self.tolerance.get(k, 0.0) for k in OBJECTIVES)
 
     # -- normalisation: every objective relative to the baseline, so no unit dominates the hypervolume --
     def _norm(self, objectives: Mapping[str, float]) -> Vector:
@@ -54,13 +70,14 @@ class ParetoFrontier:
         return tuple(0.0 if s > 0 else float(self.ref_factor) for s in OBJECTIVES.values())
 
     def add(self, solution: ParetoSolution) -> bool:
-        """Insert if no member dominates it (or equals it); drop members it dominates. True when it entered."""
+        """Insert if no member dominates it or matches it within noise; drop members it dominates.
+        True when it entered."""
         v = to_min(solution.objectives)
         for m in self.solutions:
             mv = to_min(m.objectives)
-            if dominates(mv, v) or mv == v:
+            if dominates(mv, v, self.tol) or equivalent(v, mv, self.tol):
                 return False
-        self.solutions = [m for m in self.solutions if not dominates(v, to_min(m.objectives))]
+        self.solutions = [m for m in self.solutions if not dominates(v, to_min(m.objectives), self.tol)]
         self.solutions.append(solution)
         return True
 
@@ -68,7 +85,8 @@ class ParetoFrontier:
         """Fill each member's ``dominates`` list with the ids of every evaluated candidate it dominates."""
         for s in self.solutions:
             v = to_min(s.objectives)
-            s.dominates = sorted(e for e, o in evaluated.items() if e != s.episode_id and dominates(v, to_min(o)))
+            s.dominates = sorted(e for e, o in evaluated.items()
+                                 if e != s.episode_id and dominates(v, to_min(o), self.tol))
 
     def hypervolume(self) -> float:
         return hypervolume([self._norm(s.objectives) for s in self.solutions], self.reference())

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Param(BaseModel):
@@ -16,7 +16,12 @@ class Param(BaseModel):
     low: float | None = None
     high: float | None = None
     default: Any = None
+    grid: list[Any] | None = Field(default=None, description="values a search policy tries for a numeric parameter")
     help: str = ""
+
+    def options(self) -> list[Any] | None:
+        """The discrete values a policy enumerates: the choices, else the grid, else None (keep the default)."""
+        return self.choices if self.choices is not None else self.grid
 
 
 @dataclass
@@ -35,6 +40,9 @@ class Method:
     params: ClassVar[tuple[Param, ...]] = ()
     # peak memory of applying it, as a multiple of the fp32 weights (what the resource check compares)
     memory_factor: ClassVar[float] = 2.0
+    # which measured objectives it can lower with the runtimes acf evaluates on (CPU transformers): a policy should
+    # not expect a dense-stored sparse model to be smaller or faster
+    reduces: ClassVar[tuple[str, ...]] = ("model_size_gb",)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -32,6 +32,20 @@ def linear_in_features(config: dict[str, Any]) -> set[int]:
     return {w for w in widths if w}
 
 
+def calibration_dataset(tokenizer, p: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """oneshot() keyword arguments for ``num_samples`` seeded windows of ``seq_len`` calibration tokens."""
+    from datasets import Dataset
+
+    n, seq_len = int(p["num_samples"]), int(p["seq_len"])
+    samples = ctx.calibration(tokenizer, n, seq_len)
+    ds = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]})
+    return {"dataset": ds, "num_calibration_samples": n, "max_seq_length": seq_len}
+
+
+_CALIB = (Param(name="num_samples", low=8, high=1024, default=64, help="calibration windows"),
+          Param(name="seq_len", low=64, high=4096, default=256, help="tokens per calibration window"))
+
+
 class _LLMCompressorQuant(Method):
     action = "quantization"
     requires = ("llmcompressor", "compressed_tensors")
@@ -90,9 +104,7 @@ class GPTQ(_LLMCompressorQuant):
     memory_factor = 2.5
     params = (Param(name="scheme", choices=["W4A16", "W8A16"], default="W4A16"),
               Param(name="group_size", choices=_GROUPS, default=128),
-              Param(name="num_samples", low=8, high=1024, default=64, help="calibration windows"),
-              Param(name="seq_len", low=64, high=4096, default=256, help="tokens per calibration window"),
-              Param(name="dampening_frac", low=0.001, high=0.2, default=0.01))
+              *_CALIB, Param(name="dampening_frac", low=0.001, high=0.2, default=0.01))
 
     def modifier(self, p):
         from llmcompressor.modifiers.quantization import GPTQModifier
@@ -101,9 +113,39 @@ class GPTQ(_LLMCompressorQuant):
                             dampening_frac=p["dampening_frac"])
 
     def calibration_kwargs(self, tokenizer, p, ctx):
-        from datasets import Dataset
+        return calibration_dataset(tokenizer, p, ctx)
 
-        n, seq_len = int(p["num_samples"]), int(p["seq_len"])
-        samples = ctx.calibration(tokenizer, n, seq_len)
-        ds = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]})
-        return {"dataset": ds, "num_calibration_samples": n, "max_seq_length": seq_len}
+
+@register
+class AWQ(_LLMCompressorQuant):
+    """AWQ: activation-aware scaling of salient channels, then W4A16 quantization (llm-compressor).
+    llm-compressor pins its activation cache for host-to-GPU copies; with no accelerator pin_memory() fails, so the
+    pinning (a transfer optimisation only) is skipped on CPU."""
+
+    name = "awq"
+    memory_factor = 3.0
+    params = (Param(name="scheme", choices=["W4A16"], default="W4A16"),
+              Param(name="group_size", choices=[32, 64, 128], default=128),
+              Param(name="num_samples", low=8, high=1024, default=32, help="calibration windows"), _CALIB[1],
+              Param(name="n_grid", low=2, high=40, default=10, help="scale grid points searched per layer"))
+
+    def modifier(self, p):
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+        from llmcompressor.modifiers.transform.awq import AWQModifier
+
+        return [AWQModifier(n_grid=int(p["n_grid"])),
+                QuantizationModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=["lm_head"])]
+
+    def calibration_kwargs(self, tokenizer, p, ctx):
+        return calibration_dataset(tokenizer, p, ctx)
+
+    def apply(self, model, tokenizer, params, ctx):
+        import torch
+        from unittest import mock
+
+        from llmcompressor.pipelines.cache import IntermediatesCache
+
+        if torch.accelerator.is_available():
+            return super().apply(model, tokenizer, params, ctx)
+        with mock.patch.object(IntermediatesCache, "pin_memory", lambda self, *a, **k: None):
+            return super().apply(model, tokenizer, params, ctx)

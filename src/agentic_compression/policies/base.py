@@ -33,14 +33,14 @@ class Policy(Protocol):
 
 
 def candidate_steps(view: PolicyView) -> list[Step]:
-    """Every single-step configuration of the available methods whose choice parameters fit this model
-    (numeric parameters at their defaults, then the user's overrides), not yet tried."""
+    """Every single-step configuration of the available methods that fits this model and is not yet tried:
+    choices and grids enumerated, other parameters at their defaults, then the user's overrides."""
     out = []
     for name, m in sorted(view.methods.items()):
-        choice = [p for p in m.params if p.choices is not None]
-        for combo in itertools.product(*(p.choices for p in choice)):
+        choice = [p for p in m.params if p.options() is not None and p.name not in view.overrides.get(name, {})]
+        for combo in itertools.product(*(p.options() for p in choice)):
             params = {**m.defaults(), **dict(zip((p.name for p in choice), combo)), **view.overrides.get(name, {})}
-            if m.check(params, view.model_config) is None:
+            if m.check(params, view.model_config) is None and Step(method=name, params=params) not in out:
                 out.append(Step(method=name, params=params))
     return [s for s in out if single(m_action(view, s), s).key() not in view.tried]
 

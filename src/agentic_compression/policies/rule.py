@@ -7,6 +7,7 @@ Rules:
   once one does, the 4-bit options rank up (push compression further);
 - a (method, bits) family already tried ranks down for each try, so the frontier is explored broadly first;
 - group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
+- a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
 - a method that failed ranks far down.
 """
 from __future__ import annotations
@@ -53,6 +54,7 @@ class RulePolicy:
             g = step.params.get("group_size", "absent")
             if g != "absent":
                 s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))
+            s += 0.0 if view.methods[step.method].reduces else 4.0
             return s + (5.0 if step.method in failed_methods else 0.0)
 
         best = min(steps, key=lambda st: (score(st), st.method, str(sorted(st.params.items()))))

@@ -1,0 +1,140 @@
+"""ASVD: activation-aware singular value decomposition (Yuan et al., 2023), our code on torch.
+
+Each decoder Linear W (out x in) is scaled by S = diag(mean|x|)^alpha, measured on calibration text, so that input
+channels with large activations are kept more faithfully; W S is truncated to rank r by SVD and W is replaced by two
+smaller Linears: down = sqrt(Sigma_r) V_r^T S^-1 (in -> r) and up = U_r sqrt(Sigma_r) (r -> out). alpha = 0 is plain
+SVD. ``rank_ratio`` is the fraction of each layer's parameters kept: r = ratio * in * out / (in + out).
+
+The checkpoint stores the factors and ``acf_lowrank.json`` (which modules, which ranks); ``load`` rebuilds it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import Context, Method, Param, register
+
+LOWRANK_FILE = "acf_lowrank.json"
+
+
+class LowRankLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x):
+        return self.up(self.down(x))
+
+
+def rank_for(in_f: int, out_f: int, ratio: float) -> int:
+    return max(1, int(ratio * in_f * out_f / (in_f + out_f)))
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+@torch.no_grad()
+def input_scales(model, linears: dict[str, nn.Linear], samples: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Mean absolute input activation per channel of each Linear over the calibration tokens."""
+    sums = {n: torch.zeros(m.in_features) for n, m in linears.items()}
+    count = {"tokens": 0}
+
+    def hook(name):
+        def accumulate(module, args):  # returns None: a pre-hook's return value would replace the input
+            sums[name].add_(args[0].detach().abs().reshape(-1, args[0].shape[-1]).sum(0).float())
+        return accumulate
+
+    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
+    try:
+        for s in samples:
+            model(input_ids=torch.tensor([s]))
+            count["tokens"] += len(s)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: v / count["tokens"] for n, v in sums.items()}
+
+
+@torch.no_grad()
+def factorise(linear: nn.Linear, scale: torch.Tensor | None, rank: int, alpha: float) -> LowRankLinear:
+    w = linear.weight.float()
+    s = (scale.clamp_min(1e-6) ** alpha) if scale is not None and alpha > 0 else torch.ones(w.shape[1])
+    u, sigma, vh = torch.linalg.svd(w * s, full_matrices=False)
+    root = sigma[:rank].sqrt()
+    lr = LowRankLinear(w.shape[1], w.shape[0], rank, linear.bias is not None)
+    lr.down.weight.copy_(root[:, None] * vh[:rank] / s)
+    lr.up.weight.copy_(u[:, :rank] * root)
+    if linear.bias is not None:
+        lr.up.bias.copy_(linear.bias)
+    return lr
+
+
+def lowrank_targets(model) -> dict[str, nn.Linear]:
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and n.startswith("model.layers.") and "lm_head" not in n}
+
+
+@register
+class ASVD(Method):
+    name = "asvd"
+    action = "asvd"
+    requires = ()
+    memory_factor = 2.0
+    reduces = ("model_size_gb", "memory_gb", "latency_ms")
+    params = (Param(name="rank_ratio", low=0.1, high=0.95, default=0.8, grid=[0.6, 0.8, 0.9],
+                    help="fraction of each factorised layer's parameters kept"),
+              Param(name="alpha", low=0.0, high=1.0, default=0.5, help="activation scaling exponent (0 = plain SVD)"),
+              Param(name="targets", choices=["mlp", "attention", "all"], default="mlp"),
+              Param(name="num_samples", low=1, high=1024, default=16, help="calibration windows"),
+              Param(name="seq_len", low=16, high=4096, default=256))
+
+    def apply(self, model, tokenizer, params, ctx: Context):
+        p = {**self.defaults(), **params}
+        keep = {"mlp": (".mlp.",), "attention": (".self_attn.",), "all": (".mlp.", ".self_attn.")}[p["targets"]]
+        linears = {n: m for n, m in lowrank_targets(model).items() if any(k in n for k in keep)}
+        scales = input_scales(model, linears, ctx.calibration(tokenizer, int(p["num_samples"]), int(p["seq_len"]))) \
+            if p["alpha"] > 0 else {}
+        ranks = {}
+        for n, lin in linears.items():
+            r = rank_for(lin.in_features, lin.out_features, p["rank_ratio"])
+            if r * (lin.in_features + lin.out_features) >= lin.in_features * lin.out_features:
+                continue  # no saving at this ratio
+            _set(model, n, factorise(lin, scales.get(n), r, p["alpha"]))
+            ranks[n] = r
+        if not ranks:
+            raise ValueError(f"rank_ratio {p['rank_ratio']} saves nothing on any targeted layer")
+        model._acf_lowrank = ranks
+        return model
+
+    def save(self, model, tokenizer, out: Path) -> None:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / LOWRANK_FILE).write_text(json.dumps({"format": "acf-lowrank-v1", "ranks": model._acf_lowrank}))
+
+
+def load_lowrank(path: Path):
+    """Rebuild the factorised architecture from config.json + acf_lowrank.json and load the stored factors."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ranks = json.loads((path / LOWRANK_FILE).read_text())["ranks"]
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+    for n, r in ranks.items():
+        lin = model.get_submodule(n)
+        _set(model, n, LowRankLinear(lin.in_features, lin.out_features, r, lin.bias is not None))
+    state = {}
+    for f in sorted(path.glob("*.safetensors")):
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"low-rank checkpoint {path} does not match its map: missing {missing}, "
+                         f"unexpected {unexpected}")
+    model.tie_weights()
+    return model.eval()
