@@ -52,7 +52,9 @@ def _unpacked(linear):
 
 @pytest.mark.parametrize("method,params", [("rtn", {"scheme": "W4A16", "group_size": 32}),
                                            ("gptq", {"scheme": "W4A16", "group_size": 64, "num_samples": 4,
-                                                     "seq_len": 32})])
+                                                     "seq_len": 32}),
+                                           ("autoround", {"scheme": "W4A16", "group_size": 32, "iters": 3,
+                                                          "num_samples": 8, "seq_len": 32, "batch_size": 4})])
 def test_4bit_checkpoint_reloads_holding_4bit_values(tiny_dir, tmp_path, ctx, method, params):
     out = _compress(tiny_dir, tmp_path, method, params, ctx)
     qcfg = json.loads((out / "config.json").read_text())["quantization_config"]
@@ -205,3 +207,37 @@ def test_asvd_is_the_best_rank_r_fit_in_the_activation_scaled_norm():
     assert err(svd, torch.ones(48)) < err(asvd, torch.ones(48))  # plain SVD wins the unscaled norm
     full = factorise(lin, scale, 32, alpha=0.5)
     assert torch.allclose(dense(full), lin.weight, atol=1e-5) and torch.equal(full.up.bias, lin.bias)
+
+
+@pytest.mark.parametrize("granularity,ratio,field,expected", [("mlp", 0.25, "intermediate_size", 96),
+                                                               ("head", 0.5, "num_key_value_heads", 1),
+                                                               ("layer", 0.5, "num_hidden_layers", 1)])
+def test_structured_pruning_removes_structure_into_a_smaller_config(tiny_dir, tmp_path, ctx, granularity, ratio,
+                                                                     field, expected):
+    ref, _ = load(tiny_dir)
+    out = _compress(tiny_dir, tmp_path, "structured",
+                    {"granularity": granularity, "ratio": ratio, "num_samples": 4, "seq_len": 32}, ctx)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg[field] == expected
+    model = _forward_ok(out)  # a plain transformers checkpoint: the smaller config loads as is
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in ref.parameters())
+    if granularity == "head":
+        assert cfg["num_attention_heads"] == 2 and model.model.layers[0].self_attn.q_proj.weight.shape == (32, 64)
+    if granularity == "mlp":
+        assert model.model.layers[1].mlp.down_proj.weight.shape == (64, 96)
+    with torch.no_grad():  # generation with the KV cache works on the pruned model
+        tok = load(out)[1]
+        model.generate(**tok("Once upon a time", return_tensors="pt"), max_new_tokens=4, do_sample=False)
+
+
+def test_structured_mlp_pruning_keeps_the_channels_that_matter(tiny_dir, ctx):
+    """A channel whose down-projection column is zero contributes nothing: it must be among the first removed."""
+    from agentic_compression.methods.structured import prune_mlp
+
+    model, tok = load(tiny_dir)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[:, :8] = 0
+        gate_before = model.model.layers[0].mlp.gate_proj.weight[8:].clone()
+    prune_mlp(model, ctx.calibration(tok, 4, 32), ratio=0.0625)  # 128 -> 120 channels: exactly 8 go
+    kept_gate = model.model.layers[0].mlp.gate_proj.weight
+    assert kept_gate.shape == (120, 64) and torch.equal(kept_gate, gate_before)

@@ -149,3 +149,28 @@ class AWQ(_LLMCompressorQuant):
             return super().apply(model, tokenizer, params, ctx)
         with mock.patch.object(IntermediatesCache, "pin_memory", lambda self, *a, **k: None):
             return super().apply(model, tokenizer, params, ctx)
+
+
+@register
+class AutoRound(_LLMCompressorQuant):
+    """AutoRound (Intel auto-round, run through llm-compressor's AutoRoundModifier): sign-gradient tuning of
+    rounding and clipping per decoder block. Saved as compressed-tensors, so it reloads like GPTQ/AWQ (fp32 compute
+    after load, instead of auto-round's own fp16 QuantLinear that is ~25x slower on CPU)."""
+
+    name = "autoround"
+    requires = ("llmcompressor", "compressed_tensors", "auto_round")
+    memory_factor = 3.0
+    params = (Param(name="scheme", choices=["W4A16", "W8A16"], default="W4A16"),
+              Param(name="group_size", choices=[32, 64, 128], default=128),
+              Param(name="iters", low=1, high=1000, default=20, help="tuning steps per decoder block"),
+              Param(name="num_samples", low=8, high=1024, default=32, help="calibration windows"), _CALIB[1],
+              Param(name="batch_size", low=1, high=64, default=8))
+
+    def modifier(self, p):
+        from llmcompressor.modifiers.autoround import AutoRoundModifier
+
+        return AutoRoundModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=["lm_head"],
+                                 iters=int(p["iters"]), batch_size=int(p["batch_size"]), enable_torch_compile=False)
+
+    def calibration_kwargs(self, tokenizer, p, ctx):
+        return calibration_dataset(tokenizer, p, ctx)
