@@ -241,3 +241,83 @@ def test_structured_mlp_pruning_keeps_the_channels_that_matter(tiny_dir, ctx):
     prune_mlp(model, ctx.calibration(tok, 4, 32), ratio=0.0625)  # 128 -> 120 channels: exactly 8 go
     kept_gate = model.model.layers[0].mlp.gate_proj.weight
     assert kept_gate.shape == (120, 64) and torch.equal(kept_gate, gate_before)
+
+
+def _run_chain(tiny_dir, tmp_path, ctx, chain):
+    from agentic_compression.schemas import Step, Strategy
+    from agentic_compression.workers import apply_strategy
+
+    out = tmp_path / "chain" / "ckpt"
+    out.parent.mkdir()
+    res = apply_strategy(Strategy(action="pipeline", steps=[Step(method=m, params=p) for m, p in chain]),
+                         tiny_dir, out, ctx)
+    assert res.error is None, res.error
+    assert not list(out.parent.glob(".stage-*"))  # scratch copies between steps are cleaned up
+    return out
+
+
+@pytest.fixture
+def train_ctx(ctx, tiny_dir):
+    return Context(calibration=ctx.calibration, extras={"teacher": tiny_dir})
+
+
+def test_qlora_trains_an_adapter_on_an_nf4_base(tiny_dir, tmp_path, train_ctx):
+    out = _run_chain(tiny_dir, tmp_path, train_ctx, [("qlora", {"steps": 3, "seq_len": 32, "lr": 1e-3})])
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    model = _forward_ok(out)
+    lin = model.model.layers[0].mlp.up_proj
+    assert type(lin.base_layer).__name__ == "Linear4bit"
+    assert lin.lora_B["default"].weight.abs().sum() > 0  # peft starts B at zero: nonzero means trained and loaded
+
+
+def test_lora_after_4bit_quantization_keeps_the_packed_base(tiny_dir, tmp_path, train_ctx):
+    out = _run_chain(tiny_dir, tmp_path, train_ctx, [("rtn", {"scheme": "W4A16", "group_size": 32}),
+                                                     ("lora", {"steps": 3, "seq_len": 32, "lr": 1e-3})])
+    import struct
+
+    with open(out / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    assert header["model.layers.0.mlp.up_proj.weight_packed"]["dtype"] == "I32"  # still 4-bit on disk
+    model = _forward_ok(out)
+    assert model.model.layers[1].self_attn.q_proj.lora_B["default"].weight.abs().sum() > 0
+
+
+def test_lora_recovery_of_a_pruned_model_merges_and_keeps_the_zeros(tiny_dir, tmp_path, train_ctx):
+    pruned = _forward_ok(_compress(tiny_dir, tmp_path, "magnitude", {"sparsity": 0.5}, train_ctx))
+    out = _run_chain(tiny_dir, tmp_path, train_ctx, [("magnitude", {"sparsity": 0.5}),
+                                                     ("lora", {"steps": 3, "seq_len": 32, "lr": 1e-3})])
+    assert not (out / "adapter").exists()  # merged into the float weights
+    model = _forward_ok(out)
+    w, w0 = model.model.layers[0].mlp.up_proj.weight, pruned.model.layers[0].mlp.up_proj.weight
+    assert torch.equal(w == 0, w0 == 0) and not torch.equal(w, w0)
+
+
+def test_distillation_moves_a_pruned_student_towards_the_teacher(tiny_dir, tmp_path, train_ctx, data_dir):
+    from agentic_compression.data import calibration_samples
+
+    teacher, tok = load(tiny_dir)
+    x = torch.tensor(calibration_samples(tok, data_dir, 2, 32, seed=77))
+
+    def kl(model):
+        with torch.no_grad():
+            t, s = torch.log_softmax(teacher(input_ids=x).logits, -1), torch.log_softmax(model(input_ids=x).logits, -1)
+            return torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean").item()
+
+    pruned = _forward_ok(_compress(tiny_dir, tmp_path, "magnitude", {"sparsity": 0.5}, train_ctx))
+    out = _run_chain(tiny_dir, tmp_path, train_ctx, [("magnitude", {"sparsity": 0.5}),
+                                                     ("distill", {"steps": 20, "seq_len": 32, "lr": 1e-3})])
+    student = _forward_ok(out)
+    assert kl(student) < kl(pruned)
+    assert (student.model.layers[0].mlp.up_proj.weight == 0).float().mean() >= 0.5  # still pruned
+
+
+def test_distillation_refuses_a_quantized_student(tiny_dir, tmp_path, train_ctx):
+    from agentic_compression.schemas import Step, Strategy
+    from agentic_compression.workers import apply_strategy
+
+    out = tmp_path / "d" / "ckpt"
+    out.parent.mkdir()
+    res = apply_strategy(Strategy(action="pipeline", steps=[Step(method="bnb", params={"mode": "nf4"}),
+                                                            Step(method="distill", params={"steps": 2})]),
+                         tiny_dir, out, train_ctx)
+    assert res.failed_step == 1 and "before quantization" in res.error and not out.exists()

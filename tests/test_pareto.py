@@ -1,5 +1,3 @@
-import math
-
 import pytest
 
 from agentic_compression.pareto import ParetoFrontier, dominates, hypervolume, to_min

@@ -96,12 +96,19 @@ def load(path: Path | str, threads: int | None = None):
 
     if threads:
         torch.set_num_threads(threads)
-    from .methods.asvd import LOWRANK_FILE, load_lowrank
+    from .methods.asvd import load_lowrank
+    from .methods.base import ADAPTER_DIR, LOWRANK_FILE
 
-    if (Path(path) / LOWRANK_FILE).exists():
-        model = load_lowrank(Path(path))
+    path = Path(path)
+    if (path / LOWRANK_FILE).exists():
+        model = load_lowrank(path)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    if (path / ADAPTER_DIR / "adapter_config.json").exists():  # LoRA kept beside a quantized base
+        if any(hasattr(m, "weight_packed") for m in model.modules()):
+            with torch.no_grad():  # compressed-tensors unpacks on the first forward; peft needs the float weight
+                model(input_ids=torch.tensor([[0]]))
+        model.load_adapter(str(path / ADAPTER_DIR))
     model.eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:

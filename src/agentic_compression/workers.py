@@ -3,6 +3,7 @@ A step that raises makes the whole strategy fail, recording which step and why; 
 from __future__ import annotations
 
 import shutil
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,29 @@ class WorkResult:
     failed_step: int | None = None
 
 
+def ct_quantized(model) -> bool:
+    """llm-compressor's quantized modules (a compressed-tensors scheme attached) only become plain float Linears
+    that another library (peft, torch training) can work on after a save and reload."""
+    return any(hasattr(m, "quantization_scheme") for m in model.modules())
+
+
+def roundtrip(model, tok, scratch: Path):
+    """Save and reload through transformers, which unpacks compressed-tensors weights on the first forward, so the
+    next step (LoRA) sees float weights on the quantization grid. The saved folder stays the model's source: if the
+    next step leaves the base weights alone, the final checkpoint copies it instead of re-saving."""
+    import torch
+
+    from .methods.base import save_model
+
+    stage = Path(tempfile.mkdtemp(dir=scratch, prefix=".stage-"))
+    save_model(model, tok, stage)
+    model, _ = load(stage)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[tok.eos_token_id or 0]]))
+    model._acf_source = stage
+    return model
+
+
 def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, threads: int | None = None) -> WorkResult:
     """Load ``base`` from disk, apply each step in order, save to ``out``. On failure ``out`` is removed."""
     if not strategy.steps:
@@ -30,6 +54,8 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
         for step_i, step in enumerate(strategy.steps):
             if step.condition:
                 raise ValueError(f"conditional steps are not supported yet (condition {step.condition!r})")
+            if step_i and ct_quantized(model):
+                model = roundtrip(model, tok, out.parent)
             method = get(step.method)()
             model = method.apply(model, tok, dict(step.params), ctx)
         method.save(model, tok, out)
@@ -39,3 +65,6 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
         tb = traceback.format_exc(limit=-3)
         return WorkResult(None, f"step {step_i} ({strategy.steps[step_i].method}) failed: "
                                 f"{type(e).__name__}: {e}\n{tb}", step_i)
+    finally:
+        for stage in out.parent.glob(".stage-*"):
+            shutil.rmtree(stage, ignore_errors=True)

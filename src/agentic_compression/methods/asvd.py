@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import Context, Method, Param, register
+from .base import LOWRANK_FILE, Context, Method, Param, register
 
-LOWRANK_FILE = "acf_lowrank.json"
 
 
 class LowRankLinear(nn.Module):
@@ -112,10 +111,6 @@ class ASVD(Method):
         model._acf_lowrank = ranks
         return model
 
-    def save(self, model, tokenizer, out: Path) -> None:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        (out / LOWRANK_FILE).write_text(json.dumps({"format": "acf-lowrank-v1", "ranks": model._acf_lowrank}))
 
 
 def load_lowrank(path: Path):

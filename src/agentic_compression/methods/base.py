@@ -71,9 +71,40 @@ class Method:
         """Compress ``model`` (in place or not) and return the model to save."""
         raise NotImplementedError
 
+    # a method that only makes sense after another (LoRA recovery, distillation) is offered in pipelines only
+    standalone: ClassVar[bool] = True
+
     def save(self, model, tokenizer, out: Path) -> None:
+        save_model(model, tokenizer, out)
+
+
+def save_model(model, tokenizer, out: Path) -> None:
+    """Save in the format the model is in now, whichever step put it there: compressed-tensors when a quantization
+    scheme is attached (llm-compressor), bitsandbytes/dense through transformers; low-rank factor map and LoRA
+    adapters (peft, unmerged) beside it. A quantized model reloaded unchanged between pipeline steps
+    (``_acf_source``) is written by copying its checkpoint: re-saving unpacked weights would store them as fp32."""
+    import json
+    import shutil
+
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out / ADAPTER_DIR)  # before unload(), which strips the adapter layers
+        model = model.unload()
+    source = getattr(model, "_acf_source", None)
+    if source is not None:
+        shutil.copytree(source, out, dirs_exist_ok=True)
+    elif any(hasattr(m, "quantization_scheme") for m in model.modules()):
+        model.save_pretrained(out, save_compressed=True)
+    else:
         model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if getattr(model, "_acf_lowrank", None):
+        (out / LOWRANK_FILE).write_text(json.dumps({"format": "acf-lowrank-v1", "ranks": model._acf_lowrank}))
+
+
+LOWRANK_FILE = "acf_lowrank.json"
+ADAPTER_DIR = "adapter"
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -4,7 +4,6 @@ BitsAndBytesConfig; the saved checkpoint carries that config, so it reloads quan
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 from .base import Context, Method, Param, register
 
@@ -50,6 +49,3 @@ class BitsAndBytes(Method):
         p = {**self.defaults(), **params}
         return load_quantized(model, tokenizer, p["mode"], p["double_quant"])
 
-    def save(self, model, tokenizer, out: Path) -> None:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)

@@ -2,7 +2,6 @@
 (loadable by transformers and vLLM). The tied lm_head stays unquantized (lm-eval's HFLM re-ties it)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from .base import Context, Method, Param, register
@@ -76,9 +75,6 @@ class _LLMCompressorQuant(Method):
     def calibration_kwargs(self, tokenizer, p, ctx) -> dict[str, Any]:
         return {}
 
-    def save(self, model, tokenizer, out: Path) -> None:
-        model.save_pretrained(out, save_compressed=True)
-        tokenizer.save_pretrained(out)
 
 
 @register

@@ -76,9 +76,6 @@ class _LLMCompressorPruner(_Pruner):
         oneshot(model=model, recipe=self.modifier(p), **calibration_dataset(tokenizer, p, ctx))
         return model
 
-    def save(self, model, tokenizer, out):
-        model.save_pretrained(out, save_compressed=True)
-        tokenizer.save_pretrained(out)
 
 
 @register

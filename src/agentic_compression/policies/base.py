@@ -37,6 +37,8 @@ def candidate_steps(view: PolicyView) -> list[Step]:
     choices and grids enumerated, other parameters at their defaults, then the user's overrides."""
     out = []
     for name, m in sorted(view.methods.items()):
+        if not m.standalone:
+            continue
         choice = [p for p in m.params if p.options() is not None and p.name not in view.overrides.get(name, {})]
         for combo in itertools.product(*(p.options() for p in choice)):
             params = {**m.defaults(), **dict(zip((p.name for p in choice), combo)), **view.overrides.get(name, {})}
