@@ -21,6 +21,7 @@ from .errors import UserError
 from .evaluation import Evaluator
 from .evaluation.measure import Energy
 from .pareto import ParetoFrontier
+from .pipelines import Probe
 from .policies import PolicyView
 from .report import write_visualization
 from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, ParetoSolution, Strategy
@@ -86,6 +87,7 @@ class Experiment:
         self.t0 = time.monotonic()
         self.work_dir = self.dir / ".work"
         self._calib_cache: dict[tuple, list[list[int]]] = {}
+        self.probe = Probe(cfg.data_dir, self.model_path)
 
     # ---- calibration: one seeded set per (n, seq_len), reused by every method of the experiment ----
     def calibration(self, tokenizer, n: int, seq_len: int) -> list[list[int]]:
@@ -197,11 +199,12 @@ class Experiment:
         ep_dir.mkdir(exist_ok=True)
         write_json(ep_dir / "strategy.json", strategy.model_dump())
         base = self.model_path if strategy.base == "base" else self._checkpoint_of(strategy.base)
-        ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed)
+        ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed, probe=self.probe,
+                              extras={"teacher": self.model_path})
         self._started, t = _now(), time.perf_counter()
         with Energy(self.cfg.eval.country_iso_code) as energy:
             res = apply_strategy(strategy, base, ep_dir / "checkpoint", ctx, self.cfg.threads)
-        self._compress = {"seconds": time.perf_counter() - t, "energy": energy.result}
+        self._compress = {"seconds": time.perf_counter() - t, "energy": energy.result, "steps": res.steps}
         return {"compressed_model_path": str(res.checkpoint) if res.checkpoint else None,
                 "current_error": res.error, "failed_step": res.failed_step, "current_result": None}
 
@@ -232,6 +235,7 @@ class Experiment:
             error=None if ok else state.get("current_error"), failed_step=state.get("failed_step"),
             checkpoint=state.get("compressed_model_path") if ok else None,
             compress_seconds=self._compress["seconds"], compress_energy=self._compress["energy"],
+            step_log=self._compress["steps"],
             started_at=self._started, finished_at=_now())
         self.episodes.append(ep)
         improved = False

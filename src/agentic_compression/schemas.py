@@ -108,6 +108,7 @@ class Episode(BaseModel):
     checkpoint: str | None = None
     compress_seconds: float = 0.0
     compress_energy: dict[str, Any] = Field(default_factory=dict, description="codecarbon, around the workers")
+    step_log: list[dict[str, Any]] = Field(default_factory=list, description="per step: ran or skipped, and why")
     started_at: str
     finished_at: str
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .methods import Context, get
+from .methods.base import save_model
 from .models import load
 from .schemas import Strategy
 
@@ -18,6 +19,8 @@ class WorkResult:
     checkpoint: Path | None
     error: str | None = None
     failed_step: int | None = None
+    # per step: ran / skipped, and the probe facts its condition was decided on
+    steps: list[dict] = field(default_factory=list)
 
 
 def ct_quantized(model) -> bool:
@@ -32,8 +35,6 @@ def roundtrip(model, tok, scratch: Path):
     next step leaves the base weights alone, the final checkpoint copies it instead of re-saving."""
     import torch
 
-    from .methods.base import save_model
-
     stage = Path(tempfile.mkdtemp(dir=scratch, prefix=".stage-"))
     save_model(model, tok, stage)
     model, _ = load(stage)
@@ -45,26 +46,36 @@ def roundtrip(model, tok, scratch: Path):
 
 def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, threads: int | None = None) -> WorkResult:
     """Load ``base`` from disk, apply each step in order, save to ``out``. On failure ``out`` is removed."""
+    from .pipelines import holds, validate
+
     if not strategy.steps:
         return WorkResult(None, "the strategy has no steps", 0)
-    step_i = 0
+    if err := validate(strategy):
+        return WorkResult(None, err, int(err.split()[1].rstrip(":")))
+    step_i, log = 0, []
     try:
         model, tok = load(base, threads)
-        method = None
         for step_i, step in enumerate(strategy.steps):
             if step.condition:
-                raise ValueError(f"conditional steps are not supported yet (condition {step.condition!r})")
+                if ctx.probe is None:
+                    raise ValueError("conditional step but no probe to decide it")
+                facts = ctx.probe(model, tok)
+                if not holds(step.condition, facts):
+                    log.append({"step": step_i, "method": step.method, "ran": False, "facts": facts})
+                    continue
+                log.append({"step": step_i, "method": step.method, "ran": True, "facts": facts})
+            else:
+                log.append({"step": step_i, "method": step.method, "ran": True})
             if step_i and ct_quantized(model):
                 model = roundtrip(model, tok, out.parent)
-            method = get(step.method)()
-            model = method.apply(model, tok, dict(step.params), ctx)
-        method.save(model, tok, out)
-        return WorkResult(out)
+            model = get(step.method)().apply(model, tok, dict(step.params), ctx)
+        save_model(model, tok, out)
+        return WorkResult(out, steps=log)
     except Exception as e:  # recorded on the episode as its error; the episode is 'failed'
         shutil.rmtree(out, ignore_errors=True)
         tb = traceback.format_exc(limit=-3)
         return WorkResult(None, f"step {step_i} ({strategy.steps[step_i].method}) failed: "
-                                f"{type(e).__name__}: {e}\n{tb}", step_i)
+                                f"{type(e).__name__}: {e}\n{tb}", step_i, log)
     finally:
         for stage in out.parent.glob(".stage-*"):
             shutil.rmtree(stage, ignore_errors=True)

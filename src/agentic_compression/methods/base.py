@@ -30,7 +30,8 @@ class Context:
 
     calibration: Callable[[Any, int, int], list[list[int]]]  # (tokenizer, n, seq_len) -> token windows
     seed: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # "teacher": the base model's folder (distillation)
+    probe: Callable[[Any, Any], dict[str, float]] | None = None  # (model, tokenizer) -> facts for step conditions
 
 
 class Method:

@@ -8,12 +8,15 @@ Rules:
 - a (method, bits) family already tried ranks down for each try, so the frontier is explored broadly first;
 - group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
 - a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
-- a method that failed ranks far down.
+- a method that failed ranks far down;
+- the seed's pipeline templates compete too, scored by their compressing steps; a template with a recovery step
+  (LoRA, distillation) ranks up once its compressing family was tried and quality was not kept.
 """
 from __future__ import annotations
 
 import math
 
+from ..pipelines import TEMPLATES, instantiate
 from ..schemas import Step, Strategy
 from .base import PolicyView, candidate_steps, m_action, single
 
@@ -31,8 +34,12 @@ class RulePolicy:
     name = "rule"
 
     def decide(self, view: PolicyView) -> Strategy:
-        steps = candidate_steps(view)
-        if not steps:
+        candidates = [single(m_action(view, st), st) for st in candidate_steps(view)]
+        for name in TEMPLATES:
+            t = instantiate(name, view.model_config, view.methods, view.overrides)
+            if t is not None and t.key() not in view.tried and t.key() not in {c.key() for c in candidates}:
+                candidates.append(t)
+        if not candidates:
             return Strategy(action="end", reasoning="every configuration of the available methods was tried",
                             policy=self.name)
         quality_kept = self._quality_kept(view)
@@ -57,13 +64,22 @@ class RulePolicy:
             s += 0.0 if view.methods[step.method].reduces else 4.0
             return s + (5.0 if step.method in failed_methods else 0.0)
 
-        best = min(steps, key=lambda st: (score(st), st.method, str(sorted(st.params.items()))))
-        why = (f"{best.method} is rank {pref.index(best.method) + 1 if best.method in pref else 'unranked'} "
-               f"for a {view.spec.size_class} model; "
-               + ("a compressed candidate already keeps baseline accuracy, so push to fewer bits"
-                  if quality_kept else "no compressed candidate keeps baseline accuracy yet, so quality is favoured")
-               + f"; {len(steps)} untried configurations left")
-        return single(m_action(view, best), best, reasoning=why, policy=self.name)
+        def score_strategy(st: Strategy) -> float:
+            compressing = [x for x in st.steps if view.methods[x.method].standalone]
+            s = min(score(x) for x in compressing) + 0.3 * (len(st.steps) - 1)
+            recovers = len(compressing) < len(st.steps)
+            if recovers and not quality_kept and any(tried_families.get(_family(x)) for x in compressing):
+                s -= 1.5
+            return s
+
+        best = min(candidates, key=lambda c: (score_strategy(c), c.key()))
+        lead = next(x for x in best.steps if view.methods[x.method].standalone)
+        why = (f"{best.reasoning + ': ' if best.reasoning else ''}{lead.method} is rank "
+               f"{pref.index(lead.method) + 1 if lead.method in pref else 'unranked'} for a {view.spec.size_class} "
+               "model; " + ("a compressed candidate already keeps baseline accuracy, so push to fewer bits"
+                            if quality_kept else "no compressed candidate keeps baseline accuracy yet, so quality "
+                            "is favoured") + f"; {len(candidates)} untried strategies left")
+        return best.model_copy(update={"reasoning": why, "policy": self.name})
 
     @staticmethod
     def _quality_kept(view: PolicyView) -> bool:

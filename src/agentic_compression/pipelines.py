@@ -1,0 +1,101 @@
+"""Multi-step strategies: the seed's pipeline templates and conditional steps.
+
+A condition is ``<metric> <op> <number>`` over a cheap probe of the model as it is at that step, measured on a
+held-out slice of the *calibration* half of the text (never evaluation text):
+- ``ppl_ratio``: probe perplexity now / the base model's on the same tokens.
+Example: ``ppl_ratio > 1.05`` runs LoRA recovery only when the earlier steps cost more than 5% perplexity."""
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any, Callable
+
+from .methods import get
+from .schemas import Step, Strategy
+
+_COND = re.compile(r"^\s*(ppl_ratio)\s*(>=|<=|>|<)\s*([0-9]*\.?[0-9]+)\s*$")
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+METRICS = ("ppl_ratio",)
+
+
+def parse_condition(text: str) -> tuple[str, Callable[[float, float], bool], float]:
+    m = _COND.match(text)
+    if not m:
+        raise ValueError(f"condition {text!r} is not '<metric> <op> <number>' with metric in {METRICS} "
+                         "and op in > >= < <=")
+    return m.group(1), _OPS[m.group(2)], float(m.group(3))
+
+
+def holds(text: str, facts: dict[str, float]) -> bool:
+    metric, op, value = parse_condition(text)
+    return op(facts[metric], value)
+
+
+AUTO = "auto"  # a group size chosen per model: the largest of 128, 64, 32 that divides every Linear width
+
+TEMPLATES: dict[str, list[Step]] = {
+    "quick_eval": [Step(method="rtn", params={"scheme": "W4A16", "group_size": AUTO})],
+    "accuracy_focus": [Step(method="gptq", params={"scheme": "W8A16", "group_size": AUTO})],
+    "balanced_quality": [
+        Step(method="gptq", params={"scheme": "W4A16", "group_size": AUTO}),
+        Step(method="lora", params={"steps": 30}, condition="ppl_ratio > 1.05"),
+    ],
+    "aggressive_compression": [
+        Step(method="structured", params={"granularity": "mlp", "ratio": 0.2}),
+        Step(method="distill", params={"steps": 30}, condition="ppl_ratio > 1.1"),
+        Step(method="gptq", params={"scheme": "W4A16", "group_size": AUTO}),
+    ],
+}
+
+
+def instantiate(name: str, config: dict[str, Any], available: dict, overrides: dict | None = None) -> Strategy | None:
+    """The template as a concrete strategy for this model, or None when a method is unavailable here or no
+    parameters fit (the reason is not an error: the template just does not apply)."""
+    steps = []
+    for st in TEMPLATES[name]:
+        if st.method not in available:
+            return None
+        params = {**st.params, **(overrides or {}).get(st.method, {})}
+        if params.get("group_size") == AUTO:
+            fits = [g for g in (128, 64, 32) if get(st.method).check({**params, "group_size": g}, config) is None]
+            if not fits:
+                return None
+            params["group_size"] = fits[0]
+        if get(st.method).check(params, config) is not None:
+            return None
+        steps.append(Step(method=st.method, params=params, condition=st.condition))
+    return Strategy(action="pipeline", steps=steps, reasoning=f"template {name}")
+
+
+def validate(strategy: Strategy) -> str | None:
+    """Why a strategy cannot run as written (unknown method, bad condition), or None."""
+    for i, st in enumerate(strategy.steps):
+        try:
+            get(st.method)
+            if st.condition:
+                parse_condition(st.condition)
+        except (KeyError, ValueError) as e:
+            return f"step {i}: {e}"
+    return None
+
+
+class Probe:
+    """The facts conditions are decided on; the base model's side is measured once and cached."""
+
+    def __init__(self, data_dir, base_path, tokens: int = 1024):
+        self.data_dir, self.base_path, self.tokens = data_dir, base_path, tokens
+        self._base: float | None = None
+
+    def _ppl(self, model, tokenizer) -> float:
+        from .data import wikitext_halves
+        from .evaluation.measure import perplexity
+
+        ids = tokenizer(wikitext_halves(self.data_dir)[0][-20000:], add_special_tokens=False)["input_ids"]
+        return perplexity(model, ids[-self.tokens:], 512, 512)["perplexity"]
+
+    def __call__(self, model, tokenizer) -> dict[str, float]:
+        if self._base is None:
+            from .models import load
+
+            self._base = self._ppl(*load(self.base_path))
+        return {"ppl_ratio": self._ppl(model, tokenizer) / self._base}
