@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/methods.py --model smollm2-135m --data-dir ../shared/data [--only gptq,rtn] [--ppl-tokens 4096]
 
-Each checkpoint is saved, reloaded from disk, and scored on the same evaluation-half tokens (the calibration
+Each case (one method, or a pipeline of steps) runs through the workers' apply_strategy; its checkpoint is
+saved, reloaded from disk, and scored on the same evaluation-half tokens (the calibration
 windows come from the other half). Prints a Markdown table."""
 from __future__ import annotations
 
@@ -17,21 +18,30 @@ import torch
 from agentic_compression import data, methods, models
 from agentic_compression.evaluation.measure import perplexity
 from agentic_compression.evaluation.worker import logical_params
+from agentic_compression.schemas import Step, Strategy
+from agentic_compression.workers import apply_strategy
 
-# (method, params): group size 64 because SmolLM2's width 576 is not a multiple of 128
+# each case is a list of (method, params) steps; group size 64 because SmolLM2's width 576 is not a multiple of 128
 CASES = [
-    ("rtn", {"scheme": "W8A8", "group_size": None}),
-    ("rtn", {"scheme": "W4A16", "group_size": 64}),
-    ("gptq", {"scheme": "W4A16", "group_size": 64}),
-    ("awq", {"scheme": "W4A16", "group_size": 64}),
-    ("bnb", {"mode": "int8"}),
-    ("bnb", {"mode": "nf4"}),
-    ("asvd", {"rank_ratio": 0.8, "alpha": 0.5, "targets": "mlp"}),
-    ("asvd", {"rank_ratio": 0.8, "alpha": 0.0, "targets": "mlp"}),  # plain SVD at the same ranks
-    ("magnitude", {"sparsity": 0.5}),
-    ("wanda", {"sparsity": 0.5}),
-    ("sparsegpt", {"sparsity": 0.5}),
-    ("sparsegpt", {"sparsity": 0.5, "mask_structure": "2:4"}),
+    [("rtn", {"scheme": "W8A8", "group_size": None})],
+    [("rtn", {"scheme": "W4A16", "group_size": 64})],
+    [("gptq", {"scheme": "W4A16", "group_size": 64})],
+    [("awq", {"scheme": "W4A16", "group_size": 64})],
+    [("autoround", {"scheme": "W4A16", "group_size": 64})],
+    [("bnb", {"mode": "int8"})],
+    [("bnb", {"mode": "nf4"})],
+    [("asvd", {"rank_ratio": 0.8, "alpha": 0.5, "targets": "mlp"})],
+    [("asvd", {"rank_ratio": 0.8, "alpha": 0.0, "targets": "mlp"})],  # plain SVD at the same ranks
+    [("magnitude", {"sparsity": 0.5})],
+    [("wanda", {"sparsity": 0.5})],
+    [("sparsegpt", {"sparsity": 0.5})],
+    [("sparsegpt", {"sparsity": 0.5, "mask_structure": "2:4"})],
+    [("structured", {"granularity": "mlp", "ratio": 0.1})],
+    [("structured", {"granularity": "layer", "ratio": 0.1})],
+    [("qlora", {"steps": 30})],
+    [("structured", {"granularity": "mlp", "ratio": 0.2}), ("distill", {"steps": 30})],
+    [("wanda", {"sparsity": 0.5}), ("lora", {"steps": 30})],
+    [("gptq", {"scheme": "W4A16", "group_size": 64}), ("lora", {"steps": 30})],
 ]
 
 
@@ -55,7 +65,7 @@ def main() -> None:
             calib[(n, seq_len)] = data.calibration_samples(tokenizer, a.data_dir, n, seq_len, seed=0)
         return calib[(n, seq_len)]
 
-    ctx = methods.Context(calibration=calibration)
+    ctx = methods.Context(calibration=calibration, extras={"teacher": base})
 
     def measure(path: Path) -> dict:
         model, _ = models.load(path)
@@ -67,24 +77,23 @@ def main() -> None:
     rows = [("baseline (fp32)", "", 0.0, ref)]
     only = set(a.only.split(",")) if a.only else None
     avail = methods.available_methods()
-    for name, params in CASES:
-        if (only and name not in only) or name not in avail:
+    for case in CASES:
+        names = [m for m, _ in case]
+        label = " -> ".join(names)
+        params = "; ".join(", ".join(f"{k}={v}" for k, v in p.items()) for _, p in case)
+        if (only and not only & set(names)) or not set(names) <= set(avail):
             continue
-        out = Path(tempfile.mkdtemp(prefix=f"acf-bench-{name}-"))
+        work = Path(tempfile.mkdtemp(prefix="acf-bench-"))
         try:
-            model, _ = models.load(base)
-            m = avail[name]()
             t = time.perf_counter()
-            model = m.apply(model, tok, dict(params), ctx)
-            m.save(model, tok, out / "ckpt")
+            res = apply_strategy(Strategy(action="pipeline", steps=[Step(method=m, params=p) for m, p in case]),
+                                 base, work / "ckpt", ctx)
             seconds = time.perf_counter() - t
-            del model
-            rows.append((name, ", ".join(f"{k}={v}" for k, v in params.items()), seconds, measure(out / "ckpt")))
-        except Exception as e:  # a failed method is reported as failed, with its error
-            rows.append((name, ", ".join(f"{k}={v}" for k, v in params.items()), float("nan"), {"error": repr(e)}))
+            rows.append((label, params, seconds, measure(res.checkpoint) if res.checkpoint else
+                         {"error": res.error.splitlines()[0]}))
         finally:
-            shutil.rmtree(out, ignore_errors=True)
-        print(f"done {name} {params}", flush=True)
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"done {label} {params}", flush=True)
 
     print(f"\n{a.model}, WikiText-2 evaluation half, {len(ids)} tokens, window 512 / stride 256, "
           f"torch threads {torch.get_num_threads()}\n")

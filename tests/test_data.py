@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from agentic_compression import data
 
 
@@ -36,3 +38,22 @@ def test_benchmark_items_and_seeded_subset(data_dir, tmp_path):
     assert task == task2 and len(rows) == 25
     _, task3 = data.build_task(data_dir, "hellaswag", 25, 8, tmp_path)
     assert task3 != task
+
+
+def test_calibration_from_a_user_file(data_dir, smollm2_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from agentic_compression.errors import UserError
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    f = tmp_path / "mine.jsonl"
+    f.write_text("".join(json.dumps({"text": f"Sentence number {i} about compression. " * 20}) + "\n"
+                         for i in range(5)))
+    samples = data.calibration_samples(tok, data_dir, n=3, seq_len=32, seed=0, source=str(f))
+    assert all("compression" in tok.decode(s) for s in samples)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text field"}\n')
+    with pytest.raises(UserError, match="line 2"):
+        data.calibration_text(data_dir, str(bad))
+    with pytest.raises(UserError, match="does not exist"):
+        data.calibration_text(data_dir, str(tmp_path / "missing.txt"))

@@ -33,7 +33,9 @@ class Scripted:
 
     def decide(self, view):
         while self.steps:
-            st = Strategy(action="quantization", steps=[self.steps.pop(0)], policy=self.name)
+            nxt = self.steps.pop(0)
+            st = nxt if isinstance(nxt, Strategy) else Strategy(action="quantization", steps=[nxt])
+            st = st.model_copy(update={"policy": self.name})
             if st.key() not in view.tried:
                 return st
         return RulePolicy().decide(view)
@@ -53,7 +55,9 @@ def finished(tiny_dir, data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loop")
     exp = Experiment(_cfg(tiny_dir, data_dir, tmp, fast, max_episodes=3))
     exp.policy = Scripted([Step(method="test_explode"), Step(method="rtn", params={"scheme": "W4A16",
-                                                                                   "group_size": 32})])
+                                                                                   "group_size": 32}),
+                           Strategy(action="lora", base="episode_001",  # chained on the previous candidate
+                                    steps=[Step(method="lora", params={"steps": 2, "seq_len": 32})])])
     exp.run()
     return exp.dir
 
@@ -155,3 +159,17 @@ def test_rule_policy_never_repeats_and_ends(tiny_dir, data_dir, tmp_path, fast_e
     assert 128 not in groups  # 128 does not divide the 64-wide layers
     first = seen[0].steps[0]
     assert first.method == "autoround" and first.params["scheme"] == "W4A16"  # the seed: small -> AutoRound
+
+
+def test_chained_episode_builds_on_an_earlier_checkpoint(finished):
+    import struct
+
+    strategy = json.loads((finished / "episode_002" / "strategy.json").read_text())
+    assert strategy["base"] == "episode_001" and strategy["steps"][0]["method"] == "lora"
+    res = json.loads((finished / "episode_002" / "results.json").read_text())
+    assert res["status"] == "success", res["error"]
+    ckpt = finished / "episode_002" / "checkpoint"
+    assert (ckpt / "adapter" / "adapter_config.json").is_file()
+    with open(ckpt / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    assert header["model.layers.0.mlp.up_proj.weight_packed"]["dtype"] == "I32"  # the 4-bit base, kept

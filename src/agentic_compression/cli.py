@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ppl-tokens", type=int, default=4096, help="WikiText-2 evaluation-half tokens for perplexity")
     r.add_argument("--repeats", type=int, default=5, help="latency repeats after one warm-up")
     r.add_argument("--threads", type=int, help="torch threads (under load, 1 can beat 2)")
+    r.add_argument("--calibration", default="wikitext2-first-half",
+                   help="calibration/training text: the default, or a .txt / .jsonl file (never evaluation text)")
     r.add_argument("--noise-tolerance", type=float, default=0.05,
                    help="relative latency/memory/CO2 differences treated as ties in Pareto dominance")
     r.add_argument("--seed", type=int, default=1234, help="seed of the benchmark subset and evaluation")
@@ -73,7 +75,7 @@ def _run(a) -> int:
                         experiment=a.experiment, max_episodes=a.max_episodes, budget_hours=a.budget_hours,
                         patience=a.patience, policy=a.policy, noise_tolerance=a.noise_tolerance,
                         online=a.online, threads=a.threads,
-                        method_overrides=overrides,
+                        method_overrides=overrides, calibration={"source": a.calibration},
                         eval=EvalSettings(benchmark=a.dataset, limit=a.limit, ppl_tokens=a.ppl_tokens,
                                           repeats=a.repeats, threads=a.threads, seed=a.seed))
     except ValidationError as e:
@@ -92,11 +94,14 @@ def _run(a) -> int:
 def _methods() -> int:
     from .methods import REGISTRY
 
-    print(f"{'method':<10} {'action':<13} {'available':<10} parameters / why not")
+    print(f"{'method':<11} {'action':<13} {'here':<5} {'needs':<46} parameters (choices or [low, high]) / why not")
     for name, m in sorted(REGISTRY.items()):
         ok, why = m.available()
-        params = ", ".join(f"{p.name}={p.choices if p.choices is not None else [p.low, p.high]}" for p in m.params)
-        print(f"{name:<10} {m.action:<13} {'yes' if ok else 'no':<10} {params if ok else why}")
+        needs = ", ".join(m.requires) or "torch (our code)"
+        params = ", ".join(f"{p.name}={p.choices}" if p.choices is not None else f"{p.name}=[{p.low:g}, {p.high:g}]"
+                           for p in m.params)
+        role = "" if m.standalone else " (recovery step: in pipelines)"
+        print(f"{name:<11} {m.action:<13} {'yes' if ok else 'no':<5} {needs:<46} {(params + role) if ok else why}")
     return 0
 
 

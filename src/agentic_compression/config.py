@@ -25,7 +25,8 @@ class EvalSettings(BaseModel):
 
 class CalibrationSettings(BaseModel):
     source: str = Field(default="wikitext2-first-half",
-                        description="calibration text: the first half of WikiText-2 (evaluation uses the second)")
+                        description="calibration/training text: the first half of WikiText-2 (evaluation uses the "
+                                    "second), or a .txt / .jsonl file")
     seed: int = 0
 
 

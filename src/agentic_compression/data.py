@@ -42,9 +42,36 @@ def wikitext_halves(data_dir: Path) -> tuple[str, str]:
     return "\n".join(lines[:cut]), "\n".join(lines[cut:])
 
 
-def calibration_samples(tokenizer, data_dir: Path, n: int, seq_len: int, seed: int) -> list[list[int]]:
-    """``n`` seeded windows of ``seq_len`` tokens from the calibration half (never from evaluation text)."""
-    ids = tokenizer(wikitext_halves(data_dir)[0], add_special_tokens=False)["input_ids"]
+WIKITEXT_CALIBRATION = "wikitext2-first-half"
+
+
+@lru_cache(maxsize=4)
+def calibration_text(data_dir: Path, source: str = WIKITEXT_CALIBRATION) -> str:
+    """The first half of WikiText-2 (the second half is evaluation text), or a file the user names: plain text,
+    or JSON lines whose "text" fields are joined."""
+    if source == WIKITEXT_CALIBRATION:
+        return wikitext_halves(data_dir)[0]
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"calibration file {path} does not exist", "pass a .txt or .jsonl file, or leave the default")
+    if path.suffix == ".jsonl":
+        texts = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path} line {i} is not a JSON object with a \"text\" field",
+                                "give one {\"text\": ...} object per line") from None
+        return "\n\n".join(texts)
+    return path.read_text(encoding="utf-8")
+
+
+def calibration_samples(tokenizer, data_dir: Path, n: int, seq_len: int, seed: int,
+                        source: str = WIKITEXT_CALIBRATION) -> list[list[int]]:
+    """``n`` seeded windows of ``seq_len`` tokens of calibration text (never evaluation text)."""
+    ids = tokenizer(calibration_text(data_dir, source), add_special_tokens=False)["input_ids"]
     if len(ids) < seq_len + 1:
         raise UserError(f"calibration text has {len(ids)} tokens, fewer than seq_len={seq_len}", "lower seq_len")
     rng = random.Random(seed)

@@ -48,6 +48,7 @@ def write_json(path: Path, obj: Any) -> None:
 def validate(cfg: RunConfig) -> None:
     """Cheap checks first, before anything is written or converted."""
     data.check_data_dir(cfg.data_dir, cfg.dataset)
+    data.calibration_text(cfg.data_dir, cfg.calibration.source)
     policies.make(cfg.policy)
     try:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ class Experiment:
         key = (n, seq_len)
         if key not in self._calib_cache:
             self._calib_cache[key] = data.calibration_samples(tokenizer, self.cfg.data_dir, n, seq_len,
-                                                              self.cfg.calibration.seed)
+                                                              self.cfg.calibration.seed, self.cfg.calibration.source)
         return self._calib_cache[key]
 
     def available_methods(self) -> dict[str, type[methods.Method]]:

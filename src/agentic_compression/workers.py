@@ -29,19 +29,29 @@ def ct_quantized(model) -> bool:
     return any(hasattr(m, "quantization_scheme") for m in model.modules())
 
 
-def roundtrip(model, tok, scratch: Path):
-    """Save and reload through transformers, which unpacks compressed-tensors weights on the first forward, so the
-    next step (LoRA) sees float weights on the quantization grid. The saved folder stays the model's source: if the
-    next step leaves the base weights alone, the final checkpoint copies it instead of re-saving."""
+def base_of(model):
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def unpack(model, tok, source: Path):
+    """transformers unpacks compressed-tensors weights on the first forward; ``source`` is the checkpoint the
+    model is an unchanged copy of, so a step that leaves the base weights alone (LoRA) can keep it byte for byte
+    instead of re-saving unpacked weights as fp32."""
     import torch
 
-    stage = Path(tempfile.mkdtemp(dir=scratch, prefix=".stage-"))
-    save_model(model, tok, stage)
-    model, _ = load(stage)
     with torch.no_grad():
         model(input_ids=torch.tensor([[tok.eos_token_id or 0]]))
-    model._acf_source = stage
+    model._acf_source = source
     return model
+
+
+def roundtrip(model, tok, scratch: Path):
+    """Save and reload through transformers so the next step (LoRA) sees float weights on the quantization grid."""
+    stage = Path(tempfile.mkdtemp(dir=scratch, prefix=".stage-"))
+    save_model(model, tok, stage)
+    return unpack(load(stage)[0], tok, stage)
 
 
 def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, threads: int | None = None) -> WorkResult:
@@ -55,6 +65,8 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
     step_i, log = 0, []
     try:
         model, tok = load(base, threads)
+        if ct_quantized(model):  # chained on a compressed-tensors checkpoint
+            model = unpack(model, tok, Path(base))
         for step_i, step in enumerate(strategy.steps):
             if step.condition:
                 if ctx.probe is None:
@@ -68,7 +80,10 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
                 log.append({"step": step_i, "method": step.method, "ran": True})
             if step_i and ct_quantized(model):
                 model = roundtrip(model, tok, out.parent)
-            model = get(step.method)().apply(model, tok, dict(step.params), ctx)
+            method = get(step.method)()
+            model = method.apply(model, tok, dict(step.params), ctx)
+            if not method.keeps_base_weights:
+                base_of(model)._acf_source = None  # the weights changed: the copy is stale
         save_model(model, tok, out)
         return WorkResult(out, steps=log)
     except Exception as e:  # recorded on the episode as its error; the episode is 'failed'

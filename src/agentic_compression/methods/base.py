@@ -74,6 +74,9 @@ class Method:
 
     # a method that only makes sense after another (LoRA recovery, distillation) is offered in pipelines only
     standalone: ClassVar[bool] = True
+    # True when apply() never changes the weights it is given (an adapter beside them, or a merge into float weights
+    # only, which a compressed-tensors model never has)
+    keeps_base_weights: ClassVar[bool] = False
 
     def save(self, model, tokenizer, out: Path) -> None:
         save_model(model, tokenizer, out)
@@ -89,15 +92,16 @@ def save_model(model, tokenizer, out: Path) -> None:
 
     from peft import PeftModel
 
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    source = getattr(base, "_acf_source", None)
+    if source is not None:  # an earlier adapter is not part of the base
+        shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ADAPTER_DIR))
     if isinstance(model, PeftModel):
         model.save_pretrained(out / ADAPTER_DIR)  # before unload(), which strips the adapter layers
         model = model.unload()
-    source = getattr(model, "_acf_source", None)
-    if source is not None:
-        shutil.copytree(source, out, dirs_exist_ok=True)
-    elif any(hasattr(m, "quantization_scheme") for m in model.modules()):
+    if source is None and any(hasattr(m, "quantization_scheme") for m in model.modules()):
         model.save_pretrained(out, save_compressed=True)
-    else:
+    elif source is None:
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if getattr(model, "_acf_lowrank", None):

@@ -82,6 +82,7 @@ class LoRA(Method):
     memory_factor = 3.0
     reduces = ()
     standalone = False
+    keeps_base_weights = True
     params = (*_LORA, Param(name="merge", choices=[True, False], default=True, help="merge into float weights"))
 
     def apply(self, model, tokenizer, params, ctx: Context):
