@@ -33,13 +33,14 @@ def test_two_real_episodes_enter_an_honest_frontier(run_dir):
     assert len(final["hypervolume_history"]) == 3
 
 
-def test_first_real_episode_is_gptq_4bit_and_holds_4bit_values(run_dir):
+def test_first_real_episode_is_autoround_4bit_and_holds_4bit_values(run_dir):
+    """The seed's rule: a small model starts with AutoRound."""
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 
     from agentic_compression.models import load
 
     strategy = json.loads((run_dir / "episode_000" / "strategy.json").read_text())
-    assert strategy["steps"][0]["method"] == "gptq" and strategy["steps"][0]["params"]["group_size"] == 64
+    assert strategy["steps"][0]["method"] == "autoround" and strategy["steps"][0]["params"]["group_size"] == 64
     model, _ = load(run_dir / "episode_000" / "checkpoint")
     lin = model.model.layers[5].self_attn.o_proj
     q = unpack_from_int32(lin.weight_packed, 4, torch.Size(lin.weight_shape.tolist()))

@@ -173,3 +173,11 @@ def test_chained_episode_builds_on_an_earlier_checkpoint(finished):
     with open(ckpt / "model.safetensors", "rb") as f:
         header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
     assert header["model.layers.0.mlp.up_proj.weight_packed"]["dtype"] == "I32"  # the 4-bit base, kept
+
+
+def test_rule_policy_reads_bits_from_every_method():
+    from agentic_compression.policies.rule import bits
+
+    assert [bits(Step(method=m, params=p)) for m, p in [
+        ("gptq", {"scheme": "W4A16"}), ("rtn", {"scheme": "W8A8"}), ("bnb", {"mode": "int8"}),
+        ("bnb", {"mode": "nf4"}), ("qlora", {}), ("structured", {"ratio": 0.1})]] == [4, 8, 8, 4, 4, 16]

@@ -321,3 +321,13 @@ def test_distillation_refuses_a_quantized_student(tiny_dir, tmp_path, train_ctx)
                                                             Step(method="distill", params={"steps": 2})]),
                          tiny_dir, out, train_ctx)
     assert res.failed_step == 1 and "before quantization" in res.error and not out.exists()
+
+
+@pytest.mark.parametrize("method,params", [("rtn", {"scheme": "W4A16", "group_size": 32}), ("bnb", {"mode": "nf4"}),
+                                           ("bnb", {"mode": "int8"})])
+def test_quantization_keeps_the_logical_parameter_count(tiny_dir, tmp_path, ctx, method, params):
+    from agentic_compression.evaluation.worker import logical_params
+
+    ref, _ = load(tiny_dir)
+    model, _ = load(_compress(tiny_dir, tmp_path, method, params, ctx))
+    assert logical_params(model) == logical_params(ref) == sum(p.numel() for p in ref.parameters())

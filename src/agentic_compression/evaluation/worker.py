@@ -72,8 +72,8 @@ _QUANT_AUX = ("weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape
 
 
 def logical_params(model) -> int:
-    """Weights the network computes with: a packed weight counts as its unpacked shape; scales and zero points
-    (quantization metadata) are not parameters of the network. Tied tensors count once."""
+    """Weights the network computes with: a packed weight (compressed-tensors, bitsandbytes 4-bit) counts as its
+    unpacked shape; scales and zero points (quantization metadata) are not parameters. Tied tensors count once."""
     import math
 
     total, seen = 0, set()
@@ -85,7 +85,8 @@ def logical_params(model) -> int:
         for name, t in tensors.items():
             if id(t) not in seen and not name.endswith(_QUANT_AUX):
                 seen.add(id(t))
-                total += t.numel()
+                shape = getattr(getattr(t, "quant_state", None), "shape", None)  # bitsandbytes 4-bit: packed
+                total += math.prod(shape) if shape is not None else t.numel()
     return total
 
 

@@ -32,6 +32,7 @@ def load_quantized(model, tokenizer, mode: str, double_quant: bool = True):
 @register
 class BitsAndBytes(Method):
     name = "bnb"
+    cost = 0
     action = "quantization"
     requires = ("bitsandbytes",)
     memory_factor = 2.0

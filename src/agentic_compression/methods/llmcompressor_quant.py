@@ -82,6 +82,7 @@ class RTN(_LLMCompressorQuant):
     """Round-to-nearest, data-free: seconds."""
 
     name = "rtn"
+    cost = 0
     memory_factor = 1.5
     params = (Param(name="scheme", choices=_SCHEMES, default="W4A16"),
               Param(name="group_size", choices=_GROUPS, default=128, help="None = per output channel"))
@@ -154,12 +155,14 @@ class AutoRound(_LLMCompressorQuant):
     after load, instead of auto-round's own fp16 QuantLinear that is ~25x slower on CPU)."""
 
     name = "autoround"
+    cost = 2
     requires = ("llmcompressor", "compressed_tensors", "auto_round")
     memory_factor = 3.0
     params = (Param(name="scheme", choices=["W4A16", "W8A16"], default="W4A16"),
               Param(name="group_size", choices=[32, 64, 128], default=128),
-              Param(name="iters", low=1, high=1000, default=20, help="tuning steps per decoder block"),
-              Param(name="num_samples", low=8, high=1024, default=32, help="calibration windows"), _CALIB[1],
+              Param(name="iters", low=1, high=1000, default=10,
+                    help="tuning steps per decoder block (auto-round's own default is 200: hours on this CPU)"),
+              Param(name="num_samples", low=8, high=1024, default=16, help="calibration windows"), _CALIB[1],
               Param(name="batch_size", low=1, high=64, default=8))
 
     def modifier(self, p):

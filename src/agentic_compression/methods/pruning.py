@@ -43,6 +43,7 @@ class _Pruner(Method):
 @register
 class Magnitude(_Pruner):
     name = "magnitude"
+    cost = 0
     requires = ()
     memory_factor = 1.5
     params = (_SPARSITY, _STRUCTURE)

@@ -6,6 +6,7 @@ Rules:
 - while no compressed candidate keeps the baseline accuracy (within one standard error), 8-bit options rank up;
   once one does, the 4-bit options rank up (push compression further);
 - a (method, bits) family already tried ranks down for each try, so the frontier is explored broadly first;
+- at 8 bits every method is near-lossless, so the cheaper ones rank up (method cost);
 - group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
 - a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
 - a method that failed ranks far down;
@@ -22,8 +23,13 @@ from .base import PolicyView, candidate_steps, m_action, single
 
 
 def bits(step: Step) -> int:
-    scheme = step.params.get("scheme")
-    return int(scheme[1]) if isinstance(scheme, str) and scheme[:1] == "W" else int(step.params.get("bits", 16))
+    """Weight bits a step stores: W4A16 -> 4, bitsandbytes int8 -> 8 and nf4/fp4 -> 4, QLoRA 4, else 16."""
+    scheme, mode = step.params.get("scheme"), step.params.get("mode")
+    if isinstance(scheme, str) and scheme[:1] == "W":
+        return int(scheme[1])
+    if mode is not None:
+        return 8 if mode == "int8" else 4
+    return 4 if step.method == "qlora" else 16
 
 
 def _family(step: Step) -> tuple[str, int]:
@@ -58,6 +64,7 @@ class RulePolicy:
             b = bits(step)
             s = 0.5 * rank + 2.0 * tried_families.get(_family(step), 0)
             s += (0.25 if not quality_kept else 1.5) if b >= 8 else (0.0 if not quality_kept else -0.5)
+            s += view.methods[step.method].cost * (1.0 if b == 8 else 0.1)
             g = step.params.get("group_size", "absent")
             if g != "absent":
                 s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))
