@@ -79,3 +79,17 @@ def test_noise_tolerance_treats_small_timing_differences_as_ties():
     # a real trade-off still enters: more accurate, bigger
     assert f.add(sol("g32", 0.51, lat=50.3, mem=0.99, size=0.1833, co2=0.1027))
     assert {s.episode_id for s in f.solutions} == {"gptq", "g32"}
+
+
+def test_balanced_pick_weighs_relative_changes_against_the_baseline():
+    """Measured here: 4-bit AutoRound kept accuracy (0.51 vs 0.50) at a third of the size, but decoded 30% slower
+    on CPU. Relative to the baseline it is the balanced pick; ranked min-max, a 0.01 accuracy edge weighed as much
+    as the 3x size cut and the baseline won."""
+    base = sol("baseline", 0.50, lat=31.89, mem=0.8832, size=0.5416, co2=0.08085)
+    ar = sol("autoround", 0.51, lat=41.59, mem=0.9842, size=0.1766, co2=0.08893)
+    f = ParetoFrontier(baseline=base.objectives)
+    assert f.add(base) and f.add(ar)
+    assert f.balanced().episode_id == "autoround"
+    f_minmax = ParetoFrontier()
+    f_minmax.add(base), f_minmax.add(ar)
+    assert f_minmax.balanced().episode_id == "baseline"

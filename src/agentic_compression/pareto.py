@@ -92,18 +92,19 @@ class ParetoFrontier:
         return hypervolume([self._norm(s.objectives) for s in self.solutions], self.reference())
 
     def balanced(self) -> ParetoSolution | None:
-        """The member closest (Euclidean, min-max normalised over the frontier) to the ideal point."""
+        """The member closest (Euclidean) to the ideal point, each objective's best value on the frontier.
+        Distances are relative to the baseline when there is one (a 1% accuracy gain weighs what a 1% cost cut
+        does), else min-max normalised over the frontier."""
         if not self.solutions:
             return None
-        vs = [to_min(s.objectives) for s in self.solutions]
+        vs = [self._norm(s.objectives) for s in self.solutions]
         lo = [min(c) for c in zip(*vs)]
-        hi = [max(c) for c in zip(*vs)]
-        span = [h - l or 1.0 for l, h in zip(lo, hi)]
+        span = [1.0] * len(lo) if self.baseline else [(max(c) - min(c)) or 1.0 for c in zip(*vs)]
 
         def dist(v: Vector) -> float:
             return sum(((x - l) / w) ** 2 for x, l, w in zip(v, lo, span)) ** 0.5
 
-        return min(self.solutions, key=lambda s: dist(to_min(s.objectives)))
+        return min(self.solutions, key=lambda s: dist(self._norm(s.objectives)))
 
     def summary(self) -> list[dict]:
         return [{"episode_id": s.episode_id, "objectives": s.objectives, "steps": [st.model_dump() for st in

@@ -67,15 +67,15 @@ def instantiate(name: str, config: dict[str, Any], available: dict, overrides: d
     return Strategy(action="pipeline", steps=steps, reasoning=f"template {name}")
 
 
-def validate(strategy: Strategy) -> str | None:
-    """Why a strategy cannot run as written (unknown method, bad condition), or None."""
+def validate(strategy: Strategy) -> tuple[int, str] | None:
+    """(step index, why) when a strategy cannot run as written (unknown method, bad condition), else None."""
     for i, st in enumerate(strategy.steps):
         try:
             get(st.method)
             if st.condition:
                 parse_condition(st.condition)
         except (KeyError, ValueError) as e:
-            return f"step {i}: {e}"
+            return i, f"step {i}: {e}"
     return None
 
 

@@ -60,8 +60,8 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
 
     if not strategy.steps:
         return WorkResult(None, "the strategy has no steps", 0)
-    if err := validate(strategy):
-        return WorkResult(None, err, int(err.split()[1].rstrip(":")))
+    if invalid := validate(strategy):
+        return WorkResult(None, invalid[1], invalid[0])
     step_i, log = 0, []
     try:
         model, tok = load(base, threads)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import LOWRANK_FILE, Context, Method, Param, register
+from .base import LOWRANK_FILE, Context, Method, Param, forward_with_hooks, register
 
 
 
@@ -38,26 +38,18 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-@torch.no_grad()
 def input_scales(model, linears: dict[str, nn.Linear], samples: list[list[int]]) -> dict[str, torch.Tensor]:
     """Mean absolute input activation per channel of each Linear over the calibration tokens."""
     sums = {n: torch.zeros(m.in_features) for n, m in linears.items()}
-    count = {"tokens": 0}
 
     def hook(name):
         def accumulate(module, args):  # returns None: a pre-hook's return value would replace the input
             sums[name].add_(args[0].detach().abs().reshape(-1, args[0].shape[-1]).sum(0).float())
         return accumulate
 
-    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
-    try:
-        for s in samples:
-            model(input_ids=torch.tensor([s]))
-            count["tokens"] += len(s)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n: v / count["tokens"] for n, v in sums.items()}
+    forward_with_hooks(model, samples, [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()])
+    tokens = sum(len(s) for s in samples)
+    return {n: v / tokens for n, v in sums.items()}
 
 
 @torch.no_grad()

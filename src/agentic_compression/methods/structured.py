@@ -13,14 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Context, Method, Param, register
+from .base import Context, Method, Param, forward_with_hooks, register
 
 
 def _keep(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     return scores.topk(n_keep).indices.sort().values
 
 
-@torch.no_grad()
 def _collect(model, samples, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """Sum over calibration tokens of the squared input of each module, per input channel."""
     acc: dict[str, torch.Tensor] = {}
@@ -31,13 +30,7 @@ def _collect(model, samples, modules: dict[str, nn.Module]) -> dict[str, torch.T
             acc[name] = acc.get(name, 0) + x.pow(2).sum(0)
         return f
 
-    hs = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
-    try:
-        for s in samples:
-            model(input_ids=torch.tensor([s]))
-    finally:
-        for h in hs:
-            h.remove()
+    forward_with_hooks(model, samples, [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()])
     return acc
 
 
@@ -110,19 +103,14 @@ def prune_layers(model, samples, ratio: float) -> list[int]:
     if n_drop >= n:
         raise ValueError(f"ratio {ratio} would remove all {n} layers")
     influence = torch.zeros(n)
-    hooks = []
-    for i, layer in enumerate(layers):
-        def f(module, args, kwargs, out, i=i):
-            h_in = args[0] if args else kwargs["hidden_states"]
-            h_out = out[0] if isinstance(out, tuple) else out
-            influence[i] += (1 - nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)).mean()
-        hooks.append(layer.register_forward_hook(f, with_kwargs=True))
-    try:
-        for s in samples:
-            model(input_ids=torch.tensor([s]))
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def f(module, args, kwargs, out, i):
+        h_in = args[0] if args else kwargs["hidden_states"]
+        h_out = out[0] if isinstance(out, tuple) else out
+        influence[i] += (1 - nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)).mean()
+
+    forward_with_hooks(model, samples, [layer.register_forward_hook(
+        lambda m, a, k, o, i=i: f(m, a, k, o, i), with_kwargs=True) for i, layer in enumerate(layers)])
     drop = set(influence.topk(n_drop, largest=False).indices.tolist())
     kept = [l for i, l in enumerate(layers) if i not in drop]
     for new_idx, layer in enumerate(kept):
