@@ -93,3 +93,15 @@ def test_balanced_pick_weighs_relative_changes_against_the_baseline():
     f_minmax = ParetoFrontier()
     f_minmax.add(base), f_minmax.add(ar)
     assert f_minmax.balanced().episode_id == "baseline"
+
+
+def test_a_few_bytes_of_metadata_do_not_make_a_trade_off():
+    """Measured here: GPTQ and RTN 4-bit checkpoints differ by ~200 bytes of recipe text; RTN lost 7 accuracy
+    points and stayed on the frontier through that alone."""
+    gptq = sol("gptq", 0.48, lat=39.81, mem=0.9535, size=0.176713753, co2=0.08728)
+    rtn = sol("rtn", 0.41, lat=39.57, mem=0.9845, size=0.176713545, co2=0.09195)
+    f = ParetoFrontier()
+    assert f.add(gptq) and not f.add(rtn)
+    g = ParetoFrontier()
+    g.add(sol("a", 0.5, size=0.1767))
+    assert g.add(sol("b", 0.4, size=0.1740))  # 1.5% smaller and less accurate: a real trade-off

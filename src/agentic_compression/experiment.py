@@ -20,7 +20,7 @@ from .config import RunConfig
 from .errors import UserError
 from .evaluation import Evaluator
 from .evaluation.measure import Energy
-from .pareto import ParetoFrontier
+from .pareto import DEFAULT_TOLERANCE, ParetoFrontier
 from .pipelines import Probe
 from .policies import PolicyView
 from .report import write_visualization
@@ -80,8 +80,8 @@ class Experiment:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.policy = policies.make(cfg.policy)
         noise = cfg.noise_tolerance
-        self.frontier = ParetoFrontier(tolerance={"accuracy": 0.0, "latency_ms": noise, "memory_gb": noise,
-                                                  "model_size_gb": 0.0, "co2_grams": noise})
+        self.frontier = ParetoFrontier(tolerance={**DEFAULT_TOLERANCE, "latency_ms": noise, "memory_gb": noise,
+                                                  "co2_grams": noise})
         self.episodes: list[Episode] = []
         self.hv_history: list[dict] = []
         self.baseline: EvaluationResult | None = None
