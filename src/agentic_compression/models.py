@@ -106,11 +106,18 @@ def load(path: Path | str, threads: int | None = None):
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     if (path / ADAPTER_DIR / "adapter_config.json").exists():  # LoRA kept beside a quantized base
         if any(hasattr(m, "weight_packed") for m in model.modules()):
-            with torch.no_grad():  # compressed-tensors unpacks on the first forward; peft needs the float weight
-                model(input_ids=torch.tensor([[0]]))
+            unpack_compressed(model)  # peft needs the float weight
         model.load_adapter(str(path / ADAPTER_DIR))
     model.eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def unpack_compressed(model) -> None:
+    """transformers unpacks compressed-tensors weights on the first forward pass: run a one-token one."""
+    import torch
+
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[0]]))

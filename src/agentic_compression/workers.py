@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .methods import Context, get
-from .methods.base import save_model
-from .models import load
+from .methods.base import ct_quantized, save_model
+from .models import load, unpack_compressed
 from .schemas import Strategy
 
 
@@ -23,12 +23,6 @@ class WorkResult:
     steps: list[dict] = field(default_factory=list)
 
 
-def ct_quantized(model) -> bool:
-    """llm-compressor's quantized modules (a compressed-tensors scheme attached) only become plain float Linears
-    that another library (peft, torch training) can work on after a save and reload."""
-    return any(hasattr(m, "quantization_scheme") for m in model.modules())
-
-
 def base_of(model):
     from peft import PeftModel
 
@@ -39,10 +33,7 @@ def unpack(model, tok, source: Path):
     """transformers unpacks compressed-tensors weights on the first forward; ``source`` is the checkpoint the
     model is an unchanged copy of, so a step that leaves the base weights alone (LoRA) can keep it byte for byte
     instead of re-saving unpacked weights as fp32."""
-    import torch
-
-    with torch.no_grad():
-        model(input_ids=torch.tensor([[tok.eos_token_id or 0]]))
+    unpack_compressed(model)
     model._acf_source = source
     return model
 
@@ -78,7 +69,7 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
                 log.append({"step": step_i, "method": step.method, "ran": True, "facts": facts})
             else:
                 log.append({"step": step_i, "method": step.method, "ran": True})
-            if step_i and ct_quantized(model):
+            if step_i and ct_quantized(model):  # only a save + reload gives peft/training float Linears
                 model = roundtrip(model, tok, out.parent)
             method = get(step.method)()
             model = method.apply(model, tok, dict(step.params), ctx)

@@ -84,6 +84,11 @@ class Method:
         save_model(model, tokenizer, out)
 
 
+def ct_quantized(model) -> bool:
+    """A compressed-tensors (llm-compressor) quantization scheme is attached to some module."""
+    return any(hasattr(m, "quantization_scheme") for m in model.modules())
+
+
 def save_model(model, tokenizer, out: Path) -> None:
     """Save in the format the model is in now, whichever step put it there: compressed-tensors when a quantization
     scheme is attached (llm-compressor), bitsandbytes/dense through transformers; low-rank factor map and LoRA
@@ -101,7 +106,7 @@ def save_model(model, tokenizer, out: Path) -> None:
     if isinstance(model, PeftModel):
         model.save_pretrained(out / ADAPTER_DIR)  # before unload(), which strips the adapter layers
         model = model.unload()
-    if source is None and any(hasattr(m, "quantization_scheme") for m in model.modules()):
+    if source is None and ct_quantized(model):
         model.save_pretrained(out, save_compressed=True)
     elif source is None:
         model.save_pretrained(out)

@@ -70,11 +70,16 @@ class _LLMCompressorPruner(_Pruner):
     memory_factor = 2.5
     params = (_SPARSITY, _STRUCTURE, *_CALIB)
 
+    modifier_class: str  # in llmcompressor.modifiers.pruning
+
     def apply(self, model, tokenizer, params, ctx: Context):
         from llmcompressor import oneshot
+        from llmcompressor.modifiers import pruning
 
         p = {**self.defaults(), **params}
-        oneshot(model=model, recipe=self.modifier(p), **calibration_dataset(tokenizer, p, ctx))
+        modifier = getattr(pruning, self.modifier_class)(sparsity=p["sparsity"], mask_structure=_mask(p),
+                                                         targets=["Linear"], ignore=_IGNORE)
+        oneshot(model=model, recipe=modifier, **calibration_dataset(tokenizer, p, ctx))
         return model
 
 
@@ -82,23 +87,13 @@ class _LLMCompressorPruner(_Pruner):
 @register
 class SparseGPT(_LLMCompressorPruner):
     name = "sparsegpt"
-
-    def modifier(self, p):
-        from llmcompressor.modifiers.pruning import SparseGPTModifier
-
-        return SparseGPTModifier(sparsity=p["sparsity"], mask_structure=_mask(p), targets=["Linear"],
-                                 ignore=_IGNORE)
+    modifier_class = "SparseGPTModifier"
 
 
 @register
 class Wanda(_LLMCompressorPruner):
     name = "wanda"
-
-    def modifier(self, p):
-        from llmcompressor.modifiers.pruning import WandaPruningModifier
-
-        return WandaPruningModifier(sparsity=p["sparsity"], mask_structure=_mask(p), targets=["Linear"],
-                                    ignore=_IGNORE)
+    modifier_class = "WandaPruningModifier"
 
 
 def _mask(p: dict) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Context, Method, Param, register
+from .base import Context, Method, Param, ct_quantized, register
 
 _TRAIN = (Param(name="steps", low=1, high=5000, default=30, help="optimizer steps"),
           Param(name="lr", low=1e-6, high=1e-2, default=2e-4),
@@ -38,8 +38,7 @@ def _reapply(model, masks: dict[str, torch.Tensor]) -> None:
 
 
 def _quantized(model) -> bool:
-    return any(hasattr(m, "quantization_scheme") or type(m).__name__ in ("Linear4bit", "Linear8bitLt")
-               for m in model.modules())
+    return ct_quantized(model) or any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules())
 
 
 def train_lora(model, tokenizer, p: dict, ctx: Context):

@@ -41,9 +41,10 @@ class RulePolicy:
 
     def decide(self, view: PolicyView) -> Strategy:
         candidates = [single(m_action(view, st), st) for st in candidate_steps(view)]
+        seen = view.tried | {c.key() for c in candidates}
         for name in TEMPLATES:
             t = instantiate(name, view.model_config, view.methods, view.overrides)
-            if t is not None and t.key() not in view.tried and t.key() not in {c.key() for c in candidates}:
+            if t is not None and t.key() not in seen:
                 candidates.append(t)
         if not candidates:
             return Strategy(action="end", reasoning="every configuration of the available methods was tried",
