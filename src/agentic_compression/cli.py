@@ -35,7 +35,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--patience", type=int, default=5, help="stop after N episodes without frontier improvement")
     r.add_argument("--output-dir", type=Path, default=Path("experiments"))
     r.add_argument("--experiment", help="folder name under --output-dir (default: model-dataset-timestamp)")
-    r.add_argument("--policy", default="rule")
+    r.add_argument("--policy", default="rule", help="rule (built-in) | llm (GPT-4o or an OpenAI-compatible server)")
+    env = os.environ.get
+    r.add_argument("--llm-model", default=env("ACF_LLM_MODEL", "gpt-4o"), help="model the endpoint serves")
+    r.add_argument("--llm-base-url", default=env("ACF_LLM_BASE_URL") or env("OPENAI_BASE_URL"),
+                   help="OpenAI-compatible endpoint (default api.openai.com); the key comes from OPENAI_API_KEY "
+                        "or ACF_LLM_API_KEY, never from a flag")
+    r.add_argument("--llm-mode", default=env("ACF_LLM_MODE", "json_schema"),
+                   help="json_schema | function_calling | json_mode | prompt (plain chat, parsed)")
+    r.add_argument("--llm-temperature", type=float, default=0.2)
+    r.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
+    r.add_argument("--llm-retries", type=int, default=2, help="invalid answers sent back with the error")
     r.add_argument("--limit", type=int, default=100, help="benchmark items (seeded subset shared by all candidates)")
     r.add_argument("--ppl-tokens", type=int, default=4096, help="WikiText-2 evaluation-half tokens for perplexity")
     r.add_argument("--repeats", type=int, default=5, help="latency repeats after one warm-up")
@@ -76,6 +86,8 @@ def _run(a) -> int:
                         patience=a.patience, policy=a.policy, noise_tolerance=a.noise_tolerance,
                         online=a.online, threads=a.threads,
                         method_overrides=overrides, calibration={"source": a.calibration},
+                        llm={"model": a.llm_model, "base_url": a.llm_base_url, "mode": a.llm_mode,
+                             "temperature": a.llm_temperature, "timeout_s": a.llm_timeout, "retries": a.llm_retries},
                         eval=EvalSettings(benchmark=a.dataset, limit=a.limit, ppl_tokens=a.ppl_tokens,
                                           repeats=a.repeats, threads=a.threads, seed=a.seed))
     except ValidationError as e:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, field_validator
 
 
@@ -30,6 +32,25 @@ class CalibrationSettings(BaseModel):
     seed: int = 0
 
 
+class LLMSettings(BaseModel):
+    """The LLM coordinator (``--policy llm``). The API key is never part of the configuration: it is read from
+    the environment (OPENAI_API_KEY, or ACF_LLM_API_KEY) when the policy starts, so it reaches no artifact."""
+
+    model: str = Field(default="gpt-4o", description="model name the endpoint serves")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None = api.openai.com")
+    mode: Literal["json_schema", "function_calling", "json_mode", "prompt"] = Field(
+        default="json_schema", description="how a structured answer is asked for: a JSON schema (GPT-4o), a forced "
+        "function call, JSON mode, or plain chat parsed by us (servers that ignore response_format)")
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tokens: int = Field(default=800, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0, description="per request")
+    retries: int = Field(default=2, ge=0, description="invalid answers sent back with the error")
+    http_retries: int = Field(default=3, ge=0, description="transient errors (connection, timeout, 429, 5xx)")
+    backoff_s: float = Field(default=1.0, ge=0, description="first backoff; doubles on each transient error")
+    breaker: int = Field(default=3, gt=0, description="after this many decisions in a row whose endpoint failed, "
+                         "the run stops asking it and the built-in policy decides")
+
+
 class RunConfig(BaseModel):
     model: str
     dataset: str = "hellaswag"
@@ -47,6 +68,7 @@ class RunConfig(BaseModel):
                                    "and CO2 below this are ties when comparing candidates (accuracy, size: exact)")
     eval: EvalSettings = Field(default_factory=EvalSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
     # method -> parameter overrides the policy applies (e.g. fewer GPTQ samples for a quick run)
     method_overrides: dict[str, dict] = Field(default_factory=dict)
 

@@ -49,7 +49,7 @@ def validate(cfg: RunConfig) -> None:
     """Cheap checks first, before anything is written or converted."""
     data.check_data_dir(cfg.data_dir, cfg.dataset)
     data.calibration_text(cfg.data_dir, cfg.calibration.source)
-    policies.make(cfg.policy)
+    policies.make(cfg.policy, cfg)
     try:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         probe = cfg.output_dir / f".acf-write-probe-{os.getpid()}"
@@ -78,7 +78,7 @@ class Experiment:
             raise UserError(f"experiment folder {self.dir} already exists and is not empty",
                             "choose another --experiment name (nothing there was changed)")
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.policy = policies.make(cfg.policy)
+        self.policy = policies.make(cfg.policy, cfg)
         noise = cfg.noise_tolerance
         self.frontier = ParetoFrontier(tolerance={**DEFAULT_TOLERANCE, "latency_ms": noise, "memory_gb": noise,
                                                   "co2_grams": noise})
@@ -154,7 +154,7 @@ class Experiment:
         while True:  # ends: every proposal is new (tried grows), and the policy says end when none is left
             view = PolicyView(
                 spec=self.spec, model_config=self.model_config, methods=self.available_methods(),
-                baseline=self.baseline, frontier=self.frontier.summary(), history=state["history"][-5:],
+                baseline=self.baseline, frontier=self.frontier.summary(), history=state["history"],
                 tried=tried, episodes_left=self.cfg.max_episodes - state["current_episode"],
                 seconds_left=self.cfg.budget_hours * 3600 - (time.monotonic() - self.t0),
                 co2_grams_so_far=state.get("co2_grams_total", 0.0),

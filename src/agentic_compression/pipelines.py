@@ -31,7 +31,7 @@ def holds(text: str, facts: dict[str, float]) -> bool:
     return op(facts[metric], value)
 
 
-AUTO = "auto"  # a group size chosen per model: the largest of 128, 64, 32 that divides every Linear width
+AUTO = "auto"  # a group size chosen per model (fit_group_size)
 
 TEMPLATES: dict[str, list[Step]] = {
     "quick_eval": [Step(method="rtn", params={"scheme": "W4A16", "group_size": AUTO})],
@@ -48,6 +48,15 @@ TEMPLATES: dict[str, list[Step]] = {
 }
 
 
+def fit_group_size(method: str, params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``group_size: "auto"`` -> the largest of 128, 64, 32 that divides every Linear width of this model, else
+    per-channel; the method's default when nothing fits (another parameter is wrong: its check then says which)."""
+    if params.get("group_size") != AUTO:
+        return params
+    fits = [g for g in (128, 64, 32, None) if get(method).check({**params, "group_size": g}, config) is None]
+    return {**params, "group_size": fits[0] if fits else get(method).defaults()["group_size"]}
+
+
 def instantiate(name: str, config: dict[str, Any], available: dict, overrides: dict | None = None) -> Strategy | None:
     """The template as a concrete strategy for this model, or None when a method is unavailable here or no
     parameters fit (the reason is not an error: the template just does not apply)."""
@@ -55,12 +64,7 @@ def instantiate(name: str, config: dict[str, Any], available: dict, overrides: d
     for st in TEMPLATES[name]:
         if st.method not in available:
             return None
-        params = {**st.params, **(overrides or {}).get(st.method, {})}
-        if params.get("group_size") == AUTO:
-            fits = [g for g in (128, 64, 32) if get(st.method).check({**params, "group_size": g}, config) is None]
-            if not fits:
-                return None
-            params["group_size"] = fits[0]
+        params = fit_group_size(st.method, {**st.params, **(overrides or {}).get(st.method, {})}, config)
         if get(st.method).check(params, config) is not None:
             return None
         steps.append(Step(method=st.method, params=params, condition=st.condition))

@@ -39,7 +39,9 @@ class Strategy(BaseModel):
     steps: list[Step] = Field(default_factory=list)
     base: str = Field(default="base", description="'base' or an earlier episode id (chaining)")
     reasoning: str = ""
-    policy: str = ""
+    policy: str = Field(default="", description="the policy that decided (after any fallback)")
+    meta: dict[str, Any] = Field(default_factory=dict, description="how it was decided: the LLM's raw answers, "
+                                 "their validation errors, the fallback reason")
 
     def key(self) -> str:
         """Identity of the strategy (what is done, not why): used to never repeat one."""

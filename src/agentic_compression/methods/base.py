@@ -66,6 +66,8 @@ class Method:
                 return f"{cls.name} takes no parameter '{k}' (it takes {', '.join(known)})"
             if p.choices is not None and v not in p.choices:
                 return f"{cls.name}.{k}={v!r} is not one of {p.choices}"
+            if p.low is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                return f"{cls.name}.{k}={v!r} is not a number in [{p.low}, {p.high}]"
             if p.low is not None and not (p.low <= v <= p.high):
                 return f"{cls.name}.{k}={v!r} is outside [{p.low}, {p.high}]"
         return None

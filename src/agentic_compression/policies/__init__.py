@@ -1,15 +1,20 @@
 from .base import Policy, PolicyView, candidate_steps
 from .rule import RulePolicy
 
-POLICIES = {"rule": RulePolicy}
+POLICIES = ("rule", "llm")
 
 
-def make(name: str) -> Policy:
+def make(name: str, cfg=None) -> Policy:
+    """The policy called ``name``, configured from a RunConfig when one is given."""
     from ..errors import UserError
 
-    if name not in POLICIES:
-        raise UserError(f"unknown policy '{name}'", f"choose one of: {', '.join(POLICIES)}")
-    return POLICIES[name]()
+    if name == "rule":
+        return RulePolicy()
+    if name == "llm":
+        from .llm import LLMPolicy
+
+        return LLMPolicy(cfg.llm if cfg is not None else None)
+    raise UserError(f"unknown policy '{name}'", f"choose one of: {', '.join(POLICIES)}")
 
 
 __all__ = ["POLICIES", "Policy", "PolicyView", "RulePolicy", "candidate_steps", "make"]

@@ -17,7 +17,7 @@ class PolicyView:
     methods: dict[str, type[Method]]  # available here only
     baseline: EvaluationResult | None
     frontier: list[dict]  # ParetoFrontier.summary()
-    history: list[dict]  # recent episodes: strategy, status, objectives, error
+    history: list[dict]  # episodes so far, oldest first (bounded by history_limit): strategy, status, objectives, error
     tried: set[str]  # Strategy.key() of every strategy already run or refused
     episodes_left: int
     seconds_left: float

@@ -39,10 +39,13 @@ def _family(step: Step) -> tuple[str, int]:
 class RulePolicy:
     name = "rule"
 
+    def __init__(self, templates: bool = True):
+        self.templates = templates
+
     def decide(self, view: PolicyView) -> Strategy:
         candidates = [single(m_action(view, st), st) for st in candidate_steps(view)]
         seen = view.tried | {c.key() for c in candidates}
-        for name in TEMPLATES:
+        for name in TEMPLATES if self.templates else ():
             t = instantiate(name, view.model_config, view.methods, view.overrides)
             if t is not None and t.key() not in seen:
                 candidates.append(t)

@@ -1,0 +1,339 @@
+"""The LLM coordinator: GPT-4o or any OpenAI-compatible endpoint decides each episode behind the Policy interface.
+
+Per decision: a context built from the view (frontier, recent episodes, skills, budget, the model spec and the
+*available* methods with their parameter ranges, read from the registry) -> a structured answer (JSON schema,
+function call, JSON mode or plain chat, a setting) -> parsed and validated against the registry. An invalid answer
+is sent back with the error (bounded retries); transient HTTP errors back off and retry; after that the built-in
+policy decides that episode. Every Strategy records in ``meta`` the raw answers, their errors and any fallback
+reason. The API key comes from the environment and is scrubbed from every recorded error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import LLMSettings
+from ..errors import UserError
+from ..methods import REGISTRY
+from ..pipelines import AUTO, TEMPLATES, fit_group_size, parse_condition
+from ..schemas import ACTIONS, OBJECTIVES, Action, Step, Strategy
+from .base import Policy, PolicyView
+from .rule import RulePolicy
+from .search import SEARCHERS
+
+log = logging.getLogger("acf.llm")
+
+
+# ---- the decision schema (what the LLM answers) ----
+class DecisionStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: str = Field(description="a method name")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
+    condition: str | None = Field(default=None, description="e.g. 'ppl_ratio > 1.05': run the step only then")
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    algorithm: str = Field(default="grid", description="a searcher that proposes the next untried configuration")
+    method: str | None = Field(default=None, description="search one method's parameters; null = all methods")
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Action = Field(description="a method's action for one step; 'pipeline' for several steps; 'search' to "
+                           "let a searcher pick; 'end' to stop")
+    method: str | None = Field(default=None, description="the method of a single-step action")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters; omitted ones take defaults")
+    steps: list[DecisionStep] = Field(default_factory=list, description="a pipeline's steps, in order")
+    base: str = Field(default="base", description="'base' or an earlier successful episode_id to compress further")
+    search: SearchRequest | None = Field(default=None, description="for action 'search': {algorithm, method}")
+    reasoning: str = Field(default="", description="why this is the best next experiment")
+
+
+SCHEMA = Decision.model_json_schema()
+
+
+def _fields(model: type[BaseModel]) -> str:
+    return "; ".join(f"{n}: {f.description or n}" for n, f in model.model_fields.items())
+
+
+# the answer's fields in words, for modes without a structured-output API (small models copy a raw schema)
+FIELDS = (f"{_fields(Decision)}. action is one of {', '.join(ACTIONS)}. Each step has {_fields(DecisionStep)}. "
+          f"search has {_fields(SearchRequest)}.")
+EXAMPLE = {"action": "quantization", "method": "gptq", "params": {"scheme": "W4A16", "group_size": 64},
+           "reasoning": "4-bit GPTQ usually keeps accuracy within a point and cuts size ~3x"}
+
+
+class DecisionError(ValueError):
+    """The answer cannot be executed; the message is sent back to the LLM."""
+
+
+class EndpointError(RuntimeError):
+    """The endpoint did not answer (after backoff) or refused the request."""
+
+
+# ---- parsing and validation ----
+def parse(raw: str) -> Any:
+    """The first JSON object in the answer (code fences and prose around it are ignored)."""
+    text = (raw or "").strip()
+    if not text:
+        raise DecisionError("the answer was empty")
+    dec = json.JSONDecoder()
+    for m in re.finditer(r"\{", text):
+        try:
+            obj, _ = dec.raw_decode(text, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    raise DecisionError("no JSON object found in the answer")
+
+
+def _step(method: str, params: dict, condition: str | None, view: PolicyView, where: str) -> Step:
+    if method not in view.methods:
+        avail = ", ".join(sorted(view.methods))
+        if method in REGISTRY:
+            raise DecisionError(f"{where}method '{method}' is not available on this machine "
+                                f"({REGISTRY[method].available()[1]}); available: {avail}")
+        raise DecisionError(f"{where}unknown method '{method}'; available: {avail}")
+    m = view.methods[method]
+    merged = {**m.defaults(), **params, **view.overrides.get(method, {})}
+    if "group_size" in merged and "group_size" not in params and "group_size" not in view.overrides.get(method, {}):
+        merged["group_size"] = AUTO  # an omitted group size fits the model, not the method's generic default
+    merged = fit_group_size(method, merged, view.model_config)
+    if err := m.check(merged, view.model_config):
+        raise DecisionError(f"{where}{err}")
+    if condition:
+        try:
+            parse_condition(condition)
+        except ValueError as e:
+            raise DecisionError(f"{where}{e}") from None
+    return Step(method=method, params=merged, condition=condition)
+
+
+def to_strategy(obj: Any, view: PolicyView) -> Strategy:
+    """A validated, executable, untried Strategy, or DecisionError saying exactly what to fix."""
+    if not isinstance(obj, dict):
+        raise DecisionError("the answer must be one JSON object")
+    obj = dict(obj)
+    act = obj.get("action")
+    if isinstance(act, str) and act not in ACTIONS and act in REGISTRY and obj.get("method") in (None, act):
+        obj["method"], obj["action"] = act, REGISTRY[act].action  # a method named as the action
+    try:
+        d = Decision.model_validate(obj)
+    except ValidationError as e:
+        raise DecisionError("; ".join(f"{'.'.join(map(str, x['loc'])) or 'answer'}: {x['msg']}"
+                                      for x in e.errors())) from None
+    if d.action == "end":
+        return Strategy(action="end", reasoning=d.reasoning)
+    if d.action == "search":
+        req = d.search or SearchRequest(method=d.method)
+        if req.algorithm not in SEARCHERS:
+            raise DecisionError(f"search algorithm '{req.algorithm}' is not available; choose one of "
+                                f"{', '.join(SEARCHERS)}")
+        if req.method is not None:
+            _step(req.method, {}, None, view, "search: ")
+        st = SEARCHERS[req.algorithm](view, req.method)
+        if st.action == "end":
+            raise DecisionError(f"every configuration of {req.method or 'the methods'} was tried; choose another")
+        return st.model_copy(update={"reasoning": f"{d.reasoning} | {st.reasoning}".strip(" |")})
+    ok_bases = {"base"} | {h["episode_id"] for h in view.history if h["status"] == "success"}
+    if d.base not in ok_bases:
+        raise DecisionError(f"base '{d.base}' is not 'base' or a successful episode ({', '.join(sorted(ok_bases))})")
+    if d.action == "pipeline":
+        if not d.steps:
+            raise DecisionError("action 'pipeline' needs a non-empty 'steps' list")
+        steps = [_step(s.method, s.params, s.condition, view, f"steps[{i}]: ") for i, s in enumerate(d.steps)]
+        if not any(view.methods[s.method].standalone for s in steps):
+            raise DecisionError("a pipeline needs a compressing step; lora/distill only recover after one")
+        action = "pipeline"
+    else:
+        if not d.method:
+            raise DecisionError(f"action '{d.action}' needs 'method' (or use 'pipeline' with 'steps')")
+        steps = [_step(d.method, d.params, None, view, "")]
+        if not view.methods[d.method].standalone:
+            raise DecisionError(f"{d.method} is a recovery step: put it in a pipeline after a compressing step")
+        action = view.methods[d.method].action  # the action follows the method
+    st = Strategy(action=action, steps=steps, base=d.base, reasoning=d.reasoning)
+    if st.key() in view.tried:
+        raise DecisionError("this exact strategy was already tried (see already_tried); choose another")
+    return st
+
+
+# ---- the context (what the LLM reads) ----
+def summarize(strategy: dict) -> str:
+    steps = " -> ".join(f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})"
+                        + (f" if {s['condition']}" if s.get("condition") else "") for s in strategy["steps"])
+    return steps + ("" if strategy.get("base", "base") == "base" else f" [on {strategy['base']}]")
+
+
+def method_catalog(methods: dict) -> dict:
+    """The available methods as the registry declares them: never a list kept by hand."""
+    out = {}
+    for name, m in sorted(methods.items()):
+        params = {p.name: (f"one of {json.dumps(p.choices)}" if p.choices is not None else f"{p.low:g}..{p.high:g}")
+                  + f", default {json.dumps(p.default)}" + (f" ({p.help})" if p.help else "") for p in m.params}
+        out[name] = {"action": m.action, "params": params, "lowers": list(m.reduces),
+                     "cost": ["seconds", "about a minute", "several minutes"][min(m.cost, 2)],
+                     **({} if m.standalone else {"role": "recovery step: only inside a pipeline"})}
+    return out
+
+
+def context(view: PolicyView) -> dict:
+    b = view.baseline
+    base_obj = b.objectives() if b else None
+
+    def rel(obj: dict | None) -> dict | None:
+        if not obj or not base_obj:
+            return None
+        return {k: round(v / base_obj[k], 3) for k, v in obj.items() if base_obj.get(k)}
+
+    recent = view.history[-5:]
+    return {
+        "model": {"name": view.spec.model_name, "params": view.spec.num_params, "family": view.spec.model_family,
+                  "size_class": view.spec.size_class, "fp16_gb": view.spec.model_size_gb,
+                  "preferred_methods": view.spec.preferred_methods},
+        "objectives": {k: "maximise" if v > 0 else "minimise" for k, v in OBJECTIVES.items()},
+        "baseline": None if b is None else {**base_obj, "accuracy_stderr": b.accuracy_stderr, "n": b.accuracy_n,
+                                            "benchmark": b.benchmark, "perplexity": b.perplexity},
+        "pareto_frontier": [{"episode_id": f["episode_id"], "strategy": summarize(f) if f["steps"] else "baseline",
+                             "relative_to_baseline": rel(f["objectives"])} for f in view.frontier],
+        "recent_episodes": [{"episode_id": h["episode_id"], "strategy": summarize(h["strategy"]),
+                             "status": h["status"], "entered_frontier": h.get("entered_frontier"),
+                             **({"relative_to_baseline": rel(h["objectives"]),
+                                 "accuracy": h["objectives"]["accuracy"]} if h["objectives"] else {}),
+                             **({"error": (h.get("error") or "")[-300:]} if h["status"] == "failed" else {})}
+                            for h in recent],
+        "already_tried": [summarize(h["strategy"]) for h in view.history],
+        "skill_recommendations": view.skill_recommendations,
+        "budget": {"episodes_left": view.episodes_left, "seconds_left": round(view.seconds_left),
+                   "co2_grams_spent": round(view.co2_grams_so_far, 3)},
+        "available_methods": method_catalog(view.methods),
+        "pipeline_templates": {n: summarize({"steps": [s.model_dump() for s in t]}) for n, t in TEMPLATES.items()},
+        "search_algorithms": list(SEARCHERS),
+        "fixed_parameters": view.overrides,
+    }
+
+
+SYSTEM = """You are the coordinator of acf, a system that finds the best compressed versions of a language model.
+Each turn you choose ONE next strategy; workers apply it with real libraries and it is measured on five objectives
+(accuracy up; latency, memory, size on disk and CO2 down). Aim for a broad Pareto frontier relative to the
+uncompressed baseline within the remaining budget: learn from the measured results and from failures.
+Rules:
+- Use only the methods under available_methods, with parameters inside their choices or ranges (omitted ones take
+  their defaults). Never repeat a strategy listed under already_tried.
+- action: the method's action for a single step ("method" + "params"); "pipeline" for several steps in order
+  ("steps"; recovery methods such as lora/distill only after a compressing step; a step may carry a condition
+  such as "ppl_ratio > 1.05"); "search" to let a searcher ({"algorithm", "method"}) pick the next untried
+  configuration; "end" when nothing promising is left.
+- base: "base" (the original model) or an earlier successful episode_id, to compress that candidate further.
+Answer with one JSON object only."""
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    text = re.sub(r"sk-[A-Za-z0-9_\-*]{6,}", "sk-***", text)
+    return text.replace(secret, "***") if secret else text
+
+
+class LLMPolicy:
+    name = "llm"
+
+    def __init__(self, settings: LLMSettings | None = None, fallback: Policy | None = None):
+        from openai import OpenAI
+
+        self.s = settings or LLMSettings()
+        self._key = os.environ.get("ACF_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        if not self._key and self.s.base_url is None:
+            raise UserError("--policy llm needs an API key for api.openai.com",
+                            "set OPENAI_API_KEY, or pass --llm-base-url for a local OpenAI-compatible server")
+        self.client = OpenAI(api_key=self._key or "not-needed", base_url=self.s.base_url,
+                             timeout=self.s.timeout_s, max_retries=0)
+        self.fallback = fallback or RulePolicy()
+        self.endpoint_failures = 0  # decisions in a row whose endpoint failed (the breaker)
+
+    # -- one request, with backoff on transient errors --
+    def _request(self, messages: list[dict]) -> str:
+        import openai
+
+        s = self.s
+        kw: dict[str, Any] = {"model": s.model, "messages": messages, "temperature": s.temperature,
+                              "max_tokens": s.max_tokens}
+        if s.mode == "json_schema":
+            kw["response_format"] = {"type": "json_schema", "json_schema": {"name": "decision", "schema": SCHEMA}}
+        elif s.mode == "json_mode":
+            kw["response_format"] = {"type": "json_object"}
+        elif s.mode == "function_calling":
+            kw["tools"] = [{"type": "function", "function": {"name": "decide", "parameters": SCHEMA,
+                                                             "description": "the next compression strategy"}}]
+            kw["tool_choice"] = {"type": "function", "function": {"name": "decide"}}
+        delay, last = s.backoff_s, None
+        for i in range(s.http_retries + 1):
+            try:
+                r = self.client.chat.completions.create(**kw)
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
+                last = e
+                if i < s.http_retries:
+                    after = getattr(getattr(e, "response", None), "headers", {}).get("retry-after")
+                    time.sleep(float(after) if after and after.replace(".", "", 1).isdigit() else delay)
+                    delay *= 2
+                continue
+            except openai.APIStatusError as e:
+                raise EndpointError(f"endpoint refused the request: HTTP {e.status_code}: {e.message}") from None
+            if not r.choices:
+                return ""
+            msg = r.choices[0].message
+            if s.mode == "function_calling" and msg.tool_calls:
+                return msg.tool_calls[0].function.arguments or ""
+            return msg.content or ""
+        raise EndpointError(f"endpoint failed {s.http_retries + 1} times ({type(last).__name__}: {last})")
+
+    def _messages(self, view: PolicyView) -> list[dict]:
+        system = SYSTEM
+        if self.s.mode in ("prompt", "json_mode"):
+            system += f"\nThe answer's fields: {FIELDS}"
+        ctx = json.dumps(context(view), default=str, separators=(",", ":"))
+        # the format last: small local models follow what they read last
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": f"Context:\n{ctx}\n\nAnswer now with one JSON object in this form: "
+                                            f"{json.dumps(EXAMPLE)}"}]
+
+    def decide(self, view: PolicyView) -> Strategy:
+        s = self.s
+        meta: dict[str, Any] = {"requested": "llm", "model": s.model, "mode": s.mode, "attempts": []}
+        if self.endpoint_failures >= s.breaker:
+            return self._fall(view, meta, f"the endpoint failed in {self.endpoint_failures} decisions in a row; "
+                                          "not asked again in this run")
+        messages = self._messages(view)
+        error = ""
+        for _ in range(s.retries + 1):
+            t = time.perf_counter()
+            try:
+                raw = self._request(messages)
+            except EndpointError as e:
+                self.endpoint_failures += 1
+                return self._fall(view, meta, _scrub(str(e), self._key))
+            self.endpoint_failures = 0
+            attempt = {"raw": raw[:8000], "seconds": round(time.perf_counter() - t, 2), "error": None}
+            meta["attempts"].append(attempt)
+            try:
+                st = to_strategy(parse(raw), view)
+            except DecisionError as e:
+                error = attempt["error"] = str(e)
+                messages = messages + [{"role": "assistant", "content": raw[:8000]},
+                                       {"role": "user", "content": f"That answer cannot be used: {e}. "
+                                                                   "Answer again with one JSON object only."}]
+                continue
+            return st.model_copy(update={"policy": self.name, "meta": meta})
+        return self._fall(view, meta, f"no valid decision in {s.retries + 1} answers; last error: {error}")
+
+    def _fall(self, view: PolicyView, meta: dict, reason: str) -> Strategy:
+        log.warning("LLM coordinator fell back to the %s policy: %s", self.fallback.name, reason)
+        st = self.fallback.decide(view)
+        return st.model_copy(update={"meta": {**meta, "fallback_reason": reason},
+                                     "reasoning": f"[fallback: {reason}] {st.reasoning}"})
