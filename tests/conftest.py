@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ DATA_DIR = Path(os.environ.get("ACF_DATA_DIR", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# evaluation results are cached per test session, never across sessions (a stale entry would hide a regression)
+os.environ["ACF_EVAL_CACHE"] = tempfile.mkdtemp(prefix="acf-eval-cache-")
+os.environ["ACF_SKILLS"] = os.path.join(tempfile.mkdtemp(prefix="acf-skills-"), "skills.sqlite")
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ def test_missing_data_dir(capsys, tiny_dir, out, tmp_path):
 def test_unknown_dataset(capsys, tiny_dir, data_dir, out):
     code, err = _run(capsys, "--model", str(tiny_dir), "--data-dir", str(data_dir), "--dataset", "imagenet",
                      "--output-dir", str(out))
-    assert code == 2 and "unknown dataset 'imagenet'" in err and "hellaswag" in err
+    assert code == 2 and "unknown benchmark 'imagenet'" in err and "hellaswag" in err and "humaneval" in err
 
 
 @pytest.mark.parametrize("flag,value,msg", [("--max-episodes", "0", "max_episodes"),

@@ -26,20 +26,6 @@ def test_calibration_windows_come_from_the_first_half_only(data_dir, smollm2_dir
         assert tok.decode(s[5:40]) not in evaluation
 
 
-def test_benchmark_items_and_seeded_subset(data_dir, tmp_path):
-    items = data.load_items(data_dir, "hellaswag")
-    assert len(items) == 10042 and items[0]["label"] == 3 and len(items[0]["choices"]) == 4
-    assert items[0]["query"].startswith("Roof shingle removal: A man is sitting on a roof.")
-    arc = data.load_items(data_dir, "arc_challenge")
-    assert len(arc) == 1172 and all(0 <= it["label"] < len(it["choices"]) for it in arc)
-    inc, task = data.build_task(data_dir, "hellaswag", 25, 7, tmp_path)
-    rows = [json.loads(x) for x in (inc / "items.jsonl").read_text().splitlines()]
-    inc2, task2 = data.build_task(data_dir, "hellaswag", 25, 7, tmp_path)
-    assert task == task2 and len(rows) == 25
-    _, task3 = data.build_task(data_dir, "hellaswag", 25, 8, tmp_path)
-    assert task3 != task
-
-
 def test_calibration_from_a_user_file(data_dir, smollm2_dir, tmp_path):
     from transformers import AutoTokenizer
 
@@ -54,6 +40,6 @@ def test_calibration_from_a_user_file(data_dir, smollm2_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "no text field"}\n')
     with pytest.raises(UserError, match="line 2"):
-        data.calibration_text(data_dir, str(bad))
+        data.read_text(data_dir, str(bad))
     with pytest.raises(UserError, match="does not exist"):
-        data.calibration_text(data_dir, str(tmp_path / "missing.txt"))
+        data.read_text(data_dir, str(tmp_path / "missing.txt"))

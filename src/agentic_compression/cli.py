@@ -27,7 +27,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run compression episodes and write the experiment folder")
     r.add_argument("--model", required=True, help="'smollm2-135m', a local model folder, a .gguf file or a Hub id")
-    r.add_argument("--dataset", default="hellaswag", help="hellaswag | arc_easy | arc_challenge")
+    r.add_argument("--dataset", "--benchmarks", dest="dataset", default="hellaswag",
+                   help="benchmark(s), comma-separated, or 'all': hellaswag, arc_easy, arc_challenge, piqa, "
+                        "winogrande, commonsense_qa, truthfulqa_mc1, truthfulqa_mc2, mmlu, gsm8k, bbh; the accuracy "
+                        "objective is the mean of their headline scores")
+    r.add_argument("--eval-source", default="local", choices=["local", "hub"],
+                   help="benchmark data from --data-dir, or (with --online) lm-eval's own Hub datasets")
+    r.add_argument("--no-eval-cache", action="store_true",
+                   help="measure every checkpoint even when a cached result exists (ACF_EVAL_CACHE)")
     r.add_argument("--data-dir", type=Path, default=os.environ.get("ACF_DATA_DIR"),
                    help="local benchmark data laid out like ../shared/data (or set ACF_DATA_DIR)")
     r.add_argument("--max-episodes", type=int, default=10)
@@ -35,7 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--patience", type=int, default=5, help="stop after N episodes without frontier improvement")
     r.add_argument("--output-dir", type=Path, default=Path("experiments"))
     r.add_argument("--experiment", help="folder name under --output-dir (default: model-dataset-timestamp)")
-    r.add_argument("--policy", default="rule", help="rule (built-in) | llm (GPT-4o or an OpenAI-compatible server)")
+    r.add_argument("--policy", default="rule", help="rule (built-in) | llm (GPT-4o or an OpenAI-compatible server) "
+                   "| tpe | nsga2 | bandit | pbt | random")
+    r.add_argument("--search-seed", type=int, default=0, help="seed of the search policies")
+    r.add_argument("--skills", type=Path, help="skill memory file (default ACF_SKILLS or "
+                   "~/.local/share/acf/skills.sqlite)")
+    r.add_argument("--no-skills", action="store_true", help="neither read nor write the skill memory")
+    r.add_argument("--accuracy-floor", type=float, default=0.9,
+                   help="reward: a candidate under this fraction of the baseline's accuracy scores -1")
     env = os.environ.get
     r.add_argument("--llm-model", default=env("ACF_LLM_MODEL", "gpt-4o"), help="model the endpoint serves")
     r.add_argument("--llm-base-url", default=env("ACF_LLM_BASE_URL") or env("OPENAI_BASE_URL"),
@@ -47,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
     r.add_argument("--llm-retries", type=int, default=2, help="invalid answers sent back with the error")
     r.add_argument("--limit", type=int, default=100, help="benchmark items (seeded subset shared by all candidates)")
-    r.add_argument("--ppl-tokens", type=int, default=4096, help="WikiText-2 evaluation-half tokens for perplexity")
+    r.add_argument("--ppl-tokens", type=int, default=4096, help="tokens of the perplexity text scored")
+    r.add_argument("--ppl-text", default="wikitext2-second-half",
+                   help="perplexity text: the evaluation half of WikiText-2, or a .txt / .jsonl file")
+    r.add_argument("--country", default="USA", help="ISO code of the grid codecarbon's CO2 factor is for")
     r.add_argument("--repeats", type=int, default=5, help="latency repeats after one warm-up")
     r.add_argument("--threads", type=int, help="torch threads (under load, 1 can beat 2)")
     r.add_argument("--calibration", default="wikitext2-first-half",
@@ -84,12 +101,15 @@ def _run(a) -> int:
         cfg = RunConfig(model=a.model, dataset=a.dataset, data_dir=a.data_dir, output_dir=a.output_dir,
                         experiment=a.experiment, max_episodes=a.max_episodes, budget_hours=a.budget_hours,
                         patience=a.patience, policy=a.policy, noise_tolerance=a.noise_tolerance,
-                        online=a.online, threads=a.threads,
+                        online=a.online, threads=a.threads, seed=a.search_seed, skills_path=a.skills,
+                        use_skills=not a.no_skills, reward={"accuracy_floor": a.accuracy_floor},
                         method_overrides=overrides, calibration={"source": a.calibration},
                         llm={"model": a.llm_model, "base_url": a.llm_base_url, "mode": a.llm_mode,
                              "temperature": a.llm_temperature, "timeout_s": a.llm_timeout, "retries": a.llm_retries},
-                        eval=EvalSettings(benchmark=a.dataset, limit=a.limit, ppl_tokens=a.ppl_tokens,
-                                          repeats=a.repeats, threads=a.threads, seed=a.seed))
+                        eval=EvalSettings(benchmark=a.dataset, source=a.eval_source, cache=not a.no_eval_cache,
+                                          limit=a.limit, ppl_tokens=a.ppl_tokens, ppl_text=a.ppl_text,
+                                          country_iso_code=a.country, repeats=a.repeats,
+                                          threads=a.threads, seed=a.seed))
     except ValidationError as e:
         bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise UserError(f"invalid option(s): {bad}", "see 'acf run --help'") from None

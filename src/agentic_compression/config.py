@@ -5,18 +5,27 @@ from pathlib import Path
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from .reward import RewardSettings
 
 
 class EvalSettings(BaseModel):
-    benchmark: str = "hellaswag"
-    limit: int = Field(default=100, gt=0, description="items of the seeded benchmark subset shared by all candidates")
+    benchmark: str = Field(default="hellaswag", description="benchmarks, comma-separated, or 'all' (benchmarks.py)")
+    source: Literal["local", "hub"] = Field(default="local", description="local files (--data-dir) or, online, "
+                                            "lm-eval's own tasks on the Hub's datasets")
+    limit: int = Field(default=100, gt=0, description="items per benchmark of the seeded subset shared by all "
+                       "candidates (split evenly over a group's subtasks)")
+    cache: bool = Field(default=True, description="reuse results cached by (checkpoint fingerprint, settings)")
     batch_size: int = Field(default=4, gt=0)
-    ppl_tokens: int = Field(default=4096, gt=64, description="evaluation-half WikiText-2 tokens scored")
+    ppl_text: str = Field(default="wikitext2-second-half", description="perplexity text: the evaluation half of "
+                          "WikiText-2, or a .txt / .jsonl file")
+    ppl_tokens: int = Field(default=4096, gt=64, description="tokens of that text scored (sliding window)")
     ppl_window: int = Field(default=512, gt=16)
     ppl_stride: int = Field(default=256, gt=0)
     prompt_tokens: int = Field(default=128, gt=0)
     decode_tokens: int = Field(default=16, gt=0)
+    max_new_tokens: int = Field(default=128, gt=0, description="HumanEval completion length (greedy)")
     warmup: int = Field(default=1, ge=0)
     repeats: int = Field(default=5, gt=0)
     seed: int = 1234
@@ -69,8 +78,20 @@ class RunConfig(BaseModel):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    reward: RewardSettings = Field(default_factory=RewardSettings)
+    skills_path: Path | None = Field(default=None, description="skill memory (SQLite); None = ACF_SKILLS or "
+                                     "~/.local/share/acf/skills.sqlite; pass --no-skills to run without")
+    use_skills: bool = True
+    seed: int = Field(default=0, description="seed of the search policies")
     # method -> parameter overrides the policy applies (e.g. fewer GPTQ samples for a quick run)
     method_overrides: dict[str, dict] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _benchmarks_from_dataset(self):
+        """``dataset`` names the benchmarks unless the evaluation settings name them explicitly."""
+        if "benchmark" not in self.eval.model_fields_set:
+            self.eval.benchmark = self.dataset
+        return self
 
     @field_validator("threads")
     @classmethod

@@ -24,7 +24,9 @@ from .pareto import DEFAULT_TOLERANCE, ParetoFrontier
 from .pipelines import Probe
 from .policies import PolicyView
 from .report import write_visualization
+from .reward import reward
 from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, ParetoSolution, Strategy
+from .skills import SkillContext, SkillMemory
 from .spec import infer_spec
 from .state import CompressionState
 from .workers import apply_strategy
@@ -47,8 +49,11 @@ def write_json(path: Path, obj: Any) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Cheap checks first, before anything is written or converted."""
-    data.check_data_dir(cfg.data_dir, cfg.dataset)
-    data.calibration_text(cfg.data_dir, cfg.calibration.source)
+    if cfg.eval.source == "hub" and not cfg.online:
+        raise UserError("--eval-source hub reads the Hub's datasets", "add --online, or use the local files")
+    data.check_data_dir(cfg.data_dir, cfg.eval.benchmark if cfg.eval.source == "local" else "")
+    data.read_text(cfg.data_dir, cfg.calibration.source)
+    data.read_text(cfg.data_dir, cfg.eval.ppl_text)
     policies.make(cfg.policy, cfg)
     try:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +77,7 @@ class Experiment:
         self.model_path, canonical = models.resolve(cfg.model)
         self.spec: ModelSpec = infer_spec(canonical, self.model_path, online=cfg.online)
         self.model_config = json.loads((self.model_path / "config.json").read_text())
-        name = cfg.experiment or f"{Path(canonical).name.lower()}-{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+        name = cfg.experiment or f"{Path(canonical).name.lower()}-{cfg.dataset.replace(',', '+')}-{datetime.now():%Y%m%d-%H%M%S}"
         self.dir = cfg.output_dir / name
         if self.dir.exists() and any(self.dir.iterdir()):
             raise UserError(f"experiment folder {self.dir} already exists and is not empty",
@@ -81,7 +86,7 @@ class Experiment:
         self.policy = policies.make(cfg.policy, cfg)
         noise = cfg.noise_tolerance
         self.frontier = ParetoFrontier(tolerance={**DEFAULT_TOLERANCE, "latency_ms": noise, "memory_gb": noise,
-                                                  "co2_grams": noise})
+                                                  "co2_grams": noise}, reward=cfg.reward)
         self.episodes: list[Episode] = []
         self.hv_history: list[dict] = []
         self.baseline: EvaluationResult | None = None
@@ -89,6 +94,9 @@ class Experiment:
         self.work_dir = self.dir / ".work"
         self._calib_cache: dict[tuple, list[list[int]]] = {}
         self.probe = Probe(cfg.data_dir, self.model_path)
+        self.skills = SkillMemory(cfg.skills_path) if cfg.use_skills else None
+        self.skill_ctx = SkillContext(model=canonical, family=self.spec.model_family, num_params=self.spec.num_params,
+                                      task=cfg.dataset, experiment=name)
 
     # ---- calibration: one seeded set per (n, seq_len), reused by every method of the experiment ----
     def calibration(self, tokenizer, n: int, seq_len: int) -> list[list[int]]:
@@ -116,7 +124,7 @@ class Experiment:
             "max_episodes": self.cfg.max_episodes, "budget_hours": self.cfg.budget_hours, "current_episode": 0,
             "history": [], "pareto_frontier": self.frontier.summary(), "messages": [], "next_action": "",
             "action_params": {}, "should_terminate": False, "termination_reason": None,
-            "skill_recommendations": [], "pipeline_step_index": 0, "consecutive_no_improvement": 0,
+            "skill_recommendations": self._recommendations(), "pipeline_step_index": 0, "consecutive_no_improvement": 0,
             "refused": [], "co2_grams_total": self.baseline.co2_grams}
         final = graph.invoke(state, {"recursion_limit": 4 * self.cfg.max_episodes + 20})
         summary = self._write_summary(final, complete=True)
@@ -138,6 +146,9 @@ class Experiment:
                                          strategy=Strategy(action="pipeline", reasoning="uncompressed baseline")))
         self._record_hv("baseline")
 
+    def _recommendations(self) -> list[dict]:
+        return self.skills.recommend(self.skill_ctx) if self.skills else []
+
     def _record_hv(self, episode_id: str) -> None:
         self.hv_history.append({"after": episode_id, "hypervolume": self.frontier.hypervolume(),
                                 "frontier_size": len(self.frontier.solutions)})
@@ -158,7 +169,8 @@ class Experiment:
                 tried=tried, episodes_left=self.cfg.max_episodes - state["current_episode"],
                 seconds_left=self.cfg.budget_hours * 3600 - (time.monotonic() - self.t0),
                 co2_grams_so_far=state.get("co2_grams_total", 0.0),
-                skill_recommendations=state.get("skill_recommendations", []), overrides=self.cfg.method_overrides)
+                skill_recommendations=state.get("skill_recommendations", []), overrides=self.cfg.method_overrides,
+                reward=self.cfg.reward)
             strategy = self.policy.decide(view)
             if strategy.action == "end":
                 reason = f"policy ended the search: {strategy.reasoning}"
@@ -257,6 +269,12 @@ class Experiment:
         update = {"history": history, "current_episode": idx + 1, "pareto_frontier": self.frontier.summary(),
                   "consecutive_no_improvement": 0 if improved else state["consecutive_no_improvement"] + 1,
                   "co2_grams_total": co2, "current_strategy": None}
+        if self.skills:
+            base = self.baseline.objectives()
+            self.skills.record(self.skill_ctx, strategy.model_dump(), ok, ep.result.objectives() if ok else None,
+                               base, reward(ep.result.objectives() if ok else None, base, self.cfg.reward),
+                               ep.error)
+            update["skill_recommendations"] = self._recommendations()
         self._write_summary({**state, **update}, complete=False)
         return update
 

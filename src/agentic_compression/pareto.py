@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from .reward import RewardSettings, reward
 from .schemas import OBJECTIVES, ParetoSolution
 
 Vector = tuple[float, ...]
@@ -52,8 +53,9 @@ def hypervolume(points: Sequence[Vector], ref: Vector) -> float:
 
 class ParetoFrontier:
     def __init__(self, baseline: Mapping[str, float] | None = None, ref_factor: float = 2.0,
-                 tolerance: Mapping[str, float] | None = None):
+                 tolerance: Mapping[str, float] | None = None, reward: RewardSettings | None = None):
         self.solutions: list[ParetoSolution] = []
+        self.reward = reward or RewardSettings()
         self.baseline = dict(baseline) if baseline else None
         self.ref_factor = ref_factor
         self.tolerance = dict(DEFAULT_TOLERANCE if tolerance is None else tolerance)
@@ -93,19 +95,20 @@ class ParetoFrontier:
         return hypervolume([self._norm(s.objectives) for s in self.solutions], self.reference())
 
     def balanced(self) -> ParetoSolution | None:
-        """The member closest (Euclidean) to the ideal point, each objective's best value on the frontier.
-        Distances are relative to the baseline when there is one (a 1% accuracy gain weighs what a 1% cost cut
-        does), else min-max normalised over the frontier."""
+        """With a baseline: the member with the highest reward (reward.py: weighted relative changes against the
+        baseline, an accuracy floor). Without one: the member closest to the ideal point, min-max normalised."""
         if not self.solutions:
             return None
-        vs = [self._norm(s.objectives) for s in self.solutions]
+        if self.baseline:
+            return max(self.solutions, key=lambda s: reward(s.objectives, self.baseline, self.reward))
+        vs = [to_min(s.objectives) for s in self.solutions]
         lo = [min(c) for c in zip(*vs)]
-        span = [1.0] * len(lo) if self.baseline else [(max(c) - min(c)) or 1.0 for c in zip(*vs)]
+        span = [(max(c) - min(c)) or 1.0 for c in zip(*vs)]
 
         def dist(v: Vector) -> float:
             return sum(((x - l) / w) ** 2 for x, l, w in zip(v, lo, span)) ** 0.5
 
-        return min(self.solutions, key=lambda s: dist(self._norm(s.objectives)))
+        return min(self.solutions, key=lambda s: dist(to_min(s.objectives)))
 
     def summary(self) -> list[dict]:
         return [{"episode_id": s.episode_id, "objectives": s.objectives, "steps": [st.model_dump() for st in

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .schemas import OBJECTIVES
 
-_LABELS = {"accuracy": "accuracy (acc_norm)", "latency_ms": "decode ms/token", "memory_gb": "peak memory GB",
+_LABELS = {"accuracy": "accuracy (mean benchmark score)", "latency_ms": "decode ms/token", "memory_gb": "peak memory GB",
            "model_size_gb": "size on disk GB", "co2_grams": "eval CO2 g"}
 
 

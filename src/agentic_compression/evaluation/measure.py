@@ -62,21 +62,40 @@ def perplexity(model, ids: list[int], window: int, stride: int) -> dict[str, Any
     return {"perplexity": math.exp(nll / count), "tokens": count, "window": window, "stride": stride}
 
 
-def accuracy(model, tokenizer, include_path: Path, task: str, batch_size: int, seed: int) -> dict[str, Any]:
-    """Zero-shot multiple-choice accuracy through lm-eval on the in-memory model; acc_norm is the headline."""
+def accuracy(model, tokenizer, include_path: Path | None, tasks: list[dict], batch_size: int, seed: int,
+             limit: int | None = None) -> dict[str, dict]:
+    """Benchmark scores through lm-eval on the in-memory model: per benchmark the headline metric with its stderr
+    and n (groups aggregated by lm-eval, weighted by size) and every other metric lm-eval reported.
+    ``tasks``: {name, task, metric}."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    tm = TaskManager(include_path=str(include_path), include_defaults=False)
-    res = simple_evaluate(model=lm, tasks=[task], task_manager=tm, num_fewshot=0, random_seed=seed,
-                          numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                          bootstrap_iters=1000, log_samples=False)
-    r = res["results"][task]
-    n = res["n-samples"][task]["effective"]
-    return {"acc_norm": r["acc_norm,none"], "acc_norm_stderr": r["acc_norm_stderr,none"], "acc": r["acc,none"],
-            "acc_stderr": r["acc_stderr,none"], "n": n}
+    tm = TaskManager(include_path=str(include_path), include_defaults=False) if include_path else TaskManager()
+    res = simple_evaluate(model=lm, tasks=[t["task"] for t in tasks], task_manager=tm, num_fewshot=None,
+                          limit=limit, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                          fewshot_random_seed=seed, bootstrap_iters=1000, log_samples=False)
+    per: dict[str, Any] = {}
+    for t in tasks:
+        r, metric = res["results"][t["task"]], t["metric"]
+        subtasks = res.get("group_subtasks", {}).get(t["task"]) or [t["task"]]
+        n = sum(res["n-samples"][s]["effective"] for s in subtasks if s in res["n-samples"])
+        value, stderr, source = float(r[metric]), r.get(metric.replace(",", "_stderr,")), "lm-eval"
+        if not isinstance(stderr, (int, float)):  # lm-eval gives none for a group of 1-item subtasks
+            stderr, source = math.sqrt(max(value * (1 - value), 0.0) / max(n - 1, 1)), "binomial"
+        per[t["name"]] = {"metric": metric, "value": value, "stderr": float(stderr), "stderr_source": source,
+                          "n": n, "all": {k: v for k, v in r.items() if isinstance(v, (int, float))}}
+    return per
+
+
+def aggregate(per: dict[str, dict]) -> dict[str, Any]:
+    """The accuracy objective: the mean of the benchmarks' headline scores, its stderr from theirs
+    (independent item sets), and every benchmark's own entry."""
+    k = len(per)
+    return {"benchmarks": per, "value": sum(v["value"] for v in per.values()) / k,
+            "stderr": math.sqrt(sum(v["stderr"] ** 2 for v in per.values())) / k,
+            "n": sum(v["n"] for v in per.values())}
 
 
 class Energy:

@@ -56,7 +56,15 @@ def main(request: Path, result: Path) -> None:
 
     with measure.Energy(s.country_iso_code) as energy:
         ppl = measure.perplexity(model, req["ppl_ids"][: s.ppl_tokens], s.ppl_window, s.ppl_stride)
-        acc = measure.accuracy(model, tok, Path(req["include_path"]), req["task"], s.batch_size, s.seed)
+        include = Path(req["include_path"]) if req["include_path"] else None
+        lm_tasks = [t for t in req["tasks"] if t["name"] != "humaneval"]
+        per = measure.accuracy(model, tok, include, lm_tasks, s.batch_size, s.seed,
+                               limit=s.limit if s.source == "hub" else None) if lm_tasks else {}
+        if len(lm_tasks) < len(req["tasks"]):
+            from .humaneval import evaluate as humaneval
+
+            per["humaneval"] = humaneval(model, tok, s.limit, s.seed, s.max_new_tokens)
+        acc = measure.aggregate(per)
 
     out = {
         "accuracy": acc, "perplexity": ppl, "latency": lat, "energy": energy.result,

@@ -1,7 +1,7 @@
 from .base import Policy, PolicyView, candidate_steps
 from .rule import RulePolicy
 
-POLICIES = ("rule", "llm")
+POLICIES = ("rule", "llm", "tpe", "nsga2", "bandit", "pbt", "random")
 
 
 def make(name: str, cfg=None) -> Policy:
@@ -14,6 +14,10 @@ def make(name: str, cfg=None) -> Policy:
         from .llm import LLMPolicy
 
         return LLMPolicy(cfg.llm if cfg is not None else None)
+    if name in POLICIES:
+        from . import search
+
+        return search.make(name, cfg.seed if cfg is not None else 0)
     raise UserError(f"unknown policy '{name}'", f"choose one of: {', '.join(POLICIES)}")
 
 

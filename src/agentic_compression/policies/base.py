@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..methods import Method
+from ..reward import RewardSettings
 from ..schemas import EvaluationResult, ModelSpec, Step, Strategy
 
 
@@ -24,6 +25,7 @@ class PolicyView:
     co2_grams_so_far: float = 0.0
     skill_recommendations: list[dict] = field(default_factory=list)
     overrides: dict[str, dict] = field(default_factory=dict)
+    reward: RewardSettings = field(default_factory=RewardSettings)
 
 
 class Policy(Protocol):

@@ -10,6 +10,7 @@ Rules:
 - group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
 - a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
 - a method that failed ranks far down;
+- the skill memory's recommendations move a (method, bits) family up or down by its learned reward;
 - the seed's pipeline templates compete too, scored by their compressing steps; a template with a recovery step
   (LoRA, distillation) ranks up once its compressing family was tried and quality was not kept.
 """
@@ -62,6 +63,9 @@ class RulePolicy:
                 if h["status"] == "failed":
                     failed_methods.add(st.method)
         pref = view.spec.preferred_methods
+        # skill memory: a family that worked on similar experiments ranks up, one that failed ranks down
+        learned = {(r["method"], r["bits"]): max(-1.0, min(1.0, r["mean_reward"])) * r["confidence"]
+                   for r in view.skill_recommendations}
 
         def score(step: Step) -> float:
             rank = pref.index(step.method) if step.method in pref else len(pref)
@@ -73,6 +77,7 @@ class RulePolicy:
             if g != "absent":
                 s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))
             s += 0.0 if view.methods[step.method].reduces else 4.0
+            s -= 3.0 * learned.get(_family(step), 0.0)
             return s + (5.0 if step.method in failed_methods else 0.0)
 
         def score_strategy(st: Strategy) -> float:

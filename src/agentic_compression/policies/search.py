@@ -1,24 +1,290 @@
-"""The ``search`` action: a searcher proposes the next configuration of one method (or of all) that has not been
-tried; the normal workers run it and the evaluator measures it like any other episode."""
+"""Search that acts on the loop. Each searcher proposes the next strategy from the measured history; the normal
+workers run it and the evaluator measures it like any other episode. The search state is the experiment's own
+history (rebuilt on every decision, deterministic for a seed), so it persists and resumes with the experiment.
+
+- ``grid``: the next untried grid point, in the built-in policy's order.
+- ``tpe`` / ``nsga2``: Optuna's multi-objective TPE and NSGA-II over the registry's discrete search space
+  (method, then its choices and grids), told every measured episode's five objectives (failures as FAIL).
+- ``bandit``: UCB1 over methods, each arm's reward from reward.py; inside an arm, the built-in policy's order.
+- ``pbt``: population-based training of the recovery (LoRA) hyper-parameters on the best compressed candidate.
+- ``random``: a seeded uniform choice among untried configurations (the baseline every searcher must beat).
+
+Each is a Policy (``--policy tpe`` ...) and a searcher the ``search`` action (LLM coordinator) can call.
+"""
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Callable
+import math
+import random
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
-from ..schemas import Strategy
-from .base import PolicyView
+from ..reward import reward
+from ..schemas import OBJECTIVES, Step, Strategy
+from .base import PolicyView, candidate_steps, m_action, single
 
 
-def grid(view: PolicyView, method: str | None) -> Strategy:
-    """The next untried point of the method's parameter grid, in the built-in policy's order."""
+def _rule(view: PolicyView, method: str | None = None) -> Strategy:
     from .rule import RulePolicy
 
     sub = replace(view, methods={method: view.methods[method]}) if method else view
-    st = RulePolicy(templates=False).decide(sub)
+    return RulePolicy(templates=False).decide(sub)
+
+
+def _end(name: str, why: str) -> Strategy:
+    return Strategy(action="end", reasoning=why, policy=name)
+
+
+def _rewards(view: PolicyView) -> list[tuple[dict, float]]:
+    """(history entry, reward) for every finished episode."""
+    if view.baseline is None:
+        return []
+    base = view.baseline.objectives()
+    return [(h, reward(h["objectives"] if h["status"] == "success" else None, base, view.reward))
+            for h in view.history]
+
+
+def grid(view: PolicyView, method: str | None = None) -> Strategy:
+    st = _rule(view, method)
     if st.action == "end":
         return st
     return st.model_copy(update={"action": "search", "reasoning": f"grid search over {method or 'all methods'}: "
                                  f"{st.reasoning}"})
 
 
-SEARCHERS: dict[str, Callable[[PolicyView, str | None], Strategy]] = {"grid": grid}
+# ---- Optuna: TPE and NSGA-II ----
+def _space(view: PolicyView) -> dict[str, dict[str, list]]:
+    """method -> {param: options} for the standalone methods available here (user-fixed parameters excluded)."""
+    out = {}
+    for name, m in sorted(view.methods.items()):
+        if m.standalone:
+            out[name] = {p.name: p.options() for p in m.params
+                         if p.options() is not None and p.name not in view.overrides.get(name, {})}
+    return out
+
+
+class OptunaPolicy:
+    def __init__(self, sampler: str = "tpe", seed: int = 0, population: int = 4):
+        self.name, self.seed, self.population = sampler, seed, population
+
+    def _sampler(self, n_done: int):
+        import optuna
+
+        seed = self.seed * 1000 + n_done  # deterministic, and not the same draw twice
+        if self.name == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=self.population, seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3, multivariate=True, group=True,
+                                          constant_liar=True)
+
+    def decide(self, view: PolicyView, method: str | None = None) -> Strategy:
+        import optuna
+        from optuna.distributions import CategoricalDistribution
+        from optuna.trial import TrialState, create_trial
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        space = _space(view)
+        if method:
+            space = {method: space[method]}
+        if not candidate_steps(replace(view, methods={m: view.methods[m] for m in space})):
+            return _end(self.name, "every configuration of the search space was tried")
+        dists = {"method": CategoricalDistribution(list(space))}
+        for m, params in space.items():
+            dists.update({f"{m}.{p}": CategoricalDistribution(opts) for p, opts in params.items()})
+        study = optuna.create_study(directions=["maximize" if s > 0 else "minimize" for s in OBJECTIVES.values()],
+                                    sampler=self._sampler(len(view.history)))
+        for h in view.history:  # tell what was measured: single-step strategies of the space
+            steps = h["strategy"]["steps"]
+            if len(steps) != 1 or steps[0]["method"] not in space or h["strategy"].get("base", "base") != "base":
+                continue
+            m = steps[0]["method"]
+            params = {"method": m, **{f"{m}.{p}": steps[0]["params"].get(p) for p in space[m]}}
+            if any(v not in dists[k].choices for k, v in params.items()):
+                continue
+            ok = h["status"] == "success"
+            study.add_trial(create_trial(
+                params=params, distributions={k: dists[k] for k in params},
+                values=[h["objectives"][k] for k in OBJECTIVES] if ok else None,
+                state=TrialState.COMPLETE if ok else TrialState.FAIL))
+        for _ in range(200):
+            trial = study.ask()
+            m = trial.suggest_categorical("method", list(space))
+            chosen = {p: trial.suggest_categorical(f"{m}.{p}", opts) for p, opts in space[m].items()}
+            step = Step(method=m, params={**view.methods[m].defaults(), **chosen, **view.overrides.get(m, {})})
+            st = single(m_action(view, step), step)
+            if view.methods[m].check(step.params, view.model_config) is None and st.key() not in view.tried:
+                told = sum(t.state != TrialState.RUNNING for t in study.trials)
+                return st.model_copy(update={"policy": self.name, "reasoning": (
+                    f"{'NSGA-II' if self.name == 'nsga2' else 'multi-objective TPE'} proposal after {told} "
+                    f"told trials (seed {self.seed})")})
+            study.tell(trial, state=TrialState.PRUNED)  # tried already or does not fit this model
+        st = _rule(view, method)  # the sampler keeps landing on tried points: take the next untried one
+        return st.model_copy(update={"policy": self.name,
+                                     "reasoning": f"{self.name}: sampler exhausted, next untried: {st.reasoning}"})
+
+
+# ---- UCB1 bandit over methods ----
+class BanditPolicy:
+    name = "bandit"
+
+    def __init__(self, c: float = 1.0):
+        self.c = c
+
+    def decide(self, view: PolicyView, method: str | None = None) -> Strategy:
+        arms = sorted({s.method for s in candidate_steps(view)})
+        if method:
+            arms = [a for a in arms if a == method]
+        if not arms:
+            return _end(self.name, "every configuration of every arm was tried")
+        pulls: dict[str, list[float]] = {}
+        for h, r in _rewards(view):
+            for s in h["strategy"]["steps"][:1]:
+                pulls.setdefault(s["method"], []).append(r)
+        untried = [a for a in arms if a not in pulls]
+        total = sum(len(v) for v in pulls.values())
+        if untried:
+            pref = view.spec.preferred_methods
+            arm = min(untried, key=lambda a: (pref.index(a) if a in pref else len(pref), a))
+            why = f"arm {arm} never pulled"
+        else:
+            def ucb(a: str) -> float:
+                return sum(pulls[a]) / len(pulls[a]) + self.c * math.sqrt(2 * math.log(total) / len(pulls[a]))
+            arm = max(arms, key=lambda a: (ucb(a), a))
+            why = (f"UCB1: arm {arm} mean reward {sum(pulls[arm]) / len(pulls[arm]):.3f} over "
+                   f"{len(pulls[arm])} pulls, bound {ucb(arm):.3f}")
+        st = _rule(view, arm)
+        return st.model_copy(update={"policy": self.name, "reasoning": f"{why}; {st.reasoning}"})
+
+
+# ---- population-based training of the recovery hyper-parameters ----
+@dataclass
+class PBT:
+    """Truncation-selection PBT over hyper-parameters. ``space``: name -> ("log", lo, hi) | ("int", lo, hi) |
+    ("choice", [values]). A generation's bottom ``quantile`` is replaced by a copy of a top-``quantile`` member,
+    explored (numbers x0.8 or x1.25, a choice moves to a neighbour); the other members continue (``continue_``)."""
+
+    space: dict[str, tuple]
+    population: int = 4
+    quantile: float = 0.25
+    seed: int = 0
+    continue_: Callable[[dict], dict] | None = None
+
+    def initial(self) -> list[dict]:
+        rng = random.Random(f"{self.seed}|pbt|0")
+        out = []
+        for _ in range(self.population):
+            p = {}
+            for k, spec in self.space.items():
+                if spec[0] == "log":
+                    p[k] = float(math.exp(rng.uniform(math.log(spec[1]), math.log(spec[2]))))
+                elif spec[0] == "int":
+                    p[k] = rng.randint(spec[1], spec[2])
+                else:
+                    p[k] = rng.choice(spec[1])
+            out.append(p)
+        return out
+
+    def explore(self, params: dict, rng: random.Random) -> dict:
+        out = dict(params)
+        for k, spec in self.space.items():
+            if spec[0] in ("log", "int"):
+                v = out[k] * rng.choice((0.8, 1.25))
+                v = min(max(v, spec[1]), spec[2])
+                out[k] = int(round(v)) if spec[0] == "int" else float(v)
+            else:
+                opts = spec[1]
+                i = opts.index(out[k]) + rng.choice((-1, 1))
+                out[k] = opts[min(max(i, 0), len(opts) - 1)]
+        return out
+
+    def next_generation(self, scored: list[tuple[dict, float]], generation: int) -> list[dict]:
+        """``scored``: the finished generation's (params, reward). Returns the next generation's params."""
+        rng = random.Random(f"{self.seed}|pbt|{generation}")
+        ranked = sorted(scored, key=lambda x: -x[1])
+        k = max(1, int(len(ranked) * self.quantile))
+        top, keep = ranked[:k], ranked[:len(ranked) - k]
+        nxt = [self.continue_(p) if self.continue_ else dict(p) for p, _ in keep]
+        nxt += [self.explore(rng.choice(top)[0], rng) for _ in range(len(ranked) - len(keep))]
+        return nxt
+
+
+LORA_SPACE = {"lr": ("log", 5e-5, 1e-3), "rank": ("choice", [4, 8, 16, 32]), "steps": ("int", 10, 60)}
+
+
+class PBTPolicy:
+    """PBT of LoRA's hyper-parameters on the compressed candidate with the highest reward that lost accuracy (so
+    recovery has something to recover); until one exists, the built-in policy compresses."""
+
+    name = "pbt"
+
+    def __init__(self, seed: int = 0, population: int = 4):
+        self.pbt = PBT(LORA_SPACE, population=population, seed=seed,
+                       continue_=lambda p: {**p, "steps": min(int(p["steps"] * 1.5), LORA_SPACE["steps"][2])})
+
+    def _target(self, view: PolicyView) -> dict | None:
+        scored = [(h, r) for h, r in _rewards(view)
+                  if h["status"] == "success" and len(h["strategy"]["steps"]) == 1
+                  and h["strategy"].get("base", "base") == "base" and view.baseline
+                  and h["objectives"]["accuracy"] < view.baseline.accuracy]
+        return max(scored, key=lambda x: x[1])[0] if scored else None
+
+    def decide(self, view: PolicyView, method: str | None = None) -> Strategy:
+        target = self._target(view) if "lora" in view.methods else None
+        if target is None:
+            st = _rule(view, method)
+            return st.model_copy(update={"policy": self.name, "reasoning": "PBT needs a compressed candidate that "
+                                         f"lost accuracy first; {st.reasoning}"})
+        base = target["episode_id"]
+        members = [(h["strategy"]["steps"][0]["params"], r) for h, r in _rewards(view)
+                   if h["strategy"].get("base") == base and h["strategy"]["steps"][0]["method"] == "lora"]
+        gen, params = 0, self.pbt.initial()
+        P = self.pbt.population
+        while len(members) >= (gen + 1) * P:  # every finished generation breeds the next
+            scored = [({k: m[k] for k in LORA_SPACE}, r) for m, r in members[gen * P:(gen + 1) * P]]
+            gen += 1
+            params = self.pbt.next_generation(scored, gen)
+        p = params[len(members) - gen * P]
+        lora = view.methods["lora"]
+        step = Step(method="lora", params={**lora.defaults(), **p, **view.overrides.get("lora", {})})
+        st = Strategy(action="lora", base=base, steps=[step], policy=self.name,
+                      reasoning=f"PBT generation {gen}, member {len(members) - gen * P + 1}/{P} on {base}: "
+                                f"lr {p['lr']:.2e}, rank {p['rank']}, steps {p['steps']}")
+        if st.key() in view.tried:  # an identical member already ran: move on with the built-in policy
+            return _rule(view).model_copy(update={"policy": self.name})
+        return st
+
+
+class RandomPolicy:
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def decide(self, view: PolicyView, method: str | None = None) -> Strategy:
+        cands = [s for s in candidate_steps(view) if method in (None, s.method)]
+        if not cands:
+            return _end(self.name, "every configuration was tried")
+        step = random.Random(f"{self.seed}|{len(view.tried)}").choice(cands)
+        return single(m_action(view, step), step, reasoning="uniform random choice", policy=self.name)
+
+
+def _searcher(policy) -> Callable[[PolicyView, str | None], Strategy]:
+    def run(view: PolicyView, method: str | None = None) -> Strategy:
+        st = policy.decide(view, method)
+        return st if st.action == "end" else st.model_copy(update={"action": "search"})
+    return run
+
+
+SEARCHERS: dict[str, Callable[[PolicyView, str | None], Strategy]] = {
+    "grid": grid,
+    "tpe": _searcher(OptunaPolicy("tpe")),
+    "nsga2": _searcher(OptunaPolicy("nsga2")),
+    "bandit": _searcher(BanditPolicy()),
+    "pbt": _searcher(PBTPolicy()),
+    "random": _searcher(RandomPolicy()),
+}
+
+
+def make(name: str, seed: int = 0) -> Any:
+    return {"tpe": lambda: OptunaPolicy("tpe", seed), "nsga2": lambda: OptunaPolicy("nsga2", seed),
+            "bandit": BanditPolicy, "pbt": lambda: PBTPolicy(seed), "random": lambda: RandomPolicy(seed)}[name]()

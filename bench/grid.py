@@ -1,0 +1,136 @@
+"""Measure a grid of strategies on one model once, as a normal acf experiment, and store the table for replay.
+
+    .venv/bin/python bench/grid.py run   [--model smollm2-135m] [--limit 50] [--ppl-tokens 2048] [--out DIR]
+    .venv/bin/python bench/grid.py table EXPERIMENT_DIR [--to bench/grid_smollm2.json]
+
+`run` executes GRID (every method at its main parameter values, plus the recovery template) through the real
+loop: workers, the evaluation subprocess, the frontier. `table` turns the experiment folder (complete or not) into
+the data file bench/replay.py reads: the baseline's and every episode's measured objectives.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from agentic_compression.schemas import Step, Strategy  # noqa: E402
+
+G64 = {"group_size": 64}
+# fewer calibration windows than the defaults, to keep the grid near an hour on 2 cores; replay uses the same
+# overrides, so a policy's proposals carry exactly these parameters
+OVERRIDES = {"gptq": {"num_samples": 32}, "awq": {"num_samples": 16}}
+GRID: list[tuple[str, list[tuple[str, dict]]]] = [
+    *[("quantization", [("rtn", {"scheme": s, "group_size": g})])
+      for s, g in [("W4A16", 64), ("W4A16", 32), ("W4A16", None), ("W8A16", 64), ("W8A8", None)]],
+    *[("quantization", [("gptq", {"scheme": s, "group_size": g})])
+      for s, g in [("W4A16", 64), ("W4A16", 32), ("W4A16", None), ("W8A16", 64)]],
+    ("quantization", [("awq", {"scheme": "W4A16", **G64})]),
+    ("quantization", [("autoround", {"scheme": "W4A16", **G64})]),
+    ("quantization", [("autoround", {"scheme": "W4A16", "group_size": 32})]),
+    *[("quantization", [("bnb", {"mode": m})]) for m in ("int8", "nf4", "fp4")],
+    *[("asvd", [("asvd", {"rank_ratio": r, "targets": "mlp"})]) for r in (0.9, 0.8)],
+    *[("pruning", [(m, {"sparsity": s, "mask_structure": "unstructured"})])
+      for m in ("wanda", "sparsegpt") for s in (0.3, 0.5)],
+    ("pruning", [("sparsegpt", {"sparsity": 0.5, "mask_structure": "2:4"})]),
+    ("pruning", [("magnitude", {"sparsity": 0.3, "mask_structure": "unstructured"})]),
+    *[("pruning", [("structured", {"granularity": g, "ratio": r})])
+      for g, r in [("mlp", 0.05), ("mlp", 0.1), ("mlp", 0.2), ("layer", 0.1), ("head", 0.2)]],
+    ("qlora", [("qlora", {})]),
+]
+TEMPLATES = ("balanced_quality",)  # GPTQ W4A16, then LoRA if ppl_ratio > 1.05: as the rule policy proposes it
+
+
+def strategies(config: dict | None = None) -> list[Strategy]:
+    from agentic_compression.methods import available_methods, get
+    from agentic_compression.pipelines import instantiate
+
+    out = []
+    for action, steps in GRID:
+        out.append(Strategy(action=action, steps=[
+            Step(method=m, params={**get(m).defaults(), **p, **OVERRIDES.get(m, {})}) for m, p in steps]))
+    for name in TEMPLATES if config else ():
+        t = instantiate(name, config, available_methods(), OVERRIDES)
+        if t is not None:
+            out.append(t)
+    return out
+
+
+class GridPolicy:
+    name = "grid"
+
+    def __init__(self, config: dict):
+        self.todo = strategies(config)
+
+    def decide(self, view):
+        for st in self.todo:
+            if st.key() not in view.tried:
+                return st.model_copy(update={"policy": self.name, "reasoning": "grid"})
+        return Strategy(action="end", reasoning="grid done", policy=self.name)
+
+
+def table(exp_dir: Path) -> dict:
+    base = json.loads((exp_dir / "baseline" / "results.json").read_text())["result"]
+    base = {k: v for k, v in base.items() if k not in ("accuracy_detail", "latency", "memory", "energy")}
+    rows = []
+    for ep in sorted(exp_dir.glob("episode_*/results.json")):
+        r = json.loads(ep.read_text())
+        st = Strategy(**r["strategy"])
+        res = r.get("result")
+        rows.append({"key": st.key(), "strategy": {"action": st.action, "base": st.base,
+                                                   "steps": [s.model_dump(exclude_none=True) for s in st.steps]},
+                     "status": r["status"], "error": (r.get("error") or "")[-300:] or None,
+                     "objectives": {k: res[k] for k in ("accuracy", "latency_ms", "memory_gb", "model_size_gb",
+                                                        "co2_grams")} if res else None,
+                     "perplexity": res["perplexity"] if res else None,
+                     "accuracy_stderr": res["accuracy_stderr"] if res else None,
+                     "compress_seconds": r["compress_seconds"]})
+    cfg = json.loads((exp_dir / "config.json").read_text())
+    return {"model": cfg["model"], "eval": cfg["eval"], "experiment": exp_dir.name,
+            "baseline": base,
+            "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--model", default="smollm2-135m")
+    r.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    r.add_argument("--out", type=Path, default=REPO / "experiments")
+    r.add_argument("--experiment", default="grid-smollm2")
+    r.add_argument("--limit", type=int, default=50)
+    r.add_argument("--ppl-tokens", type=int, default=2048)
+    r.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("table")
+    t.add_argument("experiment_dir", type=Path)
+    t.add_argument("--to", type=Path, default=REPO / "bench" / "grid_smollm2.json")
+    a = ap.parse_args()
+    if a.cmd == "table":
+        a.to.write_text(json.dumps(table(a.experiment_dir), indent=1))
+        print(f"wrote {a.to}")
+        return
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from agentic_compression.config import EvalSettings, RunConfig
+    from agentic_compression.experiment import Experiment
+
+    n = len(GRID) + len(TEMPLATES)
+    exp = Experiment(RunConfig(model=a.model, data_dir=a.data_dir, output_dir=a.out, experiment=a.experiment,
+                               max_episodes=n, patience=n + 1, budget_hours=24, threads=a.threads,
+                               method_overrides=OVERRIDES, use_skills=False,
+                               eval=EvalSettings(limit=a.limit, ppl_tokens=a.ppl_tokens, repeats=3,
+                                                 threads=a.threads)))
+    exp.policy = GridPolicy(exp.model_config)
+    exp.run()
+    out = REPO / "bench" / "grid_smollm2.json"
+    out.write_text(json.dumps(table(exp.dir), indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

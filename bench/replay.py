@@ -1,0 +1,150 @@
+"""Replay policies against a measured grid: hypervolume versus episodes, relative to the grid's full hypervolume.
+
+    .venv/bin/python bench/replay.py [--table bench/grid_smollm2.json] [--episodes 15] [--seeds 20]
+                                     [--policies rule,random,tpe,nsga2,bandit,pbt] [--llm-base-url URL --llm-model M]
+
+Every policy sees what it would see in a real run (the model's spec and config, the registry's available methods,
+the same --set overrides the grid used, the history of measured episodes, the frontier) and its proposals are
+answered from the table. A proposal the grid did not measure is skipped (added to `tried`, no episode spent), the
+same rule for every policy. Seeded policies run over --seeds seeds; deterministic ones give the same curve for
+each seed. Prints median [p25, p75] of HV / full HV at selected episodes, and the episode each policy first
+reaches 0.97.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def load_env(table_path: Path):
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from grid import OVERRIDES
+
+    from agentic_compression.methods import available_methods
+    from agentic_compression.models import resolve
+    from agentic_compression.schemas import EvaluationResult
+    from agentic_compression.spec import infer_spec
+
+    table = json.loads(table_path.read_text())
+    path, canonical = resolve(table["model"])
+    spec = infer_spec(canonical, path, online=False)
+    config = json.loads((path / "config.json").read_text())
+    base = EvaluationResult(**table["baseline"])
+    rows = {r["key"]: r for r in table["rows"]}
+    return spec, config, available_methods(), base, rows, OVERRIDES
+
+
+def replay(policy, env, episodes: int) -> list[float]:
+    """Hypervolume after each episode (the frontier starts with the baseline, as in a run)."""
+    from agentic_compression.pareto import DEFAULT_TOLERANCE, ParetoFrontier
+    from agentic_compression.policies import PolicyView
+    from agentic_compression.schemas import ParetoSolution, Strategy
+
+    spec, config, methods, base, rows, overrides = env
+    frontier = ParetoFrontier(baseline=base.objectives(), tolerance=DEFAULT_TOLERANCE)
+    frontier.add(ParetoSolution(episode_id="baseline", objectives=base.objectives(), strategy=Strategy(
+        action="pipeline")))
+    history: list[dict] = []
+    tried: set[str] = set()
+    curve = []
+    for ep in range(episodes):
+        st = None
+        for _ in range(500):
+            view = PolicyView(spec=spec, model_config=config, methods=methods, baseline=base,
+                              frontier=frontier.summary(), history=history, tried=set(tried),
+                              episodes_left=episodes - ep, seconds_left=1e9, overrides=overrides)
+            st = policy.decide(view)
+            if st.action == "end" or st.key() in rows:
+                break
+            tried.add(st.key())  # not in the grid: skipped
+        if st is None or st.action == "end" or st.key() not in rows:
+            curve.extend([frontier.hypervolume()] * (episodes - ep))
+            break
+        row = rows[st.key()]
+        tried.add(st.key())
+        ok = row["status"] == "success"
+        eid = f"episode_{ep:03d}"
+        entered = ok and frontier.add(ParetoSolution(episode_id=eid, objectives=row["objectives"], strategy=st))
+        history.append({"episode_id": eid, "strategy": st.model_dump(), "status": row["status"],
+                        "objectives": row["objectives"], "error": row["error"], "entered_frontier": entered,
+                        "relative": None})
+        curve.append(frontier.hypervolume())
+    return curve
+
+
+def full_hypervolume(env) -> float:
+    from agentic_compression.pareto import DEFAULT_TOLERANCE, ParetoFrontier
+    from agentic_compression.schemas import ParetoSolution, Strategy
+
+    _, _, _, base, rows, _ = env
+    f = ParetoFrontier(baseline=base.objectives(), tolerance=DEFAULT_TOLERANCE)
+    for eid, obj in [("baseline", base.objectives())] + [(k, r["objectives"]) for k, r in rows.items()
+                                                          if r["status"] == "success"]:
+        f.add(ParetoSolution(episode_id=eid, objectives=obj, strategy=Strategy(action="pipeline")))
+    return f.hypervolume()
+
+
+def make_policy(name: str, seed: int, args):
+    from agentic_compression.policies import RulePolicy
+    from agentic_compression.policies import search
+
+    if name == "rule":
+        return RulePolicy()
+    if name == "llm":
+        from agentic_compression.config import LLMSettings
+        from agentic_compression.policies.llm import LLMPolicy
+
+        return LLMPolicy(LLMSettings(base_url=args.llm_base_url, model=args.llm_model, mode=args.llm_mode,
+                                     temperature=0.7, timeout_s=300))
+    return search.make(name, seed)
+
+
+SEEDED = {"random", "tpe", "nsga2", "pbt", "llm"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--table", type=Path, default=REPO / "bench" / "grid_smollm2.json")
+    ap.add_argument("--episodes", type=int, default=15)
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--policies", default="rule,random,tpe,nsga2,bandit,pbt")
+    ap.add_argument("--at", default="3,5,10,15")
+    ap.add_argument("--llm-base-url")
+    ap.add_argument("--llm-model", default="gpt-4o")
+    ap.add_argument("--llm-mode", default="prompt")
+    a = ap.parse_args()
+    env = load_env(a.table)
+    full = full_hypervolume(env)
+    rows = env[4]
+    print(f"grid: {len(rows)} strategies ({sum(r['status'] == 'success' for r in rows.values())} measured), "
+          f"full hypervolume {full:.4f}\n")
+    at = [int(x) for x in a.at.split(",") if int(x) <= a.episodes]
+    print("| policy | " + " | ".join(f"HV/full @{k}" for k in at) + " | first episode >= 0.97 (median) |")
+    print("|---|" + "---|" * (len(at) + 1))
+    for name in a.policies.split(","):
+        seeds = range(a.seeds) if name in SEEDED else range(1)
+        curves = [[hv / full for hv in replay(make_policy(name, s, a), env, a.episodes)] for s in seeds]
+
+        def cell(k: int) -> str:
+            xs = sorted(c[k - 1] for c in curves)
+            q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+            return f"{statistics.median(xs):.3f} [{q[0]:.3f}, {q[2]:.3f}]"
+
+        firsts = [next((i + 1 for i, v in enumerate(c) if v >= 0.97), None) for c in curves]
+        reached = [f for f in firsts if f is not None]
+        first = f"{statistics.median(reached):g} ({len(reached)}/{len(curves)} runs)" if reached else "never"
+        print(f"| {name}{' (' + str(len(curves)) + ' seeds)' if len(curves) > 1 else ''} | "
+              + " | ".join(cell(k) for k in at) + f" | {first} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The evaluation engine: several benchmarks in one pass, their aggregate and relative scores, the result cache
+keyed by checkpoint content, and latency/memory that tell a bigger model from a smaller one."""
+import json
+import shutil
+
+import pytest
+
+from agentic_compression.config import EvalSettings
+from agentic_compression.evaluation import Evaluator, cache_dir
+
+
+@pytest.fixture
+def settings():
+    return EvalSettings(benchmark="arc_easy,winogrande,humaneval", limit=6, max_new_tokens=8, ppl_tokens=256, ppl_window=128, ppl_stride=64,
+                        prompt_tokens=16, decode_tokens=4, warmup=1, repeats=2, batch_size=8, threads=1)
+
+
+def _evaluator(settings, data_dir, tiny_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return Evaluator(settings, data_dir, AutoTokenizer.from_pretrained(tiny_dir), work)
+
+
+def test_several_benchmarks_aggregate_and_cache(settings, data_dir, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACF_EVAL_CACHE", str(tmp_path / "cache"))
+    ev = _evaluator(settings, data_dir, tiny_dir, tmp_path)
+    first = ev.evaluate(tiny_dir)
+    per = first.accuracy_detail["benchmarks"]
+    assert set(per) == {"arc_easy", "winogrande", "humaneval"} and all(v["n"] == 6 for v in per.values())
+    assert per["arc_easy"]["metric"] == "acc_norm,none" and per["winogrande"]["metric"] == "acc,none"
+    assert per["humaneval"]["metric"] == "pass@1" and per["arc_easy"]["stderr"] > 0
+    assert first.accuracy == pytest.approx(sum(v["value"] for v in per.values()) / 3)
+    assert first.accuracy_n == 18 and first.relative["accuracy:winogrande"] == 1.0
+    assert "cached_from" not in first.accuracy_detail and len(list(cache_dir().glob("*.json"))) == 1
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)  # the same weights elsewhere: the same fingerprint
+    again = ev.evaluate(copy)
+    assert again.accuracy_detail["cached_from"] and again.latency == first.latency
+
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "acf_note": "changed"}))
+    changed = ev.evaluate(copy)  # another checkpoint: measured
+    assert "cached_from" not in changed.accuracy_detail and len(list(cache_dir().glob("*.json"))) == 2
+
+    for entry in cache_dir().glob("*.json"):
+        entry.write_text("{broken")  # a damaged entry is measured again, not trusted
+    assert "cached_from" not in ev.evaluate(copy).accuracy_detail
+
+    other = _evaluator(settings.model_copy(update={"seed": 99}), data_dir, tiny_dir, tmp_path)
+    assert other.request_key != ev.request_key  # another item subset: another cache key
+
+
+def test_a_bigger_model_is_slower_and_heavier(settings, data_dir, tiny_dir, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    big = tmp_path / "big"
+    LlamaForCausalLM(cfg).save_pretrained(big)
+    tok.save_pretrained(big)
+    ev = _evaluator(settings.model_copy(update={"benchmark": "piqa", "cache": False, "repeats": 5}), data_dir,
+                    tiny_dir, tmp_path)
+    small, large = ev.evaluate(tiny_dir), ev.evaluate(big)
+    assert large.memory_gb > small.memory_gb + 0.05  # ~45M more fp32 parameters
+    assert large.latency_ms > small.latency_ms and large.size_bytes > 10 * small.size_bytes
+    assert large.latency["decode_ms_per_token"]["n"] == 5 * 4
+
+
+def test_perplexity_on_any_text_file(settings, data_dir, tiny_dir, tmp_path):
+    from agentic_compression.errors import UserError
+
+    text = tmp_path / "domain.txt"
+    text.write_text("Compression keeps what matters and drops the rest. " * 200)
+    ev = _evaluator(settings.model_copy(update={"ppl_text": str(text), "ppl_tokens": 300}), data_dir, tiny_dir,
+                    tmp_path)
+    assert len(ev.request["ppl_ids"]) == 300
+    wiki = _evaluator(settings.model_copy(update={"ppl_tokens": 300}), data_dir, tiny_dir, tmp_path)
+    assert ev.request_key != wiki.request_key  # another text: another cache key
+    with pytest.raises(UserError, match="has .* tokens, fewer than --ppl-tokens 100000"):
+        _evaluator(settings.model_copy(update={"ppl_text": str(text), "ppl_tokens": 100000}), data_dir, tiny_dir,
+                   tmp_path)
