@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,39 @@ def _override(text: str) -> tuple[str, str, object]:
     except (ValueError, SyntaxError):
         v = value
     return method, param, v
+
+
+@contextlib.contextmanager
+def live_progress(exp_dir: Path):
+    """A live status line on stderr (rich) from the loop's progress.json: episode, node, action."""
+    import threading
+
+    from rich.console import Console
+
+    console, stop = Console(stderr=True), threading.Event()
+    if not console.is_terminal:  # logs and pipes get no spinner
+        yield
+        return
+
+    def text() -> str:
+        try:
+            p = json.loads((exp_dir / "progress.json").read_text())
+        except (OSError, ValueError):
+            return "evaluating the baseline"
+        what = f"{p.get('action', '')} {p.get('steps', '')}".strip()
+        return f"episode {p['episode'] + 1}/{p['max_episodes']}: {p['node']} {what}"
+
+    with console.status(text()) as st:
+        def poll():
+            while not stop.wait(1.0):
+                st.update(text())
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--online", action="store_true")
     sub.add_parser("methods", help="list the compression methods and whether they can run here")
+    res = sub.add_parser("resume", help="continue an experiment that was killed (loses at most the running episode)")
+    res.add_argument("experiment_dir", type=Path)
+    srv = sub.add_parser("serve", help="the REST API (OpenAPI docs at /docs); needs a bearer token")
+    srv.add_argument("--output-dir", type=Path, default=Path("experiments"))
+    srv.add_argument("--data-dir", type=Path, default=os.environ.get("ACF_DATA_DIR"))
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
     rep = sub.add_parser("report", help="print an experiment's table and rewrite its Plotly page")
     rep.add_argument("experiment_dir", type=Path)
     return p
@@ -117,7 +158,8 @@ def _run(a) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     exp = Experiment(cfg)
     print(f"acf: experiment {exp.dir}", file=sys.stderr)
-    exp.run()
+    with live_progress(exp.dir):
+        exp.run()
     print(table(exp.dir))
     print(f"\nartifacts: {exp.dir}")
     return 0
@@ -157,6 +199,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.cmd == "methods":
             return _methods()
+        if a.cmd == "serve":
+            from .service import serve
+
+            if a.data_dir is None:
+                raise UserError("no data dir given", "pass --data-dir ../shared/data or set ACF_DATA_DIR")
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            serve(a.output_dir, a.data_dir, a.host, a.port)
+            return 0
+        if a.cmd == "resume":
+            from .experiment import Experiment
+            from .report import table
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            with live_progress(a.experiment_dir):
+                Experiment.resume(a.experiment_dir)
+            print(table(a.experiment_dir))
+            return 0
         if a.cmd == "report":
             from .report import table, write_visualization
 

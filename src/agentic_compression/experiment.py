@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,18 +71,27 @@ def validate(cfg: RunConfig) -> None:
             raise UserError(f"bad override: {err}", "see 'acf methods' for each parameter's range")
 
 
+STATE_DB = "state.sqlite"  # the LangGraph checkpoints: the loop's state after every node
+PROGRESS = "progress.json"  # where the loop is now (episode, node, action): read by the CLI and the API
+CANCEL = "cancel"  # a file whose presence stops the loop at its next decision
+
+
 class Experiment:
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, resume_dir: Path | None = None):
         validate(cfg)
         self.cfg = cfg
         self.model_path, canonical = models.resolve(cfg.model)
         self.spec: ModelSpec = infer_spec(canonical, self.model_path, online=cfg.online)
         self.model_config = json.loads((self.model_path / "config.json").read_text())
-        name = cfg.experiment or f"{Path(canonical).name.lower()}-{cfg.dataset.replace(',', '+')}-{datetime.now():%Y%m%d-%H%M%S}"
-        self.dir = cfg.output_dir / name
-        if self.dir.exists() and any(self.dir.iterdir()):
-            raise UserError(f"experiment folder {self.dir} already exists and is not empty",
-                            "choose another --experiment name (nothing there was changed)")
+        if resume_dir is not None:
+            self.dir, name = resume_dir, resume_dir.name
+        else:
+            stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+            name = cfg.experiment or f"{Path(canonical).name.lower()}-{cfg.dataset.replace(',', '+')}-{stamp}"
+            self.dir = cfg.output_dir / name
+            if self.dir.exists() and any(self.dir.iterdir()):
+                raise UserError(f"experiment folder {self.dir} already exists and is not empty",
+                                "choose another --experiment name, or 'acf resume' it (nothing there was changed)")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.policy = policies.make(cfg.policy, cfg)
         noise = cfg.noise_tolerance
@@ -110,6 +120,14 @@ class Experiment:
         return methods.available_methods()
 
     # ---- the loop ----
+    def _graph(self):
+        """The compiled graph with a SQLite checkpointer in the experiment folder, and its run config."""
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        conn = sqlite3.connect(self.dir / STATE_DB, check_same_thread=False)
+        return build_graph(self, SqliteSaver(conn)), {"configurable": {"thread_id": "loop"},
+                                                      "recursion_limit": 4 * self.cfg.max_episodes + 20}
+
     def run(self) -> dict:
         write_json(self.dir / "config.json", json.loads(self.cfg.model_dump_json()))
         write_json(self.dir / "model_spec.json", self.spec.model_dump())
@@ -118,7 +136,7 @@ class Experiment:
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)  # nothing useful was produced: leave no half experiment
             raise
-        graph = build_graph(self)
+        graph, config = self._graph()
         state: CompressionState = {
             "model_name": self.cfg.model, "dataset": self.cfg.dataset, "model_spec": self.spec.model_dump(),
             "max_episodes": self.cfg.max_episodes, "budget_hours": self.cfg.budget_hours, "current_episode": 0,
@@ -126,21 +144,73 @@ class Experiment:
             "action_params": {}, "should_terminate": False, "termination_reason": None,
             "skill_recommendations": self._recommendations(), "pipeline_step_index": 0, "consecutive_no_improvement": 0,
             "refused": [], "co2_grams_total": self.baseline.co2_grams}
-        final = graph.invoke(state, {"recursion_limit": 4 * self.cfg.max_episodes + 20})
+        return self._finish(graph.invoke(state, config))
+
+    def _finish(self, final: dict) -> dict:
         summary = self._write_summary(final, complete=True)
+        self.progress("done", summary["episodes_run"], termination_reason=summary["termination_reason"])
         write_visualization(self.dir)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         return summary
+
+    @classmethod
+    def resume(cls, exp_dir: Path) -> dict:
+        """Continue a run that was killed: the loop restarts after its last checkpointed node. Finished episodes
+        are reloaded from their results.json (never re-run); the episode that was running is started again."""
+        exp_dir = Path(exp_dir)
+        if not (exp_dir / "config.json").is_file():
+            raise UserError(f"{exp_dir} holds no config.json", "pass the folder of an experiment 'acf run' started")
+        if (exp_dir / "final_results.json").is_file() and \
+                json.loads((exp_dir / "final_results.json").read_text()).get("complete"):
+            raise UserError(f"experiment {exp_dir} already finished", "nothing to resume; start a new one")
+        cfg = RunConfig(**json.loads((exp_dir / "config.json").read_text()))
+        exp = cls(cfg, resume_dir=exp_dir)
+        graph, config = exp._graph()
+        snap = graph.get_state(config)
+        if not snap.values or not (exp_dir / "baseline" / "results.json").is_file():
+            return exp.run()  # it stopped before the loop began: start it again, in the same folder
+        state = snap.values
+        exp._reload(state["current_episode"])
+        if not snap.next:
+            return exp._finish(state)
+        return exp._finish(graph.invoke(None, config))
+
+    def _reload(self, finished: int) -> None:
+        """Rebuild the in-memory frontier, episodes and evaluator from the artifacts of ``finished`` episodes;
+        remove anything a killed episode left behind."""
+        _, tok = models.load(self.model_path, self.cfg.threads)
+        self.work_dir.mkdir(exist_ok=True)
+        self.evaluator = Evaluator(self.cfg.eval, self.cfg.data_dir, tok, self.work_dir)
+        self.baseline = EvaluationResult(**json.loads((self.dir / "baseline" / "results.json").read_text())["result"])
+        self.evaluator.baseline = self.baseline
+        self._add_baseline()
+        for i in range(finished):
+            ep = Episode(**{k: v for k, v in json.loads((self.episode_dir(i) / "results.json").read_text()).items()
+                            if k != "entered_frontier"})
+            self.episodes.append(ep)
+            if ep.result is not None:
+                self.frontier.add(ParetoSolution(episode_id=ep.episode_id, strategy=ep.strategy,
+                                                 objectives=ep.result.objectives(), checkpoint=ep.checkpoint))
+            self._record_hv(ep.episode_id)
+        for d in self.dir.glob("episode_*"):
+            if int(d.name.split("_")[1]) >= finished:
+                shutil.rmtree(d)
+        prior = self.dir / "final_results.json"
+        if prior.is_file():  # the wall-clock budget counts the time before the crash
+            self.t0 -= json.loads(prior.read_text()).get("elapsed_seconds", 0.0)
 
     def _evaluate_baseline(self) -> None:
         _, tok = models.load(self.model_path, self.cfg.threads)
         self.work_dir.mkdir(exist_ok=True)
         self.evaluator = Evaluator(self.cfg.eval, self.cfg.data_dir, tok, self.work_dir)
         self.baseline = self.evaluator.evaluate(self.model_path)
-        self.frontier.baseline = self.baseline.objectives()
         (self.dir / "baseline").mkdir(exist_ok=True)
         write_json(self.dir / "baseline" / "results.json",
                    {"checkpoint": str(self.model_path), "result": self.baseline.model_dump()})
+        self._add_baseline()
+
+    def _add_baseline(self) -> None:
+        self.frontier.baseline = self.baseline.objectives()
         self.frontier.add(ParetoSolution(episode_id="baseline", objectives=self.baseline.objectives(),
                                          checkpoint=str(self.model_path),
                                          strategy=Strategy(action="pipeline", reasoning="uncompressed baseline")))
@@ -188,12 +258,20 @@ class Experiment:
             refused.append({"key": strategy.key(), "strategy": strategy.model_dump(), "reason": why_not})
             tried.add(strategy.key())
             newly_refused += 1
+        self.progress("work", state["current_episode"], action=strategy.action,
+                      steps=[st.method for st in strategy.steps], policy=strategy.policy)
         return {"current_strategy": strategy.model_dump(), "next_action": strategy.action, "refused": refused,
                 "action_params": strategy.steps[0].params if strategy.steps else {},
                 "messages": [{"role": "assistant", "content": f"[{strategy.policy}] {strategy.action}: "
                               f"{[s.method for s in strategy.steps]} - {strategy.reasoning}"}]}
 
+    def progress(self, node: str, episode: int, **extra) -> None:
+        write_json(self.dir / PROGRESS, {"node": node, "episode": episode, "max_episodes": self.cfg.max_episodes,
+                                         "updated": _now(), **extra})
+
     def _stop_reason(self, state: CompressionState) -> str | None:
+        if (self.dir / CANCEL).exists():
+            return "cancelled by request"
         if state["current_episode"] >= self.cfg.max_episodes:
             return f"max_episodes reached ({self.cfg.max_episodes})"
         elapsed = time.monotonic() - self.t0
@@ -209,17 +287,19 @@ class Experiment:
     def work(self, state: CompressionState) -> dict:
         strategy = Strategy(**state["current_strategy"])
         ep_dir = self.episode_dir(state["current_episode"])
-        ep_dir.mkdir(exist_ok=True)
+        shutil.rmtree(ep_dir, ignore_errors=True)  # what a killed attempt at this episode left
+        ep_dir.mkdir()
         write_json(ep_dir / "strategy.json", strategy.model_dump())
         base = self.model_path if strategy.base == "base" else self._checkpoint_of(strategy.base)
         ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed, probe=self.probe,
                               extras={"teacher": self.model_path})
-        self._started, t = _now(), time.perf_counter()
+        started, t = _now(), time.perf_counter()
         with Energy(self.cfg.eval.country_iso_code) as energy:
             res = apply_strategy(strategy, base, ep_dir / "checkpoint", ctx, self.cfg.threads)
-        self._compress = {"seconds": time.perf_counter() - t, "energy": energy.result, "steps": res.steps}
         return {"compressed_model_path": str(res.checkpoint) if res.checkpoint else None,
-                "current_error": res.error, "failed_step": res.failed_step, "current_result": None}
+                "current_error": res.error, "failed_step": res.failed_step, "current_result": None,
+                "compress_info": {"seconds": time.perf_counter() - t, "energy": energy.result, "steps": res.steps,
+                                  "started_at": started}}
 
     def _checkpoint_of(self, episode_id: str) -> Path:
         ep = next((e for e in self.episodes if e.episode_id == episode_id and e.checkpoint), None)
@@ -230,6 +310,7 @@ class Experiment:
     def evaluation(self, state: CompressionState) -> dict:
         if state.get("current_error"):
             return {}
+        self.progress("evaluation", state["current_episode"])
         try:
             result = self.evaluator.evaluate(Path(state["compressed_model_path"]))
         except Exception as e:  # recorded: the episode fails and stays out of the frontier
@@ -238,7 +319,7 @@ class Experiment:
                 "compression_ratio": self.baseline.size_bytes / result.size_bytes}
 
     def update_state(self, state: CompressionState) -> dict:
-        idx = state["current_episode"]
+        idx, info = state["current_episode"], state["compress_info"]
         strategy = Strategy(**state["current_strategy"])
         ok = state.get("current_result") is not None and not state.get("current_error")
         ep = Episode(
@@ -247,9 +328,8 @@ class Experiment:
             result=EvaluationResult(**state["current_result"]) if ok else None,
             error=None if ok else state.get("current_error"), failed_step=state.get("failed_step"),
             checkpoint=state.get("compressed_model_path") if ok else None,
-            compress_seconds=self._compress["seconds"], compress_energy=self._compress["energy"],
-            step_log=self._compress["steps"],
-            started_at=self._started, finished_at=_now())
+            compress_seconds=info["seconds"], compress_energy=info["energy"], step_log=info["steps"],
+            started_at=info["started_at"], finished_at=_now())
         self.episodes.append(ep)
         improved = False
         if ok:
@@ -315,7 +395,7 @@ class Experiment:
         return summary
 
 
-def build_graph(exp: Experiment):
+def build_graph(exp: Experiment, checkpointer=None):
     g = StateGraph(CompressionState)
     g.add_node("coordinator", exp.coordinator)
     for node in sorted(set(WORKER_NODES.values())):
@@ -332,4 +412,4 @@ def build_graph(exp: Experiment):
         g.add_edge(node, "evaluation")
     g.add_edge("evaluation", "update_state")
     g.add_edge("update_state", "coordinator")
-    return g.compile()
+    return g.compile(checkpointer=checkpointer)

@@ -32,3 +32,4 @@ class CompressionState(TypedDict, total=False):
     consecutive_no_improvement: int
     refused: list[dict[str, Any]]
     co2_grams_total: float
+    compress_info: dict[str, Any] | None  # the worker's timing, energy and step log, for update_state

@@ -1,0 +1,55 @@
+"""Crash safety: `acf run` killed with SIGKILL in the middle of an episode, then `acf resume`, finishes the run;
+finished episodes are kept byte for byte and the killed one is run again."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def _acf(*args):
+    return [sys.executable, "-m", "agentic_compression.cli", *args]
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "ACF_SKILLS": str(tmp_path / "skills.sqlite")}
+
+
+def test_kill_9_mid_episode_then_resume(tiny_dir, data_dir, tmp_path, cli_env):
+    out = tmp_path / "out"
+    run = _acf("run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+               "--experiment", "exp", "--max-episodes", "3", "--patience", "9", "--limit", "8", "--ppl-tokens", "256",
+               "--repeats", "2", "--threads", "1")
+    proc = subprocess.Popen(run, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    exp = out / "exp"
+    try:
+        deadline = time.monotonic() + 600
+        while not (exp / "episode_001" / "strategy.json").exists():  # episode 1 is running
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = (exp / "episode_000" / "results.json").read_bytes()
+    assert not (exp / "episode_001" / "results.json").exists()
+    partial = json.loads((exp / "final_results.json").read_text())
+    assert not partial["complete"] and partial["episodes_run"] == 1
+
+    done = subprocess.run(_acf("resume", str(exp)), env=cli_env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = json.loads((exp / "final_results.json").read_text())
+    assert final["complete"] and final["episodes_run"] == 3 and final["termination_reason"].startswith("max_episodes")
+    assert (exp / "episode_000" / "results.json").read_bytes() == first  # kept, not re-run
+    ids = [e["episode_id"] for e in final["episodes"]]
+    assert ids == ["episode_000", "episode_001", "episode_002"]
+    assert len({json.dumps(e["steps"], sort_keys=True) for e in final["episodes"]}) == 3  # no repeat after resume
+    assert [h["after"] for h in final["hypervolume_history"]] == ["baseline", *ids]
+
+    again = subprocess.run(_acf("resume", str(exp)), env=cli_env, capture_output=True, text=True)
+    assert again.returncode == 2 and "already finished" in again.stderr
