@@ -1,6 +1,7 @@
 """The real loop (LangGraph, workers, evaluation subprocess) on a tiny config-built llama: tests shrink limits,
 not logic."""
 import json
+import shutil
 
 import pytest
 
@@ -181,3 +182,19 @@ def test_rule_policy_reads_bits_from_every_method():
     assert [bits(Step(method=m, params=p)) for m, p in [
         ("gptq", {"scheme": "W4A16"}), ("rtn", {"scheme": "W8A8"}), ("bnb", {"mode": "int8"}),
         ("bnb", {"mode": "nf4"}), ("qlora", {}), ("structured", {"ratio": 0.1})]] == [4, 8, 8, 4, 4, 16]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed (setup.sh installs it)")
+def test_report_renders_in_a_real_browser(finished, tmp_path):
+    """Headless Chromium runs the page's own Plotly: 2-D pairs, 3-D, parallel coordinates and the hypervolume curve
+    are drawn (their SVG/WebGL elements exist in the DOM after the scripts ran), offline."""
+    import subprocess
+
+    dom = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+         (finished / "pareto_visualization.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("js-plotly-plot") >= 4  # splom, 3-D, parallel coordinates, hypervolume
+    assert dom.count("main-svg") >= 4 and 'class="parcoords"' in dom and "gl-container" in dom
+    assert "episode_001" in dom and "Hypervolume of the frontier" in dom

@@ -45,12 +45,24 @@ def write_visualization(exp_dir: Path) -> Path:
     final = json.loads((exp_dir / "final_results.json").read_text())
     front = set(final["pareto_frontier"])
     rows = [r for r in _rows(final) if r["objectives"]]
-    dims = [{"label": _LABELS[k], "values": [r["objectives"][k] for r in rows]} for k in OBJECTIVES]
+    colour = ["crimson" if r["id"] in front else "steelblue" for r in rows]
+    text = [f"{r['id']}: {r['label']}" for r in rows]
+    o = {k: [r["objectives"][k] for r in rows] for k in OBJECTIVES}
+    dims = [{"label": _LABELS[k], "values": o[k]} for k in OBJECTIVES]
     splom = go.Figure(go.Splom(
-        dimensions=dims, text=[f"{r['id']}: {r['label']}" for r in rows], diagonal_visible=False,
-        marker={"size": 10, "color": ["crimson" if r["id"] in front else "steelblue" for r in rows],
+        dimensions=dims, text=text, diagonal_visible=False,
+        marker={"size": 10, "color": colour,
                 "symbol": ["star" if r["id"] == "baseline" else "circle" for r in rows]}))
     splom.update_layout(title="All evaluated candidates (red: Pareto-optimal, star: baseline)", height=900)
+    cube = go.Figure(go.Scatter3d(x=o["model_size_gb"], y=o["latency_ms"], z=o["accuracy"], mode="markers",
+                                  text=text, marker={"size": 6, "color": colour}))
+    cube.update_layout(title="3-D: size on disk, decode latency, accuracy (red: Pareto-optimal)", height=600,
+                       scene={"xaxis_title": _LABELS["model_size_gb"], "yaxis_title": _LABELS["latency_ms"],
+                              "zaxis_title": _LABELS["accuracy"]})
+    par = go.Figure(go.Parcoords(
+        line={"color": [1 if r["id"] in front else 0 for r in rows], "colorscale": [[0, "steelblue"], [1, "crimson"]]},
+        dimensions=dims))
+    par.update_layout(title="Parallel coordinates over the five objectives (red: Pareto-optimal)", height=450)
     hv = final["hypervolume_history"]
     hv_fig = go.Figure(go.Scatter(x=[h["after"] for h in hv], y=[h["hypervolume"] for h in hv], mode="lines+markers"))
     hv_fig.update_layout(title="Hypervolume of the frontier after each episode (baseline-normalised)", height=350)
@@ -65,7 +77,8 @@ def write_visualization(exp_dir: Path) -> Path:
         f"{html.escape(final['dataset'])}; stopped: {html.escape(str(final['termination_reason']))}; balanced pick: "
         f"{final['balanced']}</p><table border=1 cellpadding=4><tr><th>episode</th><th>status</th><th>Pareto</th>"
         + "".join(f"<th>{_LABELS[k]}</th>" for k in OBJECTIVES) + "<th>strategy</th></tr>" + cells + "</table>"
-        + splom.to_html(full_html=False, include_plotlyjs=True) + hv_fig.to_html(full_html=False, include_plotlyjs=False)
+        + splom.to_html(full_html=False, include_plotlyjs=True)
+        + "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in (cube, par, hv_fig))
         + "</body></html>")
     out = exp_dir / "pareto_visualization.html"
     out.write_text(page, encoding="utf-8")
