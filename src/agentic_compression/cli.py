@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", type=Path, default=os.environ.get("ACF_DATA_DIR"))
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
+    sub.add_parser("worker", help="a Celery worker running experiments from the Redis broker in ACF_BROKER_URL")
     rep = sub.add_parser("report", help="print an experiment's table and rewrite its Plotly page")
     rep.add_argument("experiment_dir", type=Path)
     return p
@@ -206,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError("no data dir given", "pass --data-dir ../shared/data or set ACF_DATA_DIR")
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             serve(a.output_dir, a.data_dir, a.host, a.port)
+            return 0
+        if a.cmd == "worker":
+            from .tasks import app, broker_url
+
+            if broker_url() is None:
+                raise UserError("no broker configured", "set ACF_BROKER_URL, e.g. redis://127.0.0.1:6379/0")
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            app.worker_main(["worker", "--pool=solo", "--concurrency=1", "--loglevel=INFO", "--without-gossip",
+                             "--without-mingle"])
             return 0
         if a.cmd == "resume":
             from .experiment import Experiment

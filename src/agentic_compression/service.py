@@ -1,7 +1,7 @@
 """The REST API (`acf serve`): submit, list, inspect, fetch artifacts, download a checkpoint, cancel.
 
-Experiments run in this process, one at a time, on a background thread (the embedded default; a Celery/Redis
-worker pool is not wired yet). Every request needs the bearer token: ACF_API_TOKEN, or one generated at first
+Experiments run in this process, one at a time, on a background thread (the embedded default), or, when
+ACF_BROKER_URL names a Redis broker, as Celery tasks on `acf worker` processes (tasks.py). Every request needs the bearer token: ACF_API_TOKEN, or one generated at first
 start, printed, and kept (mode 0600) in the output folder. Requests name experiments, never paths: names are
 checked against a pattern and every file served is resolved inside the output folder. The data folder and the
 text sources are the server's, not the request's. OpenAPI docs at /docs.
@@ -67,7 +67,8 @@ def token(output_dir: Path) -> str:
     return new
 
 
-def create_app(output_dir: Path, data_dir: Path, api_token: str) -> FastAPI:
+def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | None = None) -> FastAPI:
+    """``broker``: a Redis URL to run experiments on Celery workers (`acf worker`); None runs them in-process."""
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     app = FastAPI(title="acf", description="Agentic Compression Framework: experiments over HTTP")
@@ -100,6 +101,8 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str) -> FastAPI:
             st = "failed"
         elif final and final.get("complete"):
             st = "cancelled" if final.get("termination_reason") == "cancelled by request" else "complete"
+        elif broker:
+            st = "running" if (path / PROGRESS).is_file() else "queued"
         else:
             st = "running" if path.name in running else "stopped"
         return {"name": path.name, "status": st, "progress": progress, "error": errors.get(path.name),
@@ -109,6 +112,12 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str) -> FastAPI:
                 "balanced": final.get("balanced") if final else None,
                 "hypervolume": (final.get("hypervolume_history") or [{}])[-1].get("hypervolume") if final else None,
                 "termination_reason": final.get("termination_reason") if final else None}
+
+    def dispatch(exp_dir: Path) -> None:
+        from .tasks import app as celery_app, run_experiment
+
+        celery_app.conf.broker_url = broker
+        run_experiment.delay(str(exp_dir))
 
     def execute(name: str, job) -> None:
         try:
@@ -134,12 +143,17 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str) -> FastAPI:
                 if req.experiment in running:
                     raise UserError(f"experiment '{req.experiment}' is running", "choose another name")
                 exp = Experiment(cfg)
-                running.add(exp.dir.name)
+                if not broker:
+                    running.add(exp.dir.name)
         except UserError as e:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from None
         except ValueError as e:  # pydantic
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
-        pool.submit(execute, exp.dir.name, exp.run)
+        if broker:  # a worker resumes the folder from its config.json
+            (exp.dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+            dispatch(exp.dir)
+        else:
+            pool.submit(execute, exp.dir.name, exp.run)
         return {"name": exp.dir.name, "status": "queued"}
 
     @app.get("/experiments", dependencies=[Depends(auth)])
@@ -180,8 +194,11 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str) -> FastAPI:
         with lock:
             if name in running or state(root)["status"] in ("complete", "cancelled"):
                 raise HTTPException(status.HTTP_409_CONFLICT, f"experiment '{name}' is running or finished")
-            running.add(name)
             errors.pop(name, None)
+            if broker:
+                dispatch(root)
+                return {"name": name, "status": "queued"}
+            running.add(name)
         pool.submit(execute, name, lambda: Experiment.resume(root))
         return {"name": name, "status": "queued"}
 
@@ -197,4 +214,6 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str) -> FastAPI:
 def serve(output_dir: Path, data_dir: Path, host: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(output_dir, data_dir, token(output_dir)), host=host, port=port)
+    from .tasks import broker_url
+
+    uvicorn.run(create_app(output_dir, data_dir, token(output_dir), broker_url()), host=host, port=port)
