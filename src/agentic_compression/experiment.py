@@ -93,6 +93,7 @@ class Experiment:
                 raise UserError(f"experiment folder {self.dir} already exists and is not empty",
                                 "choose another --experiment name, or 'acf resume' it (nothing there was changed)")
         self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.dir / "config.json", json.loads(cfg.model_dump_json()))  # the folder is resumable
         self.policy = policies.make(cfg.policy, cfg)
         noise = cfg.noise_tolerance
         self.frontier = ParetoFrontier(tolerance={**DEFAULT_TOLERANCE, "latency_ms": noise, "memory_gb": noise,

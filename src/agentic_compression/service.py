@@ -150,7 +150,6 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
         except ValueError as e:  # pydantic
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
         if broker:  # a worker resumes the folder from its config.json
-            (exp.dir / "config.json").write_text(cfg.model_dump_json(indent=2))
             dispatch(exp.dir)
         else:
             pool.submit(execute, exp.dir.name, exp.run)
