@@ -45,12 +45,12 @@ def load_env(table_path: Path):
 
 def replay(policy, env, episodes: int) -> list[float]:
     """Hypervolume after each episode (the frontier starts with the baseline, as in a run)."""
-    from agentic_compression.pareto import DEFAULT_TOLERANCE, ParetoFrontier
+    from agentic_compression.pareto import ParetoFrontier
     from agentic_compression.policies import PolicyView
     from agentic_compression.schemas import ParetoSolution, Strategy
 
     spec, config, methods, base, rows, overrides = env
-    frontier = ParetoFrontier(baseline=base.objectives(), tolerance=DEFAULT_TOLERANCE)
+    frontier = ParetoFrontier(baseline=base.objectives(), tolerance={})
     frontier.add(ParetoSolution(episode_id="baseline", objectives=base.objectives(), strategy=Strategy(
         action="pipeline")))
     history: list[dict] = []
@@ -82,11 +82,11 @@ def replay(policy, env, episodes: int) -> list[float]:
 
 
 def full_hypervolume(env) -> float:
-    from agentic_compression.pareto import DEFAULT_TOLERANCE, ParetoFrontier
+    from agentic_compression.pareto import ParetoFrontier
     from agentic_compression.schemas import ParetoSolution, Strategy
 
     _, _, _, base, rows, _ = env
-    f = ParetoFrontier(baseline=base.objectives(), tolerance=DEFAULT_TOLERANCE)
+    f = ParetoFrontier(baseline=base.objectives(), tolerance={})
     for eid, obj in [("baseline", base.objectives())] + [(k, r["objectives"]) for k, r in rows.items()
                                                           if r["status"] == "success"]:
         f.add(ParetoSolution(episode_id=eid, objectives=obj, strategy=Strategy(action="pipeline")))

@@ -75,6 +75,7 @@ def lowrank_targets(model) -> dict[str, nn.Linear]:
 class ASVD(Method):
     name = "asvd"
     action = "asvd"
+    runtime = "low-rank"
     requires = ()
     memory_factor = 2.0
     reduces = ("model_size_gb", "memory_gb", "latency_ms")

@@ -37,6 +37,9 @@ class Context:
 class Method:
     name: ClassVar[str]
     action: ClassVar[str]  # the action family the coordinator routes by
+    # the format the result runs in (what its latency and memory depend on): candidates of one runtime land in one
+    # region of objective space, so a policy widening the frontier spreads its first episodes over runtimes
+    runtime: ClassVar[str] = "dense"
     requires: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[tuple[Param, ...]] = ()
     # peak memory of applying it, as a multiple of the fp32 weights (what the resource check compares)

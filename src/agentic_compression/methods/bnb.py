@@ -34,6 +34,7 @@ class BitsAndBytes(Method):
     name = "bnb"
     cost = 0
     action = "quantization"
+    runtime = "bitsandbytes"
     requires = ("bitsandbytes",)
     memory_factor = 2.0
     params = (Param(name="mode", choices=["int8", "nf4", "fp4"], default="nf4"),

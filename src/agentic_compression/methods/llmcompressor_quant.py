@@ -47,6 +47,7 @@ _CALIB = (Param(name="num_samples", low=8, high=1024, default=64, help="calibrat
 
 class _LLMCompressorQuant(Method):
     action = "quantization"
+    runtime = "compressed-tensors"
     requires = ("llmcompressor", "compressed_tensors")
 
     @classmethod

@@ -126,6 +126,7 @@ def prune_layers(model, samples, ratio: float) -> list[int]:
 class Structured(Method):
     name = "structured"
     action = "pruning"
+    runtime = "dense-smaller"
     requires = ()
     memory_factor = 1.5
     reduces = ("model_size_gb", "memory_gb", "latency_ms")

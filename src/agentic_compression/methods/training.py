@@ -92,6 +92,7 @@ class LoRA(Method):
 class QLoRA(Method):
     name = "qlora"
     action = "qlora"
+    runtime = "bitsandbytes"
     requires = ("peft", "bitsandbytes")
     memory_factor = 3.0
     reduces = ("model_size_gb",)

@@ -5,7 +5,9 @@ Rules:
 - methods in the order the spec prefers for this size class (small -> AutoRound, medium -> GPTQ/AWQ, ...);
 - while no compressed candidate keeps the baseline accuracy (within one standard error), 8-bit options rank up;
   once one does, the 4-bit options rank up (push compression further);
-- a (method, bits) family already tried ranks down for each try, so the frontier is explored broadly first;
+- a (method, bits) family already tried ranks down for each try, and so does, less, every method of a runtime
+  already tried (compressed-tensors, bitsandbytes, low-rank, smaller dense, ...): candidates of one runtime sit in
+  one region of objective space, so the frontier is explored broadly first;
 - at 8 bits every method is near-lossless, so the cheaper ones rank up (method cost);
 - group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
 - a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
@@ -55,11 +57,14 @@ class RulePolicy:
                             policy=self.name)
         quality_kept = self._quality_kept(view)
         tried_families: dict[tuple[str, int], int] = {}
+        tried_runtimes: dict[str, int] = {}
         failed_methods: set[str] = set()
         for h in view.history:
             for s in h["strategy"]["steps"]:
                 st = Step(**s)
                 tried_families[_family(st)] = tried_families.get(_family(st), 0) + 1
+                rt = view.methods[st.method].runtime if st.method in view.methods else st.method
+                tried_runtimes[rt] = tried_runtimes.get(rt, 0) + 1
                 if h["status"] == "failed":
                     failed_methods.add(st.method)
         pref = view.spec.preferred_methods
@@ -71,6 +76,8 @@ class RulePolicy:
             rank = pref.index(step.method) if step.method in pref else len(pref)
             b = bits(step)
             s = 0.5 * rank + 2.0 * tried_families.get(_family(step), 0)
+            s += 1.5 * tried_runtimes.get(view.methods[step.method].runtime, 0)
+            s += 0.3 if step.params.get("mode") == "fp4" else 0.0  # NF4 is the better 4-bit float (QLoRA paper)
             s += (0.25 if not quality_kept else 1.5) if b >= 8 else (0.0 if not quality_kept else -0.5)
             s += view.methods[step.method].cost * (1.0 if b == 8 else 0.1)
             g = step.params.get("group_size", "absent")
