@@ -10,6 +10,7 @@ Rules:
   one region of objective space, so the frontier is explored broadly first;
 - at 8 bits every method is near-lossless, so the cheaper ones rank up (method cost);
 - group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
+- structured pruning starts with MLP channels at about 10% (then heads, then whole layers);
 - a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
 - a method that failed ranks far down;
 - the skill memory's recommendations move a (method, bits) family up or down by its learned reward;
@@ -78,6 +79,9 @@ class RulePolicy:
             s = 0.5 * rank + 2.0 * tried_families.get(_family(step), 0)
             s += 1.5 * tried_runtimes.get(view.methods[step.method].runtime, 0)
             s += 0.3 if step.params.get("mode") == "fp4" else 0.0  # NF4 is the better 4-bit float (QLoRA paper)
+            if "granularity" in step.params:  # bench/methods.py: 10% of MLP channels cost far less than 10% of layers
+                s += {"mlp": 0.0, "head": 0.3, "layer": 0.6}[step.params["granularity"]]
+                s += 0.3 * abs(math.log2(step.params["ratio"] / 0.1))
             s += (0.25 if not quality_kept else 1.5) if b >= 8 else (0.0 if not quality_kept else -0.5)
             s += view.methods[step.method].cost * (1.0 if b == 8 else 0.1)
             g = step.params.get("group_size", "absent")
