@@ -2,7 +2,6 @@
 and scored as failures; the canonical solutions pass; pass@1 runs end to end on a tiny model."""
 import time
 
-import pytest
 
 from agentic_compression.evaluation import humaneval
 from agentic_compression.evaluation.humaneval import problems, program, run_sandboxed

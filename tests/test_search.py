@@ -10,7 +10,7 @@ from agentic_compression.methods import available_methods
 from agentic_compression.policies import PolicyView, RulePolicy, make
 from agentic_compression.policies.search import PBT, SEARCHERS, BanditPolicy
 from agentic_compression.reward import RewardSettings, reward
-from agentic_compression.schemas import EvaluationResult, Step, Strategy
+from agentic_compression.schemas import EvaluationResult, Strategy
 from agentic_compression.skills import SkillContext, SkillMemory
 
 BASE = {"accuracy": 0.5, "latency_ms": 40.0, "memory_gb": 0.9, "model_size_gb": 0.54, "co2_grams": 0.1}

@@ -12,7 +12,6 @@ import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
@@ -21,6 +20,7 @@ from .config import RunConfig
 from .errors import UserError
 from .evaluation import Evaluator
 from .evaluation.measure import Energy
+from .files import write_json
 from .pareto import DEFAULT_TOLERANCE, ParetoFrontier
 from .pipelines import Probe
 from .policies import PolicyView
@@ -41,11 +41,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic write: a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+def finished(exp_dir: Path) -> bool:
+    """The experiment's loop ran to its end (final_results.json says complete)."""
+    final = exp_dir / "final_results.json"
+    return final.is_file() and bool(json.loads(final.read_text()).get("complete"))
 
 
 def validate(cfg: RunConfig) -> None:
@@ -130,7 +129,6 @@ class Experiment:
                                                       "recursion_limit": 4 * self.cfg.max_episodes + 20}
 
     def run(self) -> dict:
-        write_json(self.dir / "config.json", json.loads(self.cfg.model_dump_json()))
         write_json(self.dir / "model_spec.json", self.spec.model_dump())
         try:
             self._evaluate_baseline()
@@ -161,8 +159,7 @@ class Experiment:
         exp_dir = Path(exp_dir)
         if not (exp_dir / "config.json").is_file():
             raise UserError(f"{exp_dir} holds no config.json", "pass the folder of an experiment 'acf run' started")
-        if (exp_dir / "final_results.json").is_file() and \
-                json.loads((exp_dir / "final_results.json").read_text()).get("complete"):
+        if finished(exp_dir):
             raise UserError(f"experiment {exp_dir} already finished", "nothing to resume; start a new one")
         cfg = RunConfig(**json.loads((exp_dir / "config.json").read_text()))
         exp = cls(cfg, resume_dir=exp_dir)
@@ -179,9 +176,7 @@ class Experiment:
     def _reload(self, finished: int) -> None:
         """Rebuild the in-memory frontier, episodes and evaluator from the artifacts of ``finished`` episodes;
         remove anything a killed episode left behind."""
-        _, tok = models.load(self.model_path, self.cfg.threads)
-        self.work_dir.mkdir(exist_ok=True)
-        self.evaluator = Evaluator(self.cfg.eval, self.cfg.data_dir, tok, self.work_dir)
+        self._make_evaluator()
         self.baseline = EvaluationResult(**json.loads((self.dir / "baseline" / "results.json").read_text())["result"])
         self.evaluator.baseline = self.baseline
         self._add_baseline()
@@ -200,10 +195,13 @@ class Experiment:
         if prior.is_file():  # the wall-clock budget counts the time before the crash
             self.t0 -= json.loads(prior.read_text()).get("elapsed_seconds", 0.0)
 
-    def _evaluate_baseline(self) -> None:
+    def _make_evaluator(self) -> None:
         _, tok = models.load(self.model_path, self.cfg.threads)
         self.work_dir.mkdir(exist_ok=True)
         self.evaluator = Evaluator(self.cfg.eval, self.cfg.data_dir, tok, self.work_dir)
+
+    def _evaluate_baseline(self) -> None:
+        self._make_evaluator()
         self.baseline = self.evaluator.evaluate(self.model_path)
         (self.dir / "baseline").mkdir(exist_ok=True)
         write_json(self.dir / "baseline" / "results.json",
@@ -351,10 +349,9 @@ class Experiment:
                   "consecutive_no_improvement": 0 if improved else state["consecutive_no_improvement"] + 1,
                   "co2_grams_total": co2, "current_strategy": None}
         if self.skills:
-            base = self.baseline.objectives()
-            self.skills.record(self.skill_ctx, strategy.model_dump(), ok, ep.result.objectives() if ok else None,
-                               base, reward(ep.result.objectives() if ok else None, base, self.cfg.reward),
-                               ep.error)
+            base, measured = self.baseline.objectives(), ep.result.objectives() if ok else None
+            self.skills.record(self.skill_ctx, strategy.model_dump(), ok, measured, base,
+                               reward(measured, base, self.cfg.reward), ep.error)
             update["skill_recommendations"] = self._recommendations()
         self._write_summary({**state, **update}, complete=False)
         return update

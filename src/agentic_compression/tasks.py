@@ -10,7 +10,6 @@ which HumanEval's sandbox and the CPU need anyway.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from pathlib import Path
 
@@ -32,7 +31,7 @@ app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True, worker_pre
 
 @app.task(name="acf.run_experiment")
 def run_experiment(exp_dir: str) -> str:
-    from .experiment import Experiment
+    from .experiment import Experiment, finished
 
     path = Path(exp_dir)
     with open(path / LOCK, "w") as lock:
@@ -40,8 +39,7 @@ def run_experiment(exp_dir: str) -> str:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return "already running elsewhere"
-        final = path / "final_results.json"
-        if final.is_file() and json.loads(final.read_text()).get("complete"):
+        if finished(path):
             return "complete"
         Experiment.resume(path)
         return "complete"

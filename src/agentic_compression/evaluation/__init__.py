@@ -20,6 +20,7 @@ from .. import benchmarks
 from ..config import EvalSettings
 from ..data import read_text
 from ..errors import UserError
+from ..files import write_json
 from ..schemas import OBJECTIVES, EvaluationResult
 
 
@@ -74,9 +75,10 @@ class Evaluator:
 
     def evaluate(self, checkpoint: Path) -> EvaluationResult:
         t0 = time.perf_counter()
-        entry = cache_dir() / f"{fingerprint(checkpoint)[:32]}-{self.request_key}.json"
+        # hashing the checkpoint costs a read of every byte: only when the cache is on
+        entry = cache_dir() / f"{fingerprint(checkpoint)[:32]}-{self.request_key}.json" if self.s.cache else None
         raw = None
-        if self.s.cache and entry.is_file():
+        if entry is not None and entry.is_file():
             try:
                 raw = json.loads(entry.read_text())
             except (OSError, json.JSONDecodeError):  # a damaged entry is measured again and rewritten
@@ -84,11 +86,9 @@ class Evaluator:
         if raw is None:
             raw = self._measure(checkpoint)
             raw["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            if self.s.cache:
+            if entry is not None:
                 entry.parent.mkdir(parents=True, exist_ok=True)
-                tmp = entry.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(raw))
-                os.replace(tmp, entry)
+                write_json(entry, raw)
         else:
             raw["cached_from"] = str(entry)
         result = self._result(raw, time.perf_counter() - t0)

@@ -28,6 +28,12 @@ class PolicyView:
     reward: RewardSettings = field(default_factory=RewardSettings)
 
 
+    def step(self, method: str, chosen: dict[str, Any] | None = None) -> Step:
+        """A step of ``method``: its defaults, then ``chosen``, then the user's overrides (which always win)."""
+        params = {**self.methods[method].defaults(), **(chosen or {}), **self.overrides.get(method, {})}
+        return Step(method=method, params=params)
+
+
 class Policy(Protocol):
     name: str
 
@@ -43,9 +49,9 @@ def candidate_steps(view: PolicyView) -> list[Step]:
             continue
         choice = [p for p in m.params if p.options() is not None and p.name not in view.overrides.get(name, {})]
         for combo in itertools.product(*(p.options() for p in choice)):
-            params = {**m.defaults(), **dict(zip((p.name for p in choice), combo)), **view.overrides.get(name, {})}
-            if m.check(params, view.model_config) is None and Step(method=name, params=params) not in out:
-                out.append(Step(method=name, params=params))
+            step = view.step(name, dict(zip((p.name for p in choice), combo)))
+            if m.check(step.params, view.model_config) is None and step not in out:
+                out.append(step)
     return [s for s in out if single(m_action(view, s), s).key() not in view.tried]
 
 

@@ -103,7 +103,7 @@ def _step(method: str, params: dict, condition: str | None, view: PolicyView, wh
                                 f"({REGISTRY[method].available()[1]}); available: {avail}")
         raise DecisionError(f"{where}unknown method '{method}'; available: {avail}")
     m = view.methods[method]
-    merged = {**m.defaults(), **params, **view.overrides.get(method, {})}
+    merged = view.step(method, params).params
     if "group_size" in merged and "group_size" not in params and "group_size" not in view.overrides.get(method, {}):
         merged["group_size"] = AUTO  # an omitted group size fits the model, not the method's generic default
     merged = fit_group_size(method, merged, view.model_config)

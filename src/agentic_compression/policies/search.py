@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ..reward import reward
-from ..schemas import OBJECTIVES, Step, Strategy
+from ..schemas import OBJECTIVES, Strategy
 from .base import PolicyView, candidate_steps, m_action, single
 
 
@@ -110,7 +110,7 @@ class OptunaPolicy:
             trial = study.ask()
             m = trial.suggest_categorical("method", list(space))
             chosen = {p: trial.suggest_categorical(f"{m}.{p}", opts) for p, opts in space[m].items()}
-            step = Step(method=m, params={**view.methods[m].defaults(), **chosen, **view.overrides.get(m, {})})
+            step = view.step(m, chosen)
             st = single(m_action(view, step), step)
             if view.methods[m].check(step.params, view.model_config) is None and st.key() not in view.tried:
                 told = sum(t.state != TrialState.RUNNING for t in study.trials)
@@ -244,8 +244,7 @@ class PBTPolicy:
             gen += 1
             params = self.pbt.next_generation(scored, gen)
         p = params[len(members) - gen * P]
-        lora = view.methods["lora"]
-        step = Step(method="lora", params={**lora.defaults(), **p, **view.overrides.get("lora", {})})
+        step = view.step("lora", p)
         st = Strategy(action="lora", base=base, steps=[step], policy=self.name,
                       reasoning=f"PBT generation {gen}, member {len(members) - gen * P + 1}/{P} on {base}: "
                                 f"lr {p['lr']:.2e}, rank {p['rank']}, steps {p['steps']}")
