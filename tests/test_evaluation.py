@@ -53,7 +53,15 @@ def test_several_benchmarks_aggregate_and_cache(settings, data_dir, tiny_dir, tm
     assert other.request_key != ev.request_key  # another item subset: another cache key
 
 
-def test_a_bigger_model_is_slower_and_heavier(settings, data_dir, tiny_dir, tmp_path):
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not _cuda(), reason="no CUDA device: the GPU path (CUDA events, CUDA peak memory) runs only on a GPU machine"))])
+def test_a_bigger_model_is_slower_and_heavier(settings, data_dir, tiny_dir, tmp_path, device):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -65,12 +73,28 @@ def test_a_bigger_model_is_slower_and_heavier(settings, data_dir, tiny_dir, tmp_
     big = tmp_path / "big"
     LlamaForCausalLM(cfg).save_pretrained(big)
     tok.save_pretrained(big)
-    ev = _evaluator(settings.model_copy(update={"benchmark": "piqa", "cache": False, "repeats": 5}), data_dir,
-                    tiny_dir, tmp_path)
+    ev = _evaluator(settings.model_copy(update={"benchmark": "piqa", "cache": False, "repeats": 5,
+                                                "device": device}), data_dir, tiny_dir, tmp_path)
     small, large = ev.evaluate(tiny_dir), ev.evaluate(big)
     assert large.memory_gb > small.memory_gb + 0.05  # ~45M more fp32 parameters
     assert large.latency_ms > small.latency_ms and large.size_bytes > 10 * small.size_bytes
     assert large.latency["decode_ms_per_token"]["n"] == 5 * 4
+    assert large.latency["control_ms"] > 0 and large.relative["machine_speed"] > 0
+    if device == "cuda":  # the model's memory is the CUDA peak: at least its fp32 weights, on the device
+        weights = sum(p.numel() for p in LlamaForCausalLM(cfg).parameters()) * 4
+        assert large.memory["source"] == "torch.cuda.max_memory_allocated"
+        assert weights <= large.memory["model_peak_bytes"] < 3 * weights
+        assert large.latency["timer"] == "cuda events"
+    else:
+        assert large.memory["source"].startswith("VmHWM") and large.latency["timer"] == "perf_counter"
+
+
+@pytest.mark.skipif(_cuda(), reason="this machine has CUDA")
+def test_cuda_requested_without_a_gpu_is_a_clear_error(settings, data_dir, tiny_dir, tmp_path):
+    from agentic_compression.errors import UserError
+
+    with pytest.raises(UserError, match="--device cuda.*no CUDA device"):
+        _evaluator(settings.model_copy(update={"device": "cuda"}), data_dir, tiny_dir, tmp_path)
 
 
 def test_perplexity_on_any_text_file(settings, data_dir, tiny_dir, tmp_path):
@@ -86,3 +110,14 @@ def test_perplexity_on_any_text_file(settings, data_dir, tiny_dir, tmp_path):
     with pytest.raises(UserError, match="has .* tokens, fewer than --ppl-tokens 100000"):
         _evaluator(settings.model_copy(update={"ppl_text": str(text), "ppl_tokens": 100000}), data_dir, tiny_dir,
                    tmp_path)
+
+
+def test_the_report_names_episodes_timed_on_a_drifted_machine():
+    from agentic_compression.report import drifted
+
+    eps = [{"episode_id": "episode_000", "relative": {"machine_speed": 1.05}},
+           {"episode_id": "episode_001", "relative": {"machine_speed": 1.6}},
+           {"episode_id": "episode_002", "relative": None}]  # a failed episode
+    msg = drifted({"episodes": eps})
+    assert "1.60x (episode_001)" in msg and "episode_000" not in msg
+    assert drifted({"episodes": eps[:1] + eps[2:]}) is None

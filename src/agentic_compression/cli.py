@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--country", default="USA", help="ISO code of the grid codecarbon's CO2 factor is for")
     r.add_argument("--repeats", type=int, default=5, help="latency repeats after one warm-up")
     r.add_argument("--threads", type=int, help="torch threads (under load, 1 can beat 2)")
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where candidates are measured (cuda: CUDA-event latency, CUDA peak memory)")
     r.add_argument("--calibration", default="wikitext2-first-half",
                    help="calibration/training text: the default, or a .txt / .jsonl file (never evaluation text)")
     r.add_argument("--noise-tolerance", type=float, default=0.05,
@@ -151,7 +153,7 @@ def _run(a) -> int:
                         eval=EvalSettings(benchmark=a.dataset, source=a.eval_source, cache=not a.no_eval_cache,
                                           limit=a.limit, ppl_tokens=a.ppl_tokens, ppl_text=a.ppl_text,
                                           country_iso_code=a.country, repeats=a.repeats,
-                                          threads=a.threads, seed=a.seed))
+                                          threads=a.threads, device=a.device, seed=a.seed))
     except ValidationError as e:
         bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise UserError(f"invalid option(s): {bad}", "see 'acf run --help'") from None

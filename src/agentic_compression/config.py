@@ -30,6 +30,8 @@ class EvalSettings(BaseModel):
     repeats: int = Field(default=5, gt=0)
     seed: int = 1234
     threads: int | None = Field(default=None, description="torch threads in the evaluation process (None = torch's)")
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="where the candidate is measured: on cuda, "
+                                           "latency is timed with CUDA events and memory is the CUDA peak")
     country_iso_code: str = "USA"
     timeout_s: int = Field(default=3600, gt=0)
 

@@ -89,8 +89,8 @@ def resolve(name: str) -> tuple[Path, str]:
     return Path(local), name
 
 
-def load(path: Path | str, threads: int | None = None):
-    """Load a saved checkpoint (fp32 where the format allows) and its tokenizer."""
+def load(path: Path | str, threads: int | None = None, device: str = "cpu"):
+    """Load a saved checkpoint (fp32 where the format allows) and its tokenizer, onto ``device``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -101,9 +101,10 @@ def load(path: Path | str, threads: int | None = None):
 
     path = Path(path)
     if (path / LOWRANK_FILE).exists():
-        model = load_lowrank(path)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = load_lowrank(path).to(device)
+    else:  # device_map places quantized formats (bitsandbytes) that cannot be moved after loading
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32,
+                                                     **({"device_map": device} if device != "cpu" else {}))
     if (path / ADAPTER_DIR / "adapter_config.json").exists():  # LoRA kept beside a quantized base
         if any(hasattr(m, "weight_packed") for m in model.modules()):
             unpack_compressed(model)  # peft needs the float weight
@@ -120,4 +121,4 @@ def unpack_compressed(model) -> None:
     import torch
 
     with torch.no_grad():
-        model(input_ids=torch.tensor([[0]]))
+        model(input_ids=torch.tensor([[0]], device=model.device))

@@ -36,7 +36,25 @@ def table(exp_dir: Path) -> str:
         lines.append(f"{r['id']:<12} {r['status']:<8} {'*' if r['id'] in front else '':<6} {vals} {ppl}  {r['label']}")
     lines.append(f"termination: {final['termination_reason']}; balanced pick: {final['balanced']}; "
                  f"hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}")
+    if drift := drifted(final):
+        lines.append(drift)
     return "\n".join(lines)
+
+
+DRIFT = 0.15  # control workload slower or faster than at the baseline by more than this: timings not comparable
+
+
+def drifted(final: dict) -> str | None:
+    """A warning naming the episodes timed while the machine itself ran at another speed than for the baseline
+    (measure.control_ms), whose latency and CO2 therefore do not compare with the baseline's."""
+    off = {e["episode_id"]: e["relative"]["machine_speed"] for e in final["episodes"]
+           if (e.get("relative") or {}).get("machine_speed") and abs(e["relative"]["machine_speed"] - 1) > DRIFT}
+    if not off:
+        return None
+    return ("warning: the machine's own speed drifted: a fixed control workload took "
+            + ", ".join(f"{v:.2f}x ({eid})" for eid, v in off.items())
+            + " its time at the baseline, so those episodes' latency and CO2 differences are partly the machine's; "
+              "re-run on a quiet machine, or with fewer --threads")
 
 
 def write_visualization(exp_dir: Path) -> Path:
@@ -75,7 +93,8 @@ def write_visualization(exp_dir: Path) -> Path:
         f"{html.escape(final['experiment'])}</title></head><body style='font-family:sans-serif'>"
         f"<h1>{html.escape(final['experiment'])}</h1><p>model {html.escape(final['model'])}, dataset "
         f"{html.escape(final['dataset'])}; stopped: {html.escape(str(final['termination_reason']))}; balanced pick: "
-        f"{final['balanced']}</p><table border=1 cellpadding=4><tr><th>episode</th><th>status</th><th>Pareto</th>"
+        f"{final['balanced']}</p>" + (f"<p style='color:crimson'>{html.escape(drift)}</p>" if (drift := drifted(final))
+                                      else "") + "<table border=1 cellpadding=4><tr><th>episode</th><th>status</th><th>Pareto</th>"
         + "".join(f"<th>{_LABELS[k]}</th>" for k in OBJECTIVES) + "<th>strategy</th></tr>" + cells + "</table>"
         + splom.to_html(full_html=False, include_plotlyjs=True)
         + "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in (cube, par, hv_fig))

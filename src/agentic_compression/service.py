@@ -17,7 +17,7 @@ import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, status
 from fastapi.responses import FileResponse, StreamingResponse
@@ -47,6 +47,7 @@ class RunRequest(BaseModel):
     ppl_tokens: int = Field(default=4096, gt=64)
     repeats: int = Field(default=5, gt=0)
     threads: int | None = Field(default=None, gt=0)
+    device: Literal["cpu", "cuda"] = "cpu"
     seed: int = 1234
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -138,7 +139,8 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
                             patience=req.patience, policy=req.policy, threads=req.threads,
                             method_overrides=req.method_overrides,
                             eval=EvalSettings(benchmark=req.benchmarks, limit=req.limit, ppl_tokens=req.ppl_tokens,
-                                              repeats=req.repeats, threads=req.threads, seed=req.seed))
+                                              repeats=req.repeats, threads=req.threads, device=req.device,
+                                              seed=req.seed))
             with lock:
                 if req.experiment in running:
                     raise UserError(f"experiment '{req.experiment}' is running", "choose another name")

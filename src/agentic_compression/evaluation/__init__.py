@@ -47,6 +47,12 @@ class Evaluator:
     def __init__(self, settings: EvalSettings, data_dir: Path, tokenizer, work_dir: Path):
         self.s = settings
         self.work_dir = work_dir
+        if settings.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError("--device cuda, but torch sees no CUDA device here (CPU build, or no GPU)",
+                                "measure on the CPU (--device cpu) or install a CUDA build of torch on a GPU machine")
         tasks, include = [], None
         for name in benchmarks.names(settings.benchmark):
             if name == benchmarks.HUMANEVAL:
@@ -127,9 +133,12 @@ class Evaluator:
 
 
 def relative(result: EvaluationResult, baseline: EvaluationResult) -> dict[str, float]:
-    """Each objective, perplexity, parameter count and benchmark score divided by the baseline's."""
+    """Each objective, perplexity, parameter count and benchmark score divided by the baseline's, and the control
+    workload's time (``machine_speed``: above 1, the machine was slower than when the baseline was timed)."""
     keys = list(OBJECTIVES) + ["perplexity", "num_params"]
     out = {k: getattr(result, k) / getattr(baseline, k) for k in keys if getattr(baseline, k)}
+    if result.latency.get("control_ms") and baseline.latency.get("control_ms"):  # older cached results lack it
+        out["machine_speed"] = result.latency["control_ms"] / baseline.latency["control_ms"]
     mine, base = result.accuracy_detail.get("benchmarks", {}), baseline.accuracy_detail.get("benchmarks", {})
     for name, b in base.items():
         if name in mine and b["value"]:

@@ -114,7 +114,7 @@ def evaluate(model, tokenizer, limit: int, seed: int, max_new_tokens: int = 128,
 
     results = []
     for p in problems(limit, seed):
-        ids = tokenizer(p["prompt"], return_tensors="pt")
+        ids = tokenizer(p["prompt"], return_tensors="pt").to(model.device)
         with torch.no_grad():
             out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)

@@ -16,35 +16,79 @@ def _spread(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "p25": q[0], "p75": q[2], "min": xs[0], "max": xs[-1], "n": len(xs)}
 
 
+class Clock:
+    """Milliseconds between start() and ms(): perf_counter on the CPU; on CUDA, events recorded on the stream, so
+    the time is the device's and no host synchronisation sits inside the timed work."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def start(self):
+        if not self.cuda:
+            return time.perf_counter()
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+
+    def ms(self, t0) -> float:
+        if not self.cuda:
+            return (time.perf_counter() - t0) * 1e3
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        e.synchronize()
+        return t0.elapsed_time(e)
+
+
 @torch.no_grad()
 def latency(model, prompt_ids: list[int], decode_tokens: int, warmup: int, repeats: int) -> dict[str, Any]:
     """Prefill time of the prompt and per-token greedy decode time with the KV cache: warm-up runs are discarded,
-    then ``repeats`` runs; medians and quartiles in milliseconds."""
-    ids = torch.tensor([prompt_ids])
+    then ``repeats`` runs; medians and quartiles in milliseconds (CUDA events on a GPU)."""
+    ids = torch.tensor([prompt_ids], device=model.device)
+    clock = Clock(model.device)
     prefill, decode = [], []
     for run in range(warmup + repeats):
-        t0 = time.perf_counter()
+        t0 = clock.start()
         out = model(input_ids=ids, use_cache=True)
-        t1 = time.perf_counter()
+        p = clock.ms(t0)
         past, nxt, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), []
         for _ in range(decode_tokens):
-            s = time.perf_counter()
+            s = clock.start()
             out = model(input_ids=nxt, past_key_values=past, use_cache=True)
             past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            steps.append((time.perf_counter() - s) * 1e3)
+            steps.append(clock.ms(s))
         if run >= warmup:
-            prefill.append((t1 - t0) * 1e3)
+            prefill.append(p)
             decode.extend(steps)
     d = _spread(decode)
     return {"prefill_ms": _spread(prefill), "decode_ms_per_token": d, "prompt_tokens": len(prompt_ids),
             "decode_tokens": decode_tokens, "warmup": warmup, "repeats": repeats,
-            "decode_tokens_per_s": 1e3 / d["median"]}
+            "decode_tokens_per_s": 1e3 / d["median"], "timer": "cuda events" if clock.cuda else "perf_counter"}
+
+
+CONTROL_SHAPE = (1024, 4096)  # fp32, 16 MB: out of cache, so memory-bound like a decode step
+
+
+@torch.no_grad()
+def control_ms(device: torch.device, repeats: int = 100) -> float:
+    """Median time of a fixed workload that is the same for every candidate (one matrix-vector product of
+    CONTROL_SHAPE, a decode step's kind of work), timed beside each latency measurement. Its ratio to the
+    baseline's shows whether the machine itself got slower or faster between two measurements (CPU steal,
+    frequency, neighbours), which a latency comparison cannot tell apart from the model."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(CONTROL_SHAPE, generator=g).to(device)
+    x = torch.randn(1, CONTROL_SHAPE[0], generator=g).to(device)
+    clock, times = Clock(device), []
+    for _ in range(repeats + 5):
+        t0 = clock.start()
+        x @ w
+        times.append(clock.ms(t0))
+    return statistics.median(times[5:])
 
 
 @torch.no_grad()
 def perplexity(model, ids: list[int], window: int, stride: int) -> dict[str, Any]:
     """Sliding-window perplexity (each token scored once, with up to ``window`` tokens of context)."""
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=model.device)
     nll, count, prev_end = 0.0, 0, 0
     for begin in range(0, len(ids), stride):
         end = min(begin + window, len(ids))

@@ -1,8 +1,9 @@
 """One candidate's evaluation in a fresh process, so that its peak memory, latency and energy are its own.
 
 Usage (internal): python -m agentic_compression.evaluation.worker REQUEST.json RESULT.json
-Order matters: runtime RSS is read before the checkpoint is loaded from disk; the peak (VmHWM) is read after
-load + latency and before lm-eval, whose own buffers would otherwise count as the model's."""
+Order matters: runtime RSS is read before the checkpoint is loaded from disk; the peak (VmHWM, or on a GPU the CUDA
+allocator's peak) is read after load + latency and before lm-eval, whose own buffers would otherwise count as the
+model's."""
 from __future__ import annotations
 
 import json
@@ -43,16 +44,29 @@ def main(request: Path, result: Path) -> None:
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
+    cuda = s.device == "cuda"
+    if cuda:
+        torch.cuda.init()  # the context is the runtime's, not the model's
+        torch.cuda.reset_peak_memory_stats()
     rss_runtime = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
     ckpt = Path(req["checkpoint"])
-    model, tok = load(ckpt)
+    model, tok = load(ckpt, device=s.device)
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss
 
     prompt = req["prompt_ids"][: s.prompt_tokens]
+    before = measure.control_ms(model.device)
     lat = measure.latency(model, prompt, s.decode_tokens, s.warmup, s.repeats)
+    lat["control_ms"] = (before + measure.control_ms(model.device)) / 2
     peak = peak_rss_bytes()
+    # on a GPU the model's memory is the allocator's peak since before loading (weights, KV cache, activations)
+    memory = {"peak_rss_bytes": peak, "runtime_rss_bytes": rss_runtime, "loaded_rss_bytes": rss_loaded,
+              "model_peak_bytes": peak - rss_runtime, "source": "VmHWM - runtime RSS"}
+    if cuda:
+        memory.update(model_peak_bytes=torch.cuda.max_memory_allocated(), source="torch.cuda.max_memory_allocated",
+                      cuda_reserved_peak_bytes=torch.cuda.max_memory_reserved(),
+                      cuda_device=torch.cuda.get_device_name())
 
     with measure.Energy(s.country_iso_code) as energy:
         ppl = measure.perplexity(model, req["ppl_ids"][: s.ppl_tokens], s.ppl_window, s.ppl_stride)
@@ -68,8 +82,7 @@ def main(request: Path, result: Path) -> None:
 
     out = {
         "accuracy": acc, "perplexity": ppl, "latency": lat, "energy": energy.result,
-        "memory": {"peak_rss_bytes": peak, "runtime_rss_bytes": rss_runtime, "loaded_rss_bytes": rss_loaded,
-                   "model_peak_bytes": peak - rss_runtime, "load_seconds": load_s, "threads": torch.get_num_threads()},
+        "memory": {**memory, "load_seconds": load_s, "threads": torch.get_num_threads(), "device": s.device},
         "size_bytes": _dir_bytes(ckpt),
         "num_params": logical_params(model),
     }
