@@ -1,6 +1,6 @@
 """Measure a grid of strategies on one model once, as a normal acf experiment, and store the table for replay.
 
-    .venv/bin/python bench/grid.py run   [--model smollm2-135m] [--limit 50] [--ppl-tokens 2048] [--out DIR]
+    .venv/bin/python bench/grid.py run   [--model smollm2-135m] [--limit 50] [--ppl-tokens 2048] [--out DIR] [--to F]
     .venv/bin/python bench/grid.py table EXPERIMENT_DIR [--to bench/grid_smollm2.json]
 
 `run` executes GRID (every method at its main parameter values, plus the recovery template) through the real
@@ -87,6 +87,8 @@ def table(exp_dir: Path) -> dict:
                                                         "co2_grams")} if res else None,
                      "perplexity": res["perplexity"] if res else None,
                      "accuracy_stderr": res["accuracy_stderr"] if res else None,
+                     # control workload's time over the baseline's (absent in tables measured before it existed)
+                     "machine_speed": (res.get("relative") or {}).get("machine_speed") if res else None,
                      "compress_seconds": r["compress_seconds"]})
     cfg = json.loads((exp_dir / "config.json").read_text())
     return {"model": cfg["model"], "eval": cfg["eval"], "experiment": exp_dir.name,
@@ -105,6 +107,7 @@ def main() -> None:
     r.add_argument("--limit", type=int, default=50)
     r.add_argument("--ppl-tokens", type=int, default=2048)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--to", type=Path, default=REPO / "bench" / "grid_smollm2.json")
     t = sub.add_parser("table")
     t.add_argument("experiment_dir", type=Path)
     t.add_argument("--to", type=Path, default=REPO / "bench" / "grid_smollm2.json")
@@ -127,9 +130,8 @@ def main() -> None:
                                                  threads=a.threads)))
     exp.policy = GridPolicy(exp.model_config)
     exp.run()
-    out = REPO / "bench" / "grid_smollm2.json"
-    out.write_text(json.dumps(table(exp.dir), indent=1))
-    print(f"wrote {out}")
+    a.to.write_text(json.dumps(table(exp.dir), indent=1))
+    print(f"wrote {a.to}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Replay policies against a measured grid: hypervolume versus episodes, relative to the grid's full hypervolume.
 
-    .venv/bin/python bench/replay.py [--table bench/grid_smollm2.json] [--episodes 15] [--seeds 20]
+    .venv/bin/python bench/replay.py [--table bench/grid_smollm2_l200.json] [--episodes 15] [--seeds 20]
                                      [--policies rule,random,tpe,nsga2,bandit,pbt] [--llm-base-url URL --llm-model M]
 
 Every policy sees what it would see in a real run (the model's spec and config, the registry's available methods,
@@ -76,9 +76,17 @@ def replay(policy, env, episodes: int) -> list[float]:
         entered = ok and frontier.add(ParetoSolution(episode_id=eid, objectives=row["objectives"], strategy=st))
         history.append({"episode_id": eid, "strategy": st.model_dump(), "status": row["status"],
                         "objectives": row["objectives"], "error": row["error"], "entered_frontier": entered,
-                        "relative": None})
+                        "relative": relative(row, base) if ok else None})
         curve.append(frontier.hypervolume())
     return curve
+
+
+def relative(row: dict, base) -> dict[str, float]:
+    """What a run's history holds for an episode: its objectives and perplexity over the baseline's."""
+    out = {k: v / getattr(base, k) for k, v in row["objectives"].items() if getattr(base, k)}
+    if row.get("perplexity") and base.perplexity:
+        out["perplexity"] = row["perplexity"] / base.perplexity
+    return out
 
 
 def full_hypervolume(env) -> float:
@@ -113,7 +121,7 @@ SEEDED = {"random", "tpe", "nsga2", "pbt", "llm"}
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--table", type=Path, default=REPO / "bench" / "grid_smollm2.json")
+    ap.add_argument("--table", type=Path, default=REPO / "bench" / "grid_smollm2_l200.json")
     ap.add_argument("--episodes", type=int, default=15)
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--policies", default="rule,random,tpe,nsga2,bandit,pbt")

@@ -174,3 +174,24 @@ def test_rule_policy_follows_the_skill_memory(env):
             {"method": "autoround", "bits": 4, "mean_reward": -1.0, "confidence": 0.95, "count": 20}]
     learned = RulePolicy().decide(_view(env, recs=recs))
     assert learned.steps[0].method == "bnb" and learned.steps[0].params["mode"] == "int8"
+
+
+def test_rule_policy_drops_a_method_that_wrecked_the_model(env):
+    """After one ASVD result with 50x the baseline's perplexity, no other ASVD setting comes before the methods
+    that kept the model usable (15 decisions); after a mild result (1.2x) ASVD is back within 10."""
+    def order(ppl_ratio):
+        history, tried = [], set()
+        asvd = Strategy(action="asvd", steps=[_view(env).step("asvd", {"rank_ratio": 0.9})])
+        history.append({"episode_id": "episode_000", "strategy": asvd.model_dump(), "status": "success",
+                        "objectives": BASE, "error": None, "relative": {"perplexity": ppl_ratio}})
+        tried.add(asvd.key())
+        out = []
+        for _ in range(15):
+            st = RulePolicy().decide(_view(env, history, tried))
+            tried.add(st.key())
+            out.append(st.steps[0].method)
+            history.append({"episode_id": "x", "strategy": st.model_dump(), "status": "success",
+                            "objectives": BASE, "error": None, "relative": {"perplexity": 1.1}})
+        return out
+
+    assert "asvd" not in order(50.0) and "asvd" in order(1.2)[:10]

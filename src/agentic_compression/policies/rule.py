@@ -12,7 +12,8 @@ Rules:
 - group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
 - structured pruning starts with MLP channels at about 10% (then heads, then whole layers);
 - a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
-- a method that failed ranks far down;
+- a method that failed ranks far down, and so does one that wrecked the model once (perplexity more than twice the
+  baseline's): its other settings are no milder by enough to matter;
 - the skill memory's recommendations move a (method, bits) family up or down by its learned reward;
 - the seed's pipeline templates compete too, scored by their compressing steps; a template with a recovery step
   (LoRA, distillation) ranks up once its compressing family was tried and quality was not kept.
@@ -24,6 +25,9 @@ import math
 from ..pipelines import TEMPLATES, instantiate
 from ..schemas import Step, Strategy
 from .base import PolicyView, candidate_steps, m_action, single
+
+
+WRECKED = 2.0  # perplexity over the baseline's beyond which a method's result is not a trade-off but a broken model
 
 
 def bits(step: Step) -> int:
@@ -59,15 +63,15 @@ class RulePolicy:
         quality_kept = self._quality_kept(view)
         tried_families: dict[tuple[str, int], int] = {}
         tried_runtimes: dict[str, int] = {}
-        failed_methods: set[str] = set()
+        dropped_methods: set[str] = set()  # failed, or wrecked the model
         for h in view.history:
             for s in h["strategy"]["steps"]:
                 st = Step(**s)
                 tried_families[_family(st)] = tried_families.get(_family(st), 0) + 1
                 rt = view.methods[st.method].runtime if st.method in view.methods else st.method
                 tried_runtimes[rt] = tried_runtimes.get(rt, 0) + 1
-                if h["status"] == "failed":
-                    failed_methods.add(st.method)
+                if h["status"] == "failed" or (h.get("relative") or {}).get("perplexity", 1.0) > WRECKED:
+                    dropped_methods.add(st.method)
         pref = view.spec.preferred_methods
         # skill memory: a family that worked on similar experiments ranks up, one that failed ranks down
         learned = {(r["method"], r["bits"]): max(-1.0, min(1.0, r["mean_reward"])) * r["confidence"]
@@ -89,7 +93,7 @@ class RulePolicy:
                 s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))
             s += 0.0 if view.methods[step.method].reduces else 4.0
             s -= 3.0 * learned.get(_family(step), 0.0)
-            return s + (5.0 if step.method in failed_methods else 0.0)
+            return s + (5.0 if step.method in dropped_methods else 0.0)
 
         def score_strategy(st: Strategy) -> float:
             compressing = [x for x in st.steps if view.methods[x.method].standalone]
