@@ -88,13 +88,15 @@ def write_visualization(exp_dir: Path) -> Path:
         f"<tr><td>{html.escape(r['id'])}</td><td>{r['status']}</td><td>{'yes' if r['id'] in front else ''}</td>"
         + "".join(f"<td>{r['objectives'][k]:.4g}</td>" if r["objectives"] else "<td>-</td>" for k in OBJECTIVES)
         + f"<td>{html.escape(r['label'])}</td></tr>" for r in _rows(final))
+    drift = drifted(final)
+    warning = f"<p style='color:crimson'>{html.escape(drift)}</p>" if drift else ""
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>acf: "
         f"{html.escape(final['experiment'])}</title></head><body style='font-family:sans-serif'>"
         f"<h1>{html.escape(final['experiment'])}</h1><p>model {html.escape(final['model'])}, dataset "
         f"{html.escape(final['dataset'])}; stopped: {html.escape(str(final['termination_reason']))}; balanced pick: "
-        f"{final['balanced']}</p>" + (f"<p style='color:crimson'>{html.escape(drift)}</p>" if (drift := drifted(final))
-                                      else "") + "<table border=1 cellpadding=4><tr><th>episode</th><th>status</th><th>Pareto</th>"
+        f"{final['balanced']}</p>{warning}"
+        "<table border=1 cellpadding=4><tr><th>episode</th><th>status</th><th>Pareto</th>"
         + "".join(f"<th>{_LABELS[k]}</th>" for k in OBJECTIVES) + "<th>strategy</th></tr>" + cells + "</table>"
         + splom.to_html(full_html=False, include_plotlyjs=True)
         + "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in (cube, par, hv_fig))
