@@ -44,7 +44,8 @@ def test_kill_9_mid_episode_then_resume(tiny_dir, data_dir, tmp_path, cli_env):
     done = subprocess.run(_acf("resume", str(exp)), env=cli_env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     final = json.loads((exp / "final_results.json").read_text())
-    assert final["complete"] and final["episodes_run"] == 3 and final["termination_reason"].startswith("max_episodes")
+    assert final["complete"] and final["episodes_run"] == 3 and final["termination_reason"].startswith("max_episodes"), (
+        final["termination_reason"], [(e["episode_id"], e["status"], e["steps"]) for e in final["episodes"]])
     assert (exp / "episode_000" / "results.json").read_bytes() == first  # kept, not re-run
     ids = [e["episode_id"] for e in final["episodes"]]
     assert ids == ["episode_000", "episode_001", "episode_002"]
@@ -53,3 +54,37 @@ def test_kill_9_mid_episode_then_resume(tiny_dir, data_dir, tmp_path, cli_env):
 
     again = subprocess.run(_acf("resume", str(exp)), env=cli_env, capture_output=True, text=True)
     assert again.returncode == 2 and "already finished" in again.stderr
+
+
+class Crash(BaseException):
+    """Stands in for the process dying: nothing in the loop catches it."""
+
+
+def test_a_run_killed_in_evaluation_resumes_with_the_checkpoint_it_had_made(tiny_dir, data_dir, tmp_path, fast_eval,
+                                                                              monkeypatch):
+    from agentic_compression.config import RunConfig
+    from agentic_compression.experiment import Experiment
+
+    cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
+                    eval=fast_eval, threads=1, max_episodes=2, patience=9)
+    evaluation = Experiment.evaluation
+
+    def dies_in_episode_1(self, state):
+        if state["current_episode"] == 1:
+            raise Crash
+        return evaluation(self, state)
+
+    monkeypatch.setattr(Experiment, "evaluation", dies_in_episode_1)
+    with pytest.raises(Crash):
+        Experiment(cfg).run()
+    exp = tmp_path / "out" / "exp"
+    made = exp / "episode_001" / "checkpoint"
+    assert made.is_dir() and not (exp / "episode_001" / "results.json").exists()
+    strategy = json.loads((exp / "episode_001" / "strategy.json").read_text())
+
+    monkeypatch.setattr(Experiment, "evaluation", evaluation)
+    final = Experiment.resume(exp)
+    assert final["complete"] and final["episodes_run"] == 2, final["termination_reason"]
+    second = final["episodes"][1]
+    assert second["status"] == "success", second["error"]  # evaluated the checkpoint the killed run had made
+    assert second["steps"] == strategy["steps"]

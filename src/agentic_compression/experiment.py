@@ -143,7 +143,9 @@ class Experiment:
             "action_params": {}, "should_terminate": False, "termination_reason": None,
             "skill_recommendations": self._recommendations(), "pipeline_step_index": 0, "consecutive_no_improvement": 0,
             "refused": [], "co2_grams_total": self.baseline.co2_grams}
-        return self._finish(graph.invoke(state, config))
+        # durability "sync": each node's state is on disk before the next node starts, so a killed run resumes in
+        # the node it was killed in (LangGraph's default writes checkpoints in the background, which can lag)
+        return self._finish(graph.invoke(state, config, durability="sync"))
 
     def _finish(self, final: dict) -> dict:
         summary = self._write_summary(final, complete=True)
@@ -167,15 +169,15 @@ class Experiment:
         snap = graph.get_state(config)
         if not snap.values or not (exp_dir / "baseline" / "results.json").is_file():
             return exp.run()  # it stopped before the loop began: start it again, in the same folder
-        state = snap.values
+        state = snap.values  # includes the writes of nodes that finished after the last full checkpoint
         exp._reload(state["current_episode"])
-        if not snap.next:
+        if state.get("should_terminate"):
             return exp._finish(state)
-        return exp._finish(graph.invoke(None, config))
+        return exp._finish(graph.invoke(None, config, durability="sync"))
 
     def _reload(self, finished: int) -> None:
         """Rebuild the in-memory frontier, episodes and evaluator from the artifacts of ``finished`` episodes;
-        remove anything a killed episode left behind."""
+        remove the folders of episodes past the one that was running."""
         self._make_evaluator()
         self.baseline = EvaluationResult(**json.loads((self.dir / "baseline" / "results.json").read_text())["result"])
         self.evaluator.baseline = self.baseline
@@ -188,8 +190,8 @@ class Experiment:
                 self.frontier.add(ParetoSolution(episode_id=ep.episode_id, strategy=ep.strategy,
                                                  objectives=ep.result.objectives(), checkpoint=ep.checkpoint))
             self._record_hv(ep.episode_id)
-        for d in self.dir.glob("episode_*"):
-            if int(d.name.split("_")[1]) >= finished:
+        for d in self.dir.glob("episode_*"):  # the running episode's folder stays: a killed evaluation needs its
+            if int(d.name.split("_")[1]) > finished:  # checkpoint; a killed compression step clears it itself
                 shutil.rmtree(d)
         prior = self.dir / "final_results.json"
         if prior.is_file():  # the wall-clock budget counts the time before the crash
