@@ -148,11 +148,11 @@ class Experiment:
         return self._finish(graph.invoke(state, config, durability="sync"))
 
     def _finish(self, final: dict) -> dict:
-        summary = self._write_summary(final, complete=True)
-        self.progress("done", summary["episodes_run"], termination_reason=summary["termination_reason"])
-        write_visualization(self.dir)
         shutil.rmtree(self.work_dir, ignore_errors=True)
-        return summary
+        self._write_summary(final, complete=False)  # the page is drawn from it
+        write_visualization(self.dir)
+        self.progress("done", len(self.episodes), termination_reason=final.get("termination_reason"))
+        return self._write_summary(final, complete=True)  # last: "complete" means every artifact is in place
 
     @classmethod
     def resume(cls, exp_dir: Path) -> dict:
