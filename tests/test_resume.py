@@ -88,3 +88,30 @@ def test_a_run_killed_in_evaluation_resumes_with_the_checkpoint_it_had_made(tiny
     second = final["episodes"][1]
     assert second["status"] == "success", second["error"]  # evaluated the checkpoint the killed run had made
     assert second["steps"] == strategy["steps"]
+
+
+def test_a_run_killed_while_finishing_resumes_to_complete(tiny_dir, data_dir, tmp_path, fast_eval, monkeypatch):
+    """The loop had ended but the report was not written: resume finishes it without running an episode again."""
+    from agentic_compression import experiment
+    from agentic_compression.config import RunConfig
+    from agentic_compression.experiment import Experiment
+
+    cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
+                    eval=fast_eval, threads=1, max_episodes=1)
+
+    def dies(exp_dir):
+        raise Crash
+
+    page = experiment.write_visualization
+    monkeypatch.setattr(experiment, "write_visualization", dies)
+    with pytest.raises(Crash):
+        Experiment(cfg).run()
+    exp = tmp_path / "out" / "exp"
+    assert not json.loads((exp / "final_results.json").read_text())["complete"]
+    first = (exp / "episode_000" / "results.json").read_bytes()
+
+    monkeypatch.setattr(experiment, "write_visualization", page)
+    final = Experiment.resume(exp)
+    assert final["complete"] and final["episodes_run"] == 1 and final["termination_reason"].startswith("max_episodes")
+    assert (exp / "episode_000" / "results.json").read_bytes() == first
+    assert (exp / "pareto_visualization.html").is_file()

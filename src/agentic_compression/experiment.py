@@ -169,10 +169,9 @@ class Experiment:
         snap = graph.get_state(config)
         if not snap.values or not (exp_dir / "baseline" / "results.json").is_file():
             return exp.run()  # it stopped before the loop began: start it again, in the same folder
-        state = snap.values  # includes the writes of nodes that finished after the last full checkpoint
-        exp._reload(state["current_episode"])
-        if state.get("should_terminate"):
-            return exp._finish(state)
+        exp._reload(snap.values["current_episode"])  # values include nodes that finished after the last checkpoint
+        # LangGraph continues from the checkpoint, applying those nodes' saved writes without running them again;
+        # a loop that had already ended just returns its final state
         return exp._finish(graph.invoke(None, config, durability="sync"))
 
     def _reload(self, finished: int) -> None:
