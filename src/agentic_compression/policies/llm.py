@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import LLMSettings
+from ..config import LLMSettings, brief
 from ..errors import UserError
 from ..methods import REGISTRY
 from ..pipelines import AUTO, TEMPLATES, fit_group_size, parse_condition
@@ -79,11 +79,37 @@ class EndpointError(RuntimeError):
 
 
 # ---- parsing and validation ----
+MAX_ANSWER = 32_000  # characters of an answer that are parsed (a decision is a few hundred)
+MAX_DEPTH = 16  # nesting of brackets in an answer (a decision needs 4): deeper would exhaust the parser's stack
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of {} and [] outside JSON strings."""
+    depth = top = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            esc, in_str = (False, in_str) if esc else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_str = True
+        elif ch in "{[":
+            depth += 1
+            top = max(top, depth)
+        elif ch in "}]":
+            depth = max(depth - 1, 0)
+    return top
+
+
 def parse(raw: str) -> Any:
-    """The first JSON object in the answer (code fences and prose around it are ignored)."""
+    """The first JSON object in the answer (code fences and prose around it are ignored). Oversized or deeply
+    nested answers are refused before parsing."""
     text = (raw or "").strip()
     if not text:
         raise DecisionError("the answer was empty")
+    if len(text) > MAX_ANSWER:
+        raise DecisionError(f"the answer has {len(text)} characters; a decision needs under {MAX_ANSWER}")
+    if _depth(text) > MAX_DEPTH:
+        raise DecisionError(f"the answer nests brackets deeper than {MAX_DEPTH} levels; answer one flat decision")
     dec = json.JSONDecoder()
     for m in re.finditer(r"\{", text):
         try:
@@ -128,8 +154,7 @@ def to_strategy(obj: Any, view: PolicyView) -> Strategy:
     try:
         d = Decision.model_validate(obj)
     except ValidationError as e:
-        raise DecisionError("; ".join(f"{'.'.join(map(str, x['loc'])) or 'answer'}: {x['msg']}"
-                                      for x in e.errors())) from None
+        raise DecisionError(brief(e)) from None
     if d.action == "end":
         return Strategy(action="end", reasoning=d.reasoning)
     if d.action == "search":
@@ -237,8 +262,12 @@ Answer with one JSON object only."""
 
 
 def _scrub(text: str, secret: str | None) -> str:
+    """Every string that came from the endpoint passes here before it is stored, logged or parsed: the key, any
+    OpenAI-style key and any bearer credential become ***."""
+    if secret:
+        text = text.replace(secret, "***")
     text = re.sub(r"sk-[A-Za-z0-9_\-*]{6,}", "sk-***", text)
-    return text.replace(secret, "***") if secret else text
+    return re.sub(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]{8,}", r"\1***", text)
 
 
 class LLMPolicy:
@@ -258,7 +287,9 @@ class LLMPolicy:
         self.endpoint_failures = 0  # decisions in a row whose endpoint failed (the breaker)
 
     # -- one request, with backoff on transient errors --
-    def _request(self, messages: list[dict]) -> str:
+    def _request(self, messages: list[dict], log: list[dict], deadline: float) -> str:
+        """The answer's text. Every failed HTTP attempt is appended to ``log``; waits (backoff, or the endpoint's
+        Retry-After, capped by max_wait_s, timeout_s and ``deadline``, a time.monotonic()) never outlast the run."""
         import openai
 
         s = self.s
@@ -274,16 +305,27 @@ class LLMPolicy:
             kw["tool_choice"] = {"type": "function", "function": {"name": "decide"}}
         delay, last = s.backoff_s, None
         for i in range(s.http_retries + 1):
+            t = time.perf_counter()
             try:
                 r = self.client.chat.completions.create(**kw)
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
                 last = e
+                entry = {"http_error": self._scrub(f"{type(e).__name__}: {e}")[:500],
+                         "status": getattr(e, "status_code", None), "seconds": round(time.perf_counter() - t, 2)}
                 if i < s.http_retries:
                     after = getattr(getattr(e, "response", None), "headers", {}).get("retry-after")
-                    time.sleep(float(after) if after and after.replace(".", "", 1).isdigit() else delay)
+                    wait = float(after) if after and after.replace(".", "", 1).isdigit() else delay
+                    wait = max(0.0, min(wait, s.max_wait_s, s.timeout_s, deadline - time.monotonic()))
+                    entry["waited_s"] = round(wait, 2)
+                    time.sleep(wait)
                     delay *= 2
+                log.append(entry)
+                if time.monotonic() >= deadline:
+                    break
                 continue
             except openai.APIStatusError as e:
+                log.append({"http_error": self._scrub(f"HTTP {e.status_code}: {e.message}")[:500],
+                            "status": e.status_code, "seconds": round(time.perf_counter() - t, 2)})
                 raise EndpointError(f"endpoint refused the request: HTTP {e.status_code}: {e.message}") from None
             if not r.choices:
                 return ""
@@ -291,7 +333,19 @@ class LLMPolicy:
             if s.mode == "function_calling" and msg.tool_calls:
                 return msg.tool_calls[0].function.arguments or ""
             return msg.content or ""
-        raise EndpointError(f"endpoint failed {s.http_retries + 1} times ({type(last).__name__}: {last})")
+        raise EndpointError(f"endpoint failed {len(log)} times ({type(last).__name__}: {last})")
+
+    def _scrub(self, text: str) -> str:
+        return _scrub(text, self._key)
+
+    def _scrub_all(self, obj: Any) -> Any:
+        if isinstance(obj, str):
+            return self._scrub(obj)
+        if isinstance(obj, dict):
+            return {self._scrub_all(k): self._scrub_all(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self._scrub_all(v) for v in obj]
+        return obj
 
     def _messages(self, view: PolicyView) -> list[dict]:
         system = SYSTEM
@@ -305,28 +359,36 @@ class LLMPolicy:
 
     def decide(self, view: PolicyView) -> Strategy:
         s = self.s
-        meta: dict[str, Any] = {"requested": "llm", "model": s.model, "mode": s.mode, "attempts": []}
+        # attempts: each answer and its error; http_failures: each request that got no answer (refused, 429, 5xx,
+        # timeout)
+        meta: dict[str, Any] = {"requested": "llm", "model": s.model, "mode": s.mode, "attempts": [],
+                                "http_failures": []}
         if self.endpoint_failures >= s.breaker:
             return self._fall(view, meta, f"the endpoint failed in {self.endpoint_failures} decisions in a row; "
                                           "not asked again in this run")
         messages = self._messages(view)
         error = ""
+        deadline = time.monotonic() + max(view.seconds_left, 0.0)
         for _ in range(s.retries + 1):
             t = time.perf_counter()
+            failed: list[dict] = []
             try:
-                raw = self._request(messages)
+                raw = self._request(messages, failed, deadline)
             except EndpointError as e:
+                meta["http_failures"] += failed
                 self.endpoint_failures += 1
-                return self._fall(view, meta, _scrub(str(e), self._key))
+                return self._fall(view, meta, self._scrub(str(e)))
+            meta["http_failures"] += failed
             self.endpoint_failures = 0
+            raw = self._scrub(raw)  # before it is parsed: no string from the endpoint reaches an artifact unscrubbed
             attempt = {"raw": raw[:8000], "seconds": round(time.perf_counter() - t, 2), "error": None}
             meta["attempts"].append(attempt)
-            try:
-                st = to_strategy(parse(raw), view)
+            try:  # strings decoded from the JSON (escapes) are scrubbed again: the strategy and the error
+                st = Strategy.model_validate(self._scrub_all(to_strategy(parse(raw), view).model_dump()))
             except DecisionError as e:
-                error = attempt["error"] = str(e)
+                error = attempt["error"] = self._scrub(str(e))
                 messages = messages + [{"role": "assistant", "content": raw[:8000]},
-                                       {"role": "user", "content": f"That answer cannot be used: {e}. "
+                                       {"role": "user", "content": f"That answer cannot be used: {error}. "
                                                                    "Answer again with one JSON object only."}]
                 continue
             return st.model_copy(update={"policy": self.name, "meta": meta})
