@@ -16,8 +16,8 @@ TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture
-def client(tmp_path, data_dir):
-    with TestClient(create_app(tmp_path / "out", data_dir, TOKEN)) as c:
+def client(tmp_path, data_dir, tiny_dir):
+    with TestClient(create_app(tmp_path / "out", data_dir, TOKEN, models_dir=tiny_dir.parent)) as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"
         yield c
 
@@ -33,7 +33,7 @@ def _wait(client, name, done=("complete", "cancelled", "failed"), timeout=600):
 
 
 def _fast(tiny_dir, name, **kw):
-    return {"model": str(tiny_dir), "experiment": name, "limit": 8, "ppl_tokens": 256, "repeats": 2, "threads": 1,
+    return {"model": tiny_dir.name, "experiment": name, "limit": 8, "ppl_tokens": 256, "repeats": 2, "threads": 1,
             **kw}
 
 

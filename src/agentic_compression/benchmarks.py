@@ -15,10 +15,12 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from .files import reading
 
 Docs = dict[str, list[dict]]  # subtask ("" for a single task) -> docs in the Hub schema
 
@@ -248,6 +250,22 @@ def check_files(data_dir: Path, name: str) -> None:
                             "pass --data-dir pointing at a folder laid out like ../shared/data")
 
 
+@lru_cache(maxsize=4)
+def load_docs(data_dir: Path, name: str) -> Docs:
+    """The benchmark's rows, read once per process; a damaged file is one UserError naming it, never a
+    traceback (run validation calls this before any work starts)."""
+    b = get(name)
+    check_files(data_dir, name)
+    with reading(", ".join(str(data_dir / f) for f in b.files), f"the {name} benchmark's data",
+                 "restore the file from its source (see SOURCES.md in the data folder)"):
+        docs = b.load(data_dir)
+    for sub, rows in docs.items():
+        if not rows:
+            raise UserError(f"benchmark '{name}'{' / ' + sub if sub else ''} has no items in "
+                            f"{', '.join(str(data_dir / f) for f in b.files)}", "restore its files")
+    return docs
+
+
 @dataclass
 class Built:
     include_path: Path
@@ -274,8 +292,7 @@ def build(data_dir: Path, name: str, limit: int, seed: int, out_dir: Path) -> Bu
     """Write the seeded subset (shared by every candidate of an experiment: paired differences) and the YAMLs.
     ``limit`` is the number of items of the benchmark, split evenly over a group's subtasks."""
     b = get(name)
-    check_files(data_dir, name)
-    docs = b.load(data_dir)
+    docs = load_docs(data_dir, name)
     digest = hashlib.sha1(f"{Path(data_dir).resolve()}|{name}|{limit}|{seed}".encode()).hexdigest()[:10]
     folder = out_dir / f"acf_{name}_{digest}"
     folder.mkdir(parents=True, exist_ok=True)

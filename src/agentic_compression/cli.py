@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="the REST API (OpenAPI docs at /docs); needs a bearer token")
     srv.add_argument("--output-dir", type=Path, default=Path("experiments"))
     srv.add_argument("--data-dir", type=Path, default=os.environ.get("ACF_DATA_DIR"))
+    srv.add_argument("--models-dir", type=Path, default=os.environ.get("ACF_MODELS_DIR"),
+                     help="clients may name the model folders in it (or set ACF_MODELS_DIR); besides it, only the "
+                          "built-in aliases")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     sub.add_parser("worker", help="a Celery worker running experiments from the Redis broker in ACF_BROKER_URL")
@@ -131,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(a) -> int:
     from pydantic import ValidationError
 
-    from .config import EvalSettings, RunConfig
+    from .config import EvalSettings, RunConfig, brief
     from .errors import UserError
     from .experiment import Experiment
     from .report import table
@@ -155,11 +158,11 @@ def _run(a) -> int:
                                           country_iso_code=a.country, repeats=a.repeats,
                                           threads=a.threads, device=a.device, seed=a.seed))
     except ValidationError as e:
-        bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise UserError(f"invalid option(s): {bad}", "see 'acf run --help'") from None
+        raise UserError(f"invalid option(s): {brief(e)}", "see 'acf run --help'") from None
     if not a.online:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     exp = Experiment(cfg)
+    a.experiment_dir = exp.dir  # named if the run is interrupted
     print(f"acf: experiment {exp.dir}", file=sys.stderr)
     with live_progress(exp.dir):
         exp.run()
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.data_dir is None:
                 raise UserError("no data dir given", "pass --data-dir ../shared/data or set ACF_DATA_DIR")
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            serve(a.output_dir, a.data_dir, a.host, a.port)
+            serve(a.output_dir, a.data_dir, a.host, a.port, a.models_dir)
             return 0
         if a.cmd == "worker":
             from .tasks import app, broker_url
@@ -229,16 +232,32 @@ def main(argv: list[str] | None = None) -> int:
             print(table(a.experiment_dir))
             return 0
         if a.cmd == "report":
+            from .files import reading
             from .report import table, write_visualization
 
-            if not (a.experiment_dir / "final_results.json").exists():
+            final = a.experiment_dir / "final_results.json"
+            if not final.is_file():
                 raise UserError(f"{a.experiment_dir} holds no final_results.json", "pass an experiment folder")
-            print(table(a.experiment_dir))
-            print(f"wrote {write_visualization(a.experiment_dir)}")
+            with reading(final, "the experiment's summary", "restore it, or 'acf resume' the experiment"):
+                text = table(a.experiment_dir)  # a file of the wrong shape fails here, before anything is written
+                page = write_visualization(a.experiment_dir)
+            print(text)
+            print(f"wrote {page}")
             return 0
     except UserError as e:
         print(f"acf: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        where = getattr(a, "experiment_dir", None)
+        print("acf: interrupted" + (f"; continue with: acf resume {where}" if where else ""), file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: one line; ACF_DEBUG=1 shows the traceback
+        if os.environ.get("ACF_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"acf: error: unexpected {type(e).__name__}: {first} (set ACF_DEBUG=1 for the traceback, and please "
+              "report it)", file=sys.stderr)
+        return 1
     return 1
 
 

@@ -1,13 +1,27 @@
 """Run configuration (written to config.json): every limit of the loop and of the evaluation lives here."""
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
-
 from typing import Literal
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import UserError
 from .reward import RewardSettings
+
+# an experiment's name: one folder directly under the output folder (no '/', no '..', not '.'); also the API's
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+@lru_cache(maxsize=1)
+def countries() -> frozenset[str]:
+    """The ISO codes codecarbon has a grid energy mix for (its offline tracker refuses others at run time)."""
+    from codecarbon.input import DataSource
+
+    return frozenset(DataSource().get_global_energy_mix_data())
 
 
 class EvalSettings(BaseModel):
@@ -35,6 +49,13 @@ class EvalSettings(BaseModel):
     country_iso_code: str = "USA"
     timeout_s: int = Field(default=3600, gt=0)
 
+    @field_validator("country_iso_code")
+    @classmethod
+    def _country(cls, v: str) -> str:
+        if v not in countries():
+            raise ValueError(f"'{v}' is not an ISO 3166 alpha-3 code codecarbon knows (e.g. USA, DEU, FRA, CHN)")
+        return v
+
 
 class CalibrationSettings(BaseModel):
     source: str = Field(default="wikitext2-first-half",
@@ -60,14 +81,27 @@ class LLMSettings(BaseModel):
     backoff_s: float = Field(default=1.0, ge=0, description="first backoff; doubles on each transient error")
     breaker: int = Field(default=3, gt=0, description="after this many decisions in a row whose endpoint failed, "
                          "the run stops asking it and the built-in policy decides")
+    max_wait_s: float = Field(default=60.0, ge=0, description="the longest an endpoint's Retry-After is obeyed "
+                              "(also capped by timeout_s and the run's remaining budget)")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None:
+            u = urlparse(v)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise ValueError(f"'{v}' is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+        return v
 
 
 class RunConfig(BaseModel):
-    model: str
+    model_config = ConfigDict(allow_inf_nan=False)
+    model: str = Field(max_length=1000)
     dataset: str = "hellaswag"
     data_dir: Path
     output_dir: Path = Path("experiments")
-    experiment: str | None = None
+    experiment: str | None = Field(default=None, pattern=NAME.pattern, description="the folder's name under "
+                                   "output_dir: letters, digits, '.', '_', '-'; no path")
     max_episodes: int = Field(default=10, gt=0)
     budget_hours: float = Field(default=4.0, gt=0)
     patience: int = Field(default=5, gt=0, description="stop after this many episodes without frontier improvement")
@@ -95,9 +129,30 @@ class RunConfig(BaseModel):
             self.eval.benchmark = self.dataset
         return self
 
+    @classmethod
+    def from_file(cls, path: Path) -> "RunConfig":
+        """An experiment's config.json; a damaged or hand-edited file is one UserError naming it."""
+        from .files import read_json
+
+        raw = read_json(path, "an experiment's configuration", "restore it, or start a new run with 'acf run'")
+        try:
+            return cls(**raw)
+        except ValidationError as e:
+            raise UserError(f"{path} is not a valid configuration: {brief(e)}",
+                            "restore it, or start a new run with 'acf run'") from None
+
     @field_validator("threads")
     @classmethod
     def _threads(cls, v):
         if v is not None and v <= 0:
             raise ValueError("threads must be positive")
         return v
+
+
+def brief(e: ValidationError) -> str:
+    """A pydantic error on one line: each field and what is wrong with it, never the whole input."""
+    def got(x: dict) -> str:
+        v = x.get("input")
+        return f" (got {v!r:.60})" if isinstance(v, (str, int, float)) else ""
+
+    return "; ".join(f"{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']}{got(x)}" for x in e.errors())

@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import UserError
+from .files import reading
 
 _ARTICLE = re.compile(r"^ = [^=].* = $")
 
@@ -21,7 +22,8 @@ def check_data_dir(data_dir: Path, dataset: str) -> None:
     if not data_dir.is_dir():
         raise UserError(f"data dir {data_dir} does not exist", "pass --data-dir pointing at a folder like ../shared/data")
     for name in benchmarks.names(dataset) if dataset else ():
-        benchmarks.check_files(data_dir, name)
+        if name != benchmarks.HUMANEVAL:
+            benchmarks.load_docs(data_dir, name)
     need = data_dir / "wikitext-2" / "wiki.test.raw"
     if not need.is_file():
         raise UserError(f"missing data file {need}", "pass --data-dir pointing at a folder laid out like ../shared/data")
@@ -49,24 +51,35 @@ WIKITEXT_EVALUATION = "wikitext2-second-half"
 @lru_cache(maxsize=8)
 def read_text(data_dir: Path, source: str = WIKITEXT_CALIBRATION) -> str:
     """A half of WikiText-2 (the first calibrates and trains, the second is evaluation text), or a file the user
-    names: plain text, or JSON lines whose "text" fields are joined."""
+    names: plain UTF-8 text, or JSON lines whose "text" fields are joined. Empty, binary or mistyped files are a
+    UserError naming the file."""
     if source in (WIKITEXT_CALIBRATION, WIKITEXT_EVALUATION):
-        return wikitext_halves(data_dir)[source == WIKITEXT_EVALUATION]
+        with reading(data_dir / "wikitext-2" / "wiki.test.raw", "WikiText-2"):
+            return wikitext_halves(data_dir)[source == WIKITEXT_EVALUATION]
     path = Path(source)
     if not path.is_file():
         raise UserError(f"text file {path} does not exist", "pass a .txt or .jsonl file, or leave the default")
+    todo = "give UTF-8 text, or one {\"text\": \"...\"} object per line of a .jsonl file"
+    with reading(path, "a text file", todo):
+        raw = path.read_text(encoding="utf-8")
+    if "\x00" in raw:
+        raise UserError(f"{path} is a binary file, not text", todo)
     if path.suffix == ".jsonl":
         texts = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path} line {i} is not a JSON object with a \"text\" field",
-                                "give one {\"text\": ...} object per line") from None
-        return "\n\n".join(texts)
-    return path.read_text(encoding="utf-8")
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+                text = None
+            if not isinstance(text, str):
+                raise UserError(f"{path} line {i} is not a JSON object with a \"text\" string", todo)
+            texts.append(text)
+        raw = "\n\n".join(texts)
+    if not raw.strip():
+        raise UserError(f"{path} holds no text", todo)
+    return raw
 
 
 def calibration_samples(tokenizer, data_dir: Path, n: int, seq_len: int, seed: int,

@@ -5,6 +5,7 @@ ending when the coordinator applies a stop rule (max episodes, wall-clock budget
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -15,12 +16,12 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import data, methods, models, policies, resources
+from . import benchmarks, data, methods, models, policies, resources
 from .config import RunConfig
 from .errors import UserError
-from .evaluation import Evaluator
+from .evaluation import EvaluationError, Evaluator, require_device
 from .evaluation.measure import Energy
-from .files import write_json
+from .files import read_json, write_json
 from .pareto import DEFAULT_TOLERANCE, ParetoFrontier
 from .pipelines import Probe
 from .policies import PolicyView
@@ -28,7 +29,7 @@ from .report import write_visualization
 from .reward import reward
 from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, ParetoSolution, Strategy
 from .skills import SkillContext, SkillMemory
-from .spec import infer_spec
+from .spec import infer_spec, read_config
 from .state import CompressionState
 from .workers import apply_strategy
 
@@ -44,24 +45,33 @@ def _now() -> str:
 def finished(exp_dir: Path) -> bool:
     """The experiment's loop ran to its end (final_results.json says complete)."""
     final = exp_dir / "final_results.json"
-    return final.is_file() and bool(json.loads(final.read_text()).get("complete"))
+    return final.is_file() and bool(read_json(final, "the experiment's summary").get("complete"))
 
 
-def validate(cfg: RunConfig) -> None:
-    """Cheap checks first, before anything is written or converted."""
+def validate(cfg: RunConfig, folder: Path | None = None) -> None:
+    """Cheap checks first, before anything is written or converted. ``folder``: a resumed experiment's (the
+    output folder is checked only for a new run)."""
     if cfg.eval.source == "hub" and not cfg.online:
         raise UserError("--eval-source hub reads the Hub's datasets", "add --online, or use the local files")
     data.check_data_dir(cfg.data_dir, cfg.eval.benchmark if cfg.eval.source == "local" else "")
     data.read_text(cfg.data_dir, cfg.calibration.source)
     data.read_text(cfg.data_dir, cfg.eval.ppl_text)
     policies.make(cfg.policy, cfg)
+    require_device(cfg.eval.device)  # before the model is loaded, not after
+    if benchmarks.HUMANEVAL in benchmarks.names(cfg.eval.benchmark):
+        from .evaluation.humaneval import sandbox_check
+
+        if why := sandbox_check():
+            raise UserError(f"HumanEval is unavailable here: {why}", "install bubblewrap, or leave humaneval out")
+    where = folder or cfg.output_dir
     try:
-        cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        probe = cfg.output_dir / f".acf-write-probe-{os.getpid()}"
+        if folder is None:
+            cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        probe = where / f".acf-write-probe-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"output dir {cfg.output_dir} is not writable ({e.strerror})",
+        raise UserError(f"output dir {where} is not writable ({e.strerror})",
                         "pass --output-dir pointing at a folder you can write") from None
     for name, params in cfg.method_overrides.items():
         if name not in methods.REGISTRY:
@@ -73,31 +83,69 @@ def validate(cfg: RunConfig) -> None:
 STATE_DB = "state.sqlite"  # the LangGraph checkpoints: the loop's state after every node
 PROGRESS = "progress.json"  # where the loop is now (episode, node, action): read by the CLI and the API
 CANCEL = "cancel"  # a file whose presence stops the loop at its next decision
+FAILED = "failed.json"  # why a run stopped with an error, and when (kept for the API; removed by a resume)
+# what a run writes at the top of its folder: all that a failed brand-new run may remove (never anything else)
+OWN_FILES = ("config.json", "model_spec.json", "baseline", PROGRESS, STATE_DB, f"{STATE_DB}-wal", f"{STATE_DB}-shm",
+             ".work", FAILED)
+EPISODE_FILES = ("checkpoint", "strategy.json")  # what a killed, unfinished attempt at an episode leaves
+
+
+class ExperimentBusy(UserError):
+    """Another acf process holds the experiment's lock."""
+
+
+class FolderLock:
+    """An exclusive flock on the experiment folder itself (no lock file is written), held until close(); the OS
+    releases a dead process's lock. Two runs with the same name, or a run and a resume, never share a folder."""
+
+    def __init__(self, path: Path):
+        self.fd: int | None = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise ExperimentBusy(f"experiment folder {path} is in use by another acf process",
+                                 "wait for it to finish, or choose another --experiment name") from None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def remove_own(folder: Path, names: tuple[str, ...]) -> None:
+    """Remove the entries of ``folder`` that acf writes (``names``); anything else a user put there stays."""
+    for n in names:
+        p = folder / n
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.is_dir():
+            shutil.rmtree(p)
 
 
 class Experiment:
     def __init__(self, cfg: RunConfig, resume_dir: Path | None = None):
-        validate(cfg)
+        validate(cfg, resume_dir)
         self.cfg = cfg
         self.model_path, canonical = models.resolve(cfg.model)
         self.spec: ModelSpec = infer_spec(canonical, self.model_path, online=cfg.online)
-        self.model_config = json.loads((self.model_path / "config.json").read_text())
+        self.model_config = read_config(self.model_path)
+        self.created = False  # this process made the folder: only then may a failed run remove it
         if resume_dir is not None:
             self.dir, name = resume_dir, resume_dir.name
+            self._lock = FolderLock(self.dir)
         else:
             stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
             name = cfg.experiment or f"{Path(canonical).name.lower()}-{cfg.dataset.replace(',', '+')}-{stamp}"
             self.dir = cfg.output_dir / name
-            if self.dir.exists() and any(self.dir.iterdir()):
-                raise UserError(f"experiment folder {self.dir} already exists and is not empty",
-                                "choose another --experiment name, or 'acf resume' it (nothing there was changed)")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.dir / "config.json", json.loads(cfg.model_dump_json()))  # the folder is resumable
+            self._claim()
+            write_json(self.dir / "config.json", json.loads(cfg.model_dump_json()))  # the folder is resumable
         self.policy = policies.make(cfg.policy, cfg)
         noise = cfg.noise_tolerance
         self.frontier = ParetoFrontier(tolerance={**DEFAULT_TOLERANCE, "latency_ms": noise, "memory_gb": noise,
                                                   "co2_grams": noise}, reward=cfg.reward)
         self.episodes: list[Episode] = []
+        self.entered: dict[str, bool] = {}  # episode_id -> it entered the frontier when it finished (resume)
         self.hv_history: list[dict] = []
         self.baseline: EvaluationResult | None = None
         self.t0 = time.monotonic()
@@ -107,6 +155,28 @@ class Experiment:
         self.skills = SkillMemory(cfg.skills_path) if cfg.use_skills else None
         self.skill_ctx = SkillContext(model=canonical, family=self.spec.model_family, num_params=self.spec.num_params,
                                       task=cfg.dataset, experiment=name)
+
+    def _claim(self) -> None:
+        """Make the folder (or take an empty one) under the lock: check-then-create would race a second run."""
+        try:
+            self.dir.mkdir()
+            self.created = True
+        except FileExistsError:
+            if self.dir.is_symlink() or not self.dir.is_dir():
+                raise UserError(f"{self.dir} exists and is not a folder", "choose another --experiment name") from None
+        self._lock = FolderLock(self.dir)
+        if any(self.dir.iterdir()):
+            self._lock.close()
+            raise UserError(f"experiment folder {self.dir} already exists and is not empty",
+                            "choose another --experiment name, or 'acf resume' it (nothing there was changed)")
+
+    def discard(self) -> None:
+        """A brand-new run that failed: remove what it wrote, and its folder if this process made it and nothing
+        else is left. Never used on a resumed experiment."""
+        self.release()
+        remove_own(self.dir, OWN_FILES)
+        if self.created and not any(self.dir.iterdir()):
+            self.dir.rmdir()
 
     # ---- calibration: one seeded set per (n, seq_len), reused by every method of the experiment ----
     def calibration(self, tokenizer, n: int, seq_len: int) -> list[list[int]]:
@@ -128,21 +198,43 @@ class Experiment:
         return build_graph(self, SqliteSaver(conn)), {"configurable": {"thread_id": "loop"},
                                                       "recursion_limit": 4 * self.cfg.max_episodes + 20}
 
-    def run(self) -> dict:
-        write_json(self.dir / "model_spec.json", self.spec.model_dump())
+    def run(self, discard_on_failure: bool = True) -> dict:
+        """Evaluate the baseline, then run the loop. A brand-new run whose baseline fails removes what it wrote
+        (``discard_on_failure``; the API keeps the folder to show the error); nothing else is ever removed."""
         try:
-            self._evaluate_baseline()
-        except BaseException:
-            shutil.rmtree(self.dir, ignore_errors=True)  # nothing useful was produced: leave no half experiment
-            raise
+            write_json(self.dir / "model_spec.json", self.spec.model_dump())
+            try:
+                self._evaluate_baseline()
+            except BaseException:
+                if discard_on_failure:
+                    self.discard()
+                raise
+            return self._loop(self._fresh_state([]))
+        finally:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.release()
+
+    def release(self) -> None:
+        """Let go of the folder's lock (a run or resume does when it returns or raises)."""
+        self._lock.close()
+
+    def _fresh_state(self, episodes: list[Episode]) -> CompressionState:
+        """The loop's state at its start, or rebuilt from finished episodes' results.json."""
+        entered = [self.entered.get(e.episode_id, False) for e in episodes]
+        history = [self._history_entry(e, x) for e, x in zip(episodes, entered)][-self.cfg.history_limit:]
+        stale = len(entered) - (max((i for i, x in enumerate(entered) if x), default=-1) + 1)
+        co2 = self.baseline.co2_grams + sum((e.result.co2_grams if e.result else 0.0) +
+                                            e.compress_energy.get("co2_grams", 0.0) for e in episodes)
+        return {"model_name": self.cfg.model, "dataset": self.cfg.dataset, "model_spec": self.spec.model_dump(),
+                "max_episodes": self.cfg.max_episodes, "budget_hours": self.cfg.budget_hours,
+                "current_episode": len(episodes), "history": history, "pareto_frontier": self.frontier.summary(),
+                "messages": [], "next_action": "", "action_params": {}, "should_terminate": False,
+                "termination_reason": None, "skill_recommendations": self._recommendations(),
+                "pipeline_step_index": 0, "consecutive_no_improvement": stale, "refused": [], "co2_grams_total": co2}
+
+    def _loop(self, state: CompressionState | None) -> dict:
+        """Run the graph from ``state`` (None: continue from the checkpoint) and write the final artifacts."""
         graph, config = self._graph()
-        state: CompressionState = {
-            "model_name": self.cfg.model, "dataset": self.cfg.dataset, "model_spec": self.spec.model_dump(),
-            "max_episodes": self.cfg.max_episodes, "budget_hours": self.cfg.budget_hours, "current_episode": 0,
-            "history": [], "pareto_frontier": self.frontier.summary(), "messages": [], "next_action": "",
-            "action_params": {}, "should_terminate": False, "termination_reason": None,
-            "skill_recommendations": self._recommendations(), "pipeline_step_index": 0, "consecutive_no_improvement": 0,
-            "refused": [], "co2_grams_total": self.baseline.co2_grams}
         # durability "sync": each node's state is on disk before the next node starts, so a killed run resumes in
         # the node it was killed in (LangGraph's default writes checkpoints in the background, which can lag)
         return self._finish(graph.invoke(state, config, durability="sync"))
@@ -156,54 +248,119 @@ class Experiment:
 
     @classmethod
     def resume(cls, exp_dir: Path) -> dict:
-        """Continue a run that was killed: the loop restarts after its last checkpointed node. Finished episodes
-        are reloaded from their results.json (never re-run); the episode that was running is started again."""
+        """Continue a run that stopped: the loop restarts after its last checkpointed node. Finished episodes are
+        reloaded from their results.json and never re-run or removed; the episode that was running starts again.
+        When state.sqlite is missing, unreadable or older than the episodes on disk, the state is rebuilt from the
+        results.json files (the unreadable file is kept aside, never deleted)."""
         exp_dir = Path(exp_dir)
-        if not (exp_dir / "config.json").is_file():
+        if exp_dir.is_symlink() or not (exp_dir / "config.json").is_file():
             raise UserError(f"{exp_dir} holds no config.json", "pass the folder of an experiment 'acf run' started")
         if finished(exp_dir):
             raise UserError(f"experiment {exp_dir} already finished", "nothing to resume; start a new one")
-        cfg = RunConfig(**json.loads((exp_dir / "config.json").read_text()))
+        cfg = RunConfig.from_file(exp_dir / "config.json")
         exp = cls(cfg, resume_dir=exp_dir)
-        graph, config = exp._graph()
-        snap = graph.get_state(config)
-        if not snap.values or not (exp_dir / "baseline" / "results.json").is_file():
-            return exp.run()  # it stopped before the loop began: start it again, in the same folder
-        exp._reload(snap.values["current_episode"])  # values include nodes that finished after the last checkpoint
-        # LangGraph continues from the checkpoint, applying those nodes' saved writes without running them again;
-        # a loop that had already ended just returns its final state
-        return exp._finish(graph.invoke(None, config, durability="sync"))
+        try:
+            return exp._resume()
+        finally:
+            shutil.rmtree(exp.work_dir, ignore_errors=True)  # acf's scratch space (evaluation requests, task YAML)
+            exp.release()
+
+    def _resume(self) -> dict:
+        (self.dir / FAILED).unlink(missing_ok=True)
+        done = self._finished_episodes()
+        if (self.dir / "baseline" / "results.json").is_file():
+            self._reload_baseline()
+        else:  # it stopped before the baseline was measured (episodes, if any, are kept and reloaded)
+            write_json(self.dir / "model_spec.json", self.spec.model_dump())
+            self._evaluate_baseline()
+        values = self._checkpointed_values()
+        self._reload(done)
+        if values is not None and values.get("current_episode", -1) == done:
+            # values include nodes that finished after the last checkpoint: LangGraph applies their saved writes
+            # without running them again (a loop that had already ended just returns its final state)
+            return self._loop(None)
+        self._set_aside(STATE_DB)
+        return self._loop(self._fresh_state(self.episodes))
+
+    def _finished_episodes(self) -> int:
+        """How many episodes finished, counted from episode_000; refuses a gap (a later finished episode after an
+        unfinished one), which no resume could continue without losing one of them."""
+        found = sorted(int(d.name.split("_")[1]) for d in self.dir.glob("episode_[0-9][0-9][0-9]")
+                       if (d / "results.json").is_file())
+        if found != list(range(len(found))):
+            gap = next(i for i in range(len(found) + 1) if i not in found)
+            raise UserError(f"{self.episode_dir(gap).name} has no results.json, but a later episode finished",
+                            f"restore {self.episode_dir(gap).name}/results.json, or move the later episodes out of "
+                            f"{self.dir}")
+        return len(found)
+
+    def _checkpointed_values(self) -> dict | None:
+        """The loop's checkpointed state, or None when state.sqlite is missing, empty or unreadable."""
+        if not (self.dir / STATE_DB).is_file():
+            return None
+        try:
+            graph, config = self._graph()
+            return graph.get_state(config).values or None
+        except Exception:  # a corrupt or foreign file: the caller rebuilds from the episodes' results
+            return None
+
+    def _set_aside(self, name: str) -> None:
+        """Keep a file the loop cannot use under another name, instead of deleting it."""
+        src = self.dir / name
+        if src.exists():
+            os.replace(src, self.dir / f"{name}.unusable-{datetime.now():%Y%m%d-%H%M%S}")
+        for extra in (f"{name}-wal", f"{name}-shm"):
+            (self.dir / extra).unlink(missing_ok=True)
 
     def _reload(self, finished: int) -> None:
-        """Rebuild the in-memory frontier, episodes and evaluator from the artifacts of ``finished`` episodes;
-        remove the folders of episodes past the one that was running."""
-        self._make_evaluator()
-        self.baseline = EvaluationResult(**json.loads((self.dir / "baseline" / "results.json").read_text())["result"])
-        self.evaluator.baseline = self.baseline
-        self._add_baseline()
+        """Rebuild the in-memory episodes and frontier from the results.json of ``finished`` episodes; clear what
+        a killed attempt at a later episode left (acf's own files only: checkpoint and strategy)."""
         for i in range(finished):
-            ep = Episode(**{k: v for k, v in json.loads((self.episode_dir(i) / "results.json").read_text()).items()
-                            if k != "entered_frontier"})
+            path = self.episode_dir(i) / "results.json"
+            raw = read_json(path, "an episode's results")
+            try:
+                ep = Episode(**{k: v for k, v in raw.items() if k != "entered_frontier"})
+            except Exception as e:
+                raise UserError(f"{path} is not an episode's results ({type(e).__name__})",
+                                "restore the file, or move that episode out of the experiment") from None
             self.episodes.append(ep)
+            self.entered[ep.episode_id] = bool(raw.get("entered_frontier"))
             if ep.result is not None:
                 self.frontier.add(ParetoSolution(episode_id=ep.episode_id, strategy=ep.strategy,
                                                  objectives=ep.result.objectives(), checkpoint=ep.checkpoint))
             self._record_hv(ep.episode_id)
         for d in self.dir.glob("episode_*"):  # the running episode's folder stays: a killed evaluation needs its
-            if int(d.name.split("_")[1]) > finished:  # checkpoint; a killed compression step clears it itself
-                shutil.rmtree(d)
+            if d.name[8:].isdigit() and int(d.name[8:]) > finished:  # checkpoint; a killed step clears it itself
+                remove_own(d, EPISODE_FILES)
         prior = self.dir / "final_results.json"
         if prior.is_file():  # the wall-clock budget counts the time before the crash
-            self.t0 -= json.loads(prior.read_text()).get("elapsed_seconds", 0.0)
+            self.t0 -= read_json(prior, "the experiment's summary").get("elapsed_seconds", 0.0)
+
+    def _reload_baseline(self) -> None:
+        path = self.dir / "baseline" / "results.json"
+        raw = read_json(path, "the baseline's results")
+        try:
+            self.baseline = EvaluationResult(**raw["result"])
+        except Exception as e:
+            raise UserError(f"{path} is not a baseline result ({type(e).__name__})",
+                            "move the baseline folder away: the resume measures it again") from None
+        self._make_evaluator()
+        self.evaluator.baseline = self.baseline
+        self._add_baseline()
 
     def _make_evaluator(self) -> None:
-        _, tok = models.load(self.model_path, self.cfg.threads)
+        tok = models.load_tokenizer(self.model_path)  # the model itself is loaded in the evaluation process
         self.work_dir.mkdir(exist_ok=True)
         self.evaluator = Evaluator(self.cfg.eval, self.cfg.data_dir, tok, self.work_dir)
 
     def _evaluate_baseline(self) -> None:
         self._make_evaluator()
-        self.baseline = self.evaluator.evaluate(self.model_path)
+        try:
+            self.baseline = self.evaluator.evaluate(self.model_path)
+        except EvaluationError as e:  # the model itself does not load or run: the user's input, one line
+            last = (str(e).strip().splitlines() or [""])[-1][:300]
+            raise UserError(f"the baseline {self.model_path} could not be measured: {last}",
+                            "check that the model loads with transformers, or choose another --model") from None
         (self.dir / "baseline").mkdir(exist_ok=True)
         write_json(self.dir / "baseline" / "results.json",
                    {"checkpoint": str(self.model_path), "result": self.baseline.model_dump()})
@@ -287,8 +444,10 @@ class Experiment:
     def work(self, state: CompressionState) -> dict:
         strategy = Strategy(**state["current_strategy"])
         ep_dir = self.episode_dir(state["current_episode"])
-        shutil.rmtree(ep_dir, ignore_errors=True)  # what a killed attempt at this episode left
-        ep_dir.mkdir()
+        if (ep_dir / "results.json").exists():  # the state and the folder disagree: never overwrite a result
+            raise UserError(f"{ep_dir} already holds a finished episode", f"'acf resume {self.dir}' continues it")
+        ep_dir.mkdir(exist_ok=True)
+        remove_own(ep_dir, EPISODE_FILES)  # what a killed attempt at this episode left
         write_json(ep_dir / "strategy.json", strategy.model_dump())
         base = self.model_path if strategy.base == "base" else self._checkpoint_of(strategy.base)
         ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed, probe=self.probe,
@@ -340,10 +499,7 @@ class Experiment:
         self.frontier.record_dominance(evaluated)
         self._record_hv(ep.episode_id)
         write_json(self.episode_dir(idx) / "results.json", {**ep.model_dump(), "entered_frontier": improved})
-        entry = {"episode_id": ep.episode_id, "strategy": strategy.model_dump(), "status": ep.status.value,
-                 "objectives": ep.result.objectives() if ok else None, "error": ep.error,
-                 "relative": ep.result.relative if ok else None, "entered_frontier": improved}
-        history = (state["history"] + [entry])[-self.cfg.history_limit:]
+        history = (state["history"] + [self._history_entry(ep, improved)])[-self.cfg.history_limit:]
         co2 = state.get("co2_grams_total", 0.0) + (ep.result.co2_grams if ok else 0.0) + \
             ep.compress_energy.get("co2_grams", 0.0)
         update = {"history": history, "current_episode": idx + 1, "pareto_frontier": self.frontier.summary(),
@@ -356,6 +512,13 @@ class Experiment:
             update["skill_recommendations"] = self._recommendations()
         self._write_summary({**state, **update}, complete=False)
         return update
+
+    @staticmethod
+    def _history_entry(ep: Episode, improved: bool) -> dict:
+        ok = ep.result is not None
+        return {"episode_id": ep.episode_id, "strategy": ep.strategy.model_dump(), "status": ep.status.value,
+                "objectives": ep.result.objectives() if ok else None, "error": ep.error,
+                "relative": ep.result.relative if ok else None, "entered_frontier": improved}
 
     # ---- artifacts ----
     def _write_summary(self, state: dict, complete: bool) -> dict:

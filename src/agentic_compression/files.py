@@ -1,13 +1,40 @@
-"""Atomic JSON files: a reader, a crash or a second writer never sees half a file."""
+"""Files: atomic JSON writes (a reader, a crash or a second writer never sees half a file), and reads of files a
+user may have damaged, which fail as one clear error naming the file, never a traceback."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from .errors import UserError
 
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # per process: two writers never share a temp file
     tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def reading(path: Path | str, what: str, todo: str = "") -> Iterator[None]:
+    """Any exception raised while reading ``path`` (a user's file, or one a user may have damaged) becomes a
+    UserError that names the file, says what it should be and what to do."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read {path} ({what}): {why}",
+                        todo or f"check or replace {Path(path).name}") from None
+
+
+def read_json(path: Path, what: str, todo: str = "") -> dict:
+    """A JSON object from ``path``; a missing, truncated, binary or non-object file is a UserError."""
+    with reading(path, what, todo):
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a JSON object, found {type(obj).__name__}")
+        return obj

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
+from .files import reading
 
 
 def cache_dir() -> Path:
@@ -49,8 +50,9 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp"))
     try:
         kw = {"gguf_file": gguf.name}
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+        with reading(gguf, "a GGUF model file", "check that it is a complete .gguf file, or download it again"):
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp)
@@ -63,6 +65,9 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
 def resolve(name: str) -> tuple[Path, str]:
     """Return (local folder, canonical name) for a model name; raise UserError with what to do when impossible."""
+    if len(name) > 1000 or "\x00" in name:
+        raise UserError(f"model name of {len(name)} characters is no alias, path or Hub id",
+                        "give a folder with config.json, a .gguf file, a Hub id or 'smollm2-135m'")
     if name.lower() in ALIASES:
         hub_id, find = ALIASES[name.lower()]
         gguf = find()
@@ -92,7 +97,7 @@ def resolve(name: str) -> tuple[Path, str]:
 def load(path: Path | str, threads: int | None = None, device: str = "cpu"):
     """Load a saved checkpoint (fp32 where the format allows) and its tokenizer, onto ``device``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if threads:
         torch.set_num_threads(threads)
@@ -110,10 +115,17 @@ def load(path: Path | str, threads: int | None = None, device: str = "cpu"):
             unpack_compressed(model)  # peft needs the float weight
         model.load_adapter(str(path / ADAPTER_DIR))
     model.eval()
-    tok = AutoTokenizer.from_pretrained(str(path))
+    return model, load_tokenizer(path)
+
+
+def load_tokenizer(path: Path | str):
+    from transformers import AutoTokenizer
+
+    with reading(path, "a model's tokenizer", "check the tokenizer files of the model folder"):
+        tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return model, tok
+    return tok
 
 
 def unpack_compressed(model) -> None:

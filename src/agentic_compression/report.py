@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
+from .files import read_json
 from .schemas import OBJECTIVES
 
 _LABELS = {"accuracy": "accuracy (mean benchmark score)", "latency_ms": "decode ms/token", "memory_gb": "peak memory GB",
@@ -23,8 +23,13 @@ def _rows(final: dict) -> list[dict]:
     return rows
 
 
+def read_final(exp_dir: Path) -> dict:
+    return read_json(exp_dir / "final_results.json", "the experiment's summary",
+                     "restore it, or 'acf resume' the experiment to write it again")
+
+
 def table(exp_dir: Path) -> str:
-    final = json.loads((exp_dir / "final_results.json").read_text())
+    final = read_final(exp_dir)
     front = set(final["pareto_frontier"])
     head = f"{'episode':<12} {'status':<8} {'pareto':<6} " + " ".join(f"{k:>13}" for k in OBJECTIVES) + \
         f" {'ppl':>8}  strategy"
@@ -60,7 +65,7 @@ def drifted(final: dict) -> str | None:
 def write_visualization(exp_dir: Path) -> Path:
     import plotly.graph_objects as go
 
-    final = json.loads((exp_dir / "final_results.json").read_text())
+    final = read_final(exp_dir)
     front = set(final["pareto_frontier"])
     rows = [r for r in _rows(final) if r["objectives"]]
     colour = ["crimson" if r["id"] in front else "steelblue" for r in rows]

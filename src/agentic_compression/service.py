@@ -1,42 +1,95 @@
 """The REST API (`acf serve`): submit, list, inspect, fetch artifacts, download a checkpoint, cancel.
 
 Experiments run in this process, one at a time, on a background thread (the embedded default), or, when
-ACF_BROKER_URL names a Redis broker, as Celery tasks on `acf worker` processes (tasks.py). Every request needs the bearer token: ACF_API_TOKEN, or one generated at first
-start, printed, and kept (mode 0600) in the output folder. Requests name experiments, never paths: names are
-checked against a pattern and every file served is resolved inside the output folder. The data folder and the
-text sources are the server's, not the request's. OpenAPI docs at /docs.
+ACF_BROKER_URL names a Redis broker, as Celery tasks on `acf worker` processes (tasks.py). Every request needs the
+bearer token (ACF_API_TOKEN, or one generated at first start, printed, and kept with mode 0600 in the output
+folder); it is checked before the body is read, and bodies over MAX_BODY bytes are refused (413). Requests name
+experiments and models, never paths: names are checked against a pattern, models come from an allow-list (the
+built-in aliases and the folders of the server's models directory), every file served is resolved inside the
+output folder, and symbolic links out of it are neither followed, listed nor archived. The data folder and the
+text sources are the server's, not the request's. A failed experiment stays listed as failed, with its error and
+time (failed.json). OpenAPI docs at /docs.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import secrets
 import tarfile
 import threading
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, status
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import EvalSettings, RunConfig
+from .config import NAME, EvalSettings, RunConfig, brief
 from .errors import UserError
-from .experiment import CANCEL, PROGRESS
+from .experiment import CANCEL, FAILED, PROGRESS, finished
+from .files import read_json
+from .models import ALIASES
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 TOKEN_FILE = ".api-token"
+MAX_BODY = 64 << 10  # bytes of a request body: a RunRequest is a few hundred
+log = logging.getLogger("acf.service")
+
+
+class Guard:
+    """ASGI middleware in front of every route: the bearer token is checked before any of the body is read (401),
+    then the body's size, declared or streamed (413)."""
+
+    def __init__(self, app, api_token: str):
+        self.app, self.token = app, api_token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"authorization", b"")
+        if not (given.startswith(b"Bearer ") and secrets.compare_digest(given[7:].strip(), self.token)):
+            return await self._refuse(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > MAX_BODY:
+            return await self._refuse(send, 413, f"request body over {MAX_BODY} bytes")
+        seen = 0
+
+        async def bounded():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > MAX_BODY:
+                raise HTTPException(413, f"request body over {MAX_BODY} bytes")
+            return msg
+
+        try:
+            await self.app(scope, bounded, send)
+        except HTTPException as e:  # a streamed body past the limit
+            if e.status_code != 413:
+                raise
+            await self._refuse(send, 413, e.detail)
+
+    @staticmethod
+    async def _refuse(send, code: int, detail: str, extra: list | None = None) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": code, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class RunRequest(BaseModel):
     """What a client may set: the same options as `acf run`, minus anything that names a path on the server."""
 
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="'smollm2-135m', or a model folder / Hub id the server can read")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model: str = Field(max_length=80, description="a built-in alias ('smollm2-135m') or the name of a folder in the "
+                       "server's models directory (acf serve --models-dir)")
     experiment: str = Field(pattern=NAME.pattern)
     benchmarks: str = "hellaswag"
     max_episodes: int = Field(default=10, gt=0, le=1000)
@@ -68,11 +121,22 @@ def token(output_dir: Path) -> str:
     return new
 
 
-def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | None = None) -> FastAPI:
-    """``broker``: a Redis URL to run experiments on Celery workers (`acf worker`); None runs them in-process."""
+def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | None = None,
+               models_dir: Path | None = None) -> FastAPI:
+    """``broker``: a Redis URL to run experiments on Celery workers (`acf worker`); None runs them in-process.
+    ``models_dir``: the folder whose subfolders clients may name as models (besides the built-in aliases)."""
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    models_dir = models_dir.resolve() if models_dir else None
     app = FastAPI(title="acf", description="Agentic Compression Framework: experiments over HTTP")
+    app.add_middleware(Guard, api_token=api_token)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        """Which field is wrong and why, never the input echoed back (it may be huge, or not JSON-encodable)."""
+        return JSONResponse(status_code=422, content={"detail": [
+            {"loc": [str(x) for x in err.get("loc", ())], "msg": str(err.get("msg", ""))[:200]}
+            for err in e.errors()[:20]]})
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acf-experiment")
     errors: dict[str, str] = {}
     running: set[str] = set()
@@ -84,21 +148,39 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    def inside(path: Path) -> bool:
+        """An experiment folder of ours: directly in the output folder, not a link, holding a config.json."""
+        return (NAME.match(path.name) is not None and not path.is_symlink() and path.resolve().parent == output_dir
+                and (path / "config.json").is_file() and not (path / "config.json").is_symlink())
+
     def folder(name: str) -> Path:
-        path = (output_dir / name).resolve()
-        if not NAME.match(name) or path.parent != output_dir or not (path / "config.json").is_file():
+        path = output_dir / name
+        if not NAME.match(name) or not inside(path):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment '{name}'")
-        return path
+        return path.resolve()
+
+    def model_path(name: str) -> str:
+        """The allow-list: an alias, or a folder of the models directory. Every refusal reads the same, so the
+        answer never tells which folders exist on the server."""
+        if name.lower() in ALIASES:
+            return name
+        if models_dir is not None and NAME.match(name):
+            cand = models_dir / name
+            if not cand.is_symlink() and cand.resolve().parent == models_dir and (cand / "config.json").is_file():
+                return str(cand)
+        raise UserError(f"model '{name}' is not one this server offers",
+                        f"name one of: {', '.join(ALIASES)}, or a model folder in the server's models directory")
 
     def read(path: Path) -> dict | None:
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            return read_json(path, "an artifact")
+        except UserError:
             return None
 
     def state(path: Path) -> dict:
         final, progress = read(path / "final_results.json"), read(path / PROGRESS) or {}
-        if path.name in errors:
+        failure = read(path / FAILED)
+        if path.name in errors or failure:
             st = "failed"
         elif final and final.get("complete"):
             st = "cancelled" if final.get("termination_reason") == "cancelled by request" else "complete"
@@ -106,7 +188,9 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
             st = "running" if (path / PROGRESS).is_file() else "queued"
         else:
             st = "running" if path.name in running else "stopped"
-        return {"name": path.name, "status": st, "progress": progress, "error": errors.get(path.name),
+        return {"name": path.name, "status": st, "progress": progress,
+                "error": errors.get(path.name) or (failure or {}).get("error"),
+                "failed_at": (failure or {}).get("failed_at"),
                 "episodes_run": final.get("episodes_run") if final else 0,
                 "max_episodes": (read(path / "config.json") or {}).get("max_episodes"),
                 "pareto_frontier": final.get("pareto_frontier") if final else [],
@@ -123,8 +207,9 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
     def execute(name: str, job) -> None:
         try:
             job()
-        except Exception as e:  # recorded for the API; the folder keeps what was written
-            errors[name] = f"{type(e).__name__}: {e}"
+        except Exception as e:  # recorded in the folder (failed.json) and the log; the folder keeps what was written
+            errors[name] = record_failure(output_dir / name, e)
+            log.error("experiment %s failed: %s", name, errors[name])
         finally:
             with lock:
                 running.discard(name)
@@ -134,8 +219,9 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
         from .experiment import Experiment
 
         try:
-            cfg = RunConfig(model=req.model, dataset=req.benchmarks, data_dir=data_dir, output_dir=output_dir,
-                            experiment=req.experiment, max_episodes=req.max_episodes, budget_hours=req.budget_hours,
+            cfg = RunConfig(model=model_path(req.model), dataset=req.benchmarks, data_dir=data_dir,
+                            output_dir=output_dir, experiment=req.experiment, max_episodes=req.max_episodes,
+                            budget_hours=req.budget_hours,
                             patience=req.patience, policy=req.policy, threads=req.threads,
                             method_overrides=req.method_overrides,
                             eval=EvalSettings(benchmark=req.benchmarks, limit=req.limit, ppl_tokens=req.ppl_tokens,
@@ -149,17 +235,18 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
                     running.add(exp.dir.name)
         except UserError as e:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from None
-        except ValueError as e:  # pydantic
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
-        if broker:  # a worker resumes the folder from its config.json
+        except ValidationError as e:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, brief(e)) from None
+        if broker:  # a worker resumes the folder from its config.json, under the folder's lock
+            exp.release()
             dispatch(exp.dir)
-        else:
-            pool.submit(execute, exp.dir.name, exp.run)
+        else:  # the folder stays when the run fails: the API lists it as failed, with the error
+            pool.submit(execute, exp.dir.name, lambda: exp.run(discard_on_failure=False))
         return {"name": exp.dir.name, "status": "queued"}
 
     @app.get("/experiments", dependencies=[Depends(auth)])
     def list_all() -> list[dict]:
-        return [state(p) for p in sorted(output_dir.iterdir()) if (p / "config.json").is_file()]
+        return [state(p) for p in sorted(output_dir.iterdir()) if inside(p)]
 
     @app.get("/experiments/{name}", dependencies=[Depends(auth)])
     def inspect(name: str) -> dict:
@@ -177,11 +264,17 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
     @app.get("/experiments/{name}/checkpoints/{episode}", dependencies=[Depends(auth)])
     def checkpoint(name: str, episode: str) -> StreamingResponse:
         root = folder(name)
-        if not re.fullmatch(r"episode_\d{3}", episode) or not (root / episode / "checkpoint").is_dir():
+        ckpt = root / episode / "checkpoint"
+        if (not re.fullmatch(r"episode_\d{3}", episode) or (root / episode).is_symlink() or ckpt.is_symlink()
+                or not ckpt.is_dir() or not ckpt.resolve().is_relative_to(root)):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no checkpoint for '{episode}' in '{name}'")
+
+        def own(info: tarfile.TarInfo) -> tarfile.TarInfo | None:  # files and folders only: no link is archived
+            return info if info.isfile() or info.isdir() else None
+
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            tar.add(root / episode / "checkpoint", arcname=f"{name}-{episode}")
+            tar.add(ckpt, arcname=f"{name}-{episode}", filter=own)
         buf.seek(0)
         return StreamingResponse(buf, media_type="application/gzip", headers={
             "Content-Disposition": f'attachment; filename="{name}-{episode}.tar.gz"'})
@@ -206,15 +299,27 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
     @app.post("/experiments/{name}/cancel", status_code=status.HTTP_202_ACCEPTED, dependencies=[Depends(auth)])
     def cancel(name: str) -> dict:
         root = folder(name)
+        if finished(root) or read(root / FAILED):
+            raise HTTPException(status.HTTP_409_CONFLICT, f"experiment '{name}' has already ended")
         (root / CANCEL).touch()
         return {"name": name, "status": "cancelling", "note": "the loop stops at its next decision"}
 
     return app
 
 
-def serve(output_dir: Path, data_dir: Path, host: str, port: int) -> None:
+def record_failure(exp_dir: Path, e: BaseException) -> str:
+    """Why an experiment stopped with an error, and when, kept in its folder (failed.json) for the API."""
+    from .files import write_json
+
+    error = f"{type(e).__name__}: {e}"[:2000]
+    if exp_dir.is_dir():
+        write_json(exp_dir / FAILED, {"error": error, "failed_at": datetime.now(timezone.utc).isoformat()})
+    return error
+
+
+def serve(output_dir: Path, data_dir: Path, host: str, port: int, models_dir: Path | None = None) -> None:
     import uvicorn
 
     from .tasks import broker_url
 
-    uvicorn.run(create_app(output_dir, data_dir, token(output_dir), broker_url()), host=host, port=port)
+    uvicorn.run(create_app(output_dir, data_dir, token(output_dir), broker_url(), models_dir), host=host, port=port)

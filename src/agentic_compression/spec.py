@@ -11,6 +11,8 @@ import struct
 from pathlib import Path
 
 from . import model_db
+from .errors import UserError
+from .files import read_json, reading
 from .schemas import ModelSpec
 
 _FAMILIES = ("llama", "mistral", "mixtral", "qwen", "gemma", "phi", "gpt2", "gpt_neox", "pythia", "opt", "bloom",
@@ -20,22 +22,41 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 
 def safetensors_params(folder: Path) -> tuple[int, str] | None:
-    """Exact parameter count and dominant dtype from the safetensors headers (reads headers only)."""
+    """Exact parameter count and dominant dtype from the safetensors headers (reads headers only). A truncated or
+    damaged file (a header that does not parse, or tensors that end past the file or short of it) is a UserError
+    naming it, found here before any model is loaded."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
     total, by_dtype = 0, {}
     for f in files:
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, t in header.items():
-            if name == "__metadata__":
-                continue
-            count = math.prod(t["shape"])
-            total += count
-            by_dtype[t["dtype"]] = by_dtype.get(t["dtype"], 0) + count
-    return total, max(by_dtype, key=by_dtype.get)
+        with reading(f, "safetensors weights", "restore or re-download the model's weights"):
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if n > size - 8:
+                    raise ValueError(f"its header claims {n} bytes, but the file has {size}")
+                header = json.loads(fh.read(n))
+            end = 0
+            for name, t in header.items():
+                if name == "__metadata__":
+                    continue
+                count = math.prod(t["shape"])
+                total += count
+                by_dtype[t["dtype"]] = by_dtype.get(t["dtype"], 0) + count
+                end = max(end, int(t["data_offsets"][1]))
+            if 8 + n + end != size:
+                raise ValueError(f"the tensors need {8 + n + end} bytes, but the file has {size} (truncated?)")
+    return total, max(by_dtype, key=by_dtype.get) if by_dtype else "unknown"
+
+
+def read_config(folder: Path) -> dict:
+    """A model folder's config.json: a JSON object naming its model_type, else a UserError naming the file."""
+    todo = "restore the model's config.json (a Hugging Face model folder's)"
+    cfg = read_json(folder / "config.json", "a model's configuration", todo)
+    if not isinstance(cfg.get("model_type"), str):
+        raise UserError(f"{folder / 'config.json'} names no model_type", todo)
+    return cfg
 
 
 def params_from_name(name: str) -> int | None:
@@ -76,8 +97,7 @@ def classify(num_params: int) -> tuple[str, list[str]]:
 def infer_spec(name: str, local: Path | None = None, online: bool = False) -> ModelSpec:
     num, dtype, family, source = None, None, None, None
     if local is not None and (local / "config.json").exists():
-        cfg = json.loads((local / "config.json").read_text())
-        family = cfg.get("model_type")
+        family = read_config(local).get("model_type")
         hit = safetensors_params(local)
         if hit:
             (num, dtype), source = hit, "local"
@@ -93,8 +113,6 @@ def infer_spec(name: str, local: Path | None = None, online: bool = False) -> Mo
     if num is None:
         num, source = params_from_name(name), "regex"
     if num is None:
-        from .errors import UserError
-
         raise UserError(f"cannot infer the size of '{name}': no local weights, no Hub answer, not in the table, "
                         "and no size in its name", "pass a local model folder or a Hub id while online")
     size_class, preferred = classify(num)

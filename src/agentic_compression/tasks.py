@@ -9,13 +9,11 @@ which HumanEval's sandbox and the CPU need anyway.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
 from celery import Celery
 
-LOCK = ".worker.lock"
 
 
 def broker_url() -> str | None:
@@ -31,15 +29,17 @@ app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True, worker_pre
 
 @app.task(name="acf.run_experiment")
 def run_experiment(exp_dir: str) -> str:
-    from .experiment import Experiment, finished
+    from .experiment import Experiment, ExperimentBusy, finished
+    from .service import record_failure
 
     path = Path(exp_dir)
-    with open(path / LOCK, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return "already running elsewhere"
-        if finished(path):
-            return "complete"
-        Experiment.resume(path)
+    if finished(path):
         return "complete"
+    try:
+        Experiment.resume(path)  # holds the folder's lock: a duplicate delivery finds it busy
+    except ExperimentBusy:
+        return "already running elsewhere"
+    except Exception as e:  # kept in the folder for the API, then the task fails
+        record_failure(path, e)
+        raise
+    return "complete"

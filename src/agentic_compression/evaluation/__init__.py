@@ -43,16 +43,20 @@ def fingerprint(checkpoint: Path) -> str:
     return h.hexdigest()
 
 
+def require_device(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda, but torch sees no CUDA device here (CPU build, or no GPU)",
+                            "measure on the CPU (--device cpu) or install a CUDA build of torch on a GPU machine")
+
+
 class Evaluator:
     def __init__(self, settings: EvalSettings, data_dir: Path, tokenizer, work_dir: Path):
         self.s = settings
         self.work_dir = work_dir
-        if settings.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise UserError("--device cuda, but torch sees no CUDA device here (CPU build, or no GPU)",
-                                "measure on the CPU (--device cpu) or install a CUDA build of torch on a GPU machine")
+        require_device(settings.device)
         tasks, include = [], None
         for name in benchmarks.names(settings.benchmark):
             if name == benchmarks.HUMANEVAL:

@@ -71,6 +71,8 @@ class Method:
                 return f"{cls.name}.{k}={v!r} is not one of {p.choices}"
             if p.low is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 return f"{cls.name}.{k}={v!r} is not a number in [{p.low}, {p.high}]"
+            if p.low is not None and isinstance(p.default, int) and not isinstance(v, int):  # a count, not a size
+                return f"{cls.name}.{k}={v!r} is not a whole number in [{p.low:g}, {p.high:g}]"
             if p.low is not None and not (p.low <= v <= p.high):
                 return f"{cls.name}.{k}={v!r} is outside [{p.low}, {p.high}]"
         return None
