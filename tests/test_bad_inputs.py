@@ -211,6 +211,14 @@ CLI_CASES = [
          "already exists"),
     Case("experiment-locked", _locked, "in use by another acf process"),
     Case("output-dir-is-a-file", lambda w: run_args(w, out=w.file("f", "x") / "sub"), "not writable"),
+    # a run written down (--config)
+    Case("config-file-not-mapping", lambda w: ["run", "--config", str(w.file("run.yaml", "- a\n- b\n"))], "run.yaml"),
+    Case("config-file-bad-yaml", lambda w: ["run", "--config", str(w.file("run.yaml", "model: [unclosed\n"))],
+         "run.yaml"),
+    Case("config-file-wrong-types", lambda w: ["run", "--config", str(w.file(
+        "run.yaml", f"model: {w.tiny}\ndata_dir: {w.data}\nmax_episodes: many\n"))], "max_episodes"),
+    Case("config-file-missing", lambda w: ["run", "--config", str(w.root / "absent.yaml")], "absent.yaml"),
+    Case("no-model-at-all", lambda w: ["run", "--data-dir", str(w.data)], "no model given"),
     # resume
     Case("resume-config-truncated", lambda w: ["resume", str(w.experiment("e", **{"config.json": '{"model": '}))],
          "config.json"),
@@ -474,8 +482,7 @@ def test_ctrl_c_while_resume_measures_the_baseline_deletes_nothing(crashed, tmp_
     assert main(["resume", str(exp)]) == 130
     after = snapshot(exp)
     assert {k: v for k, v in before.items() if k in after} == before  # nothing the resume found was lost
-    assert set(after) - set(before) <= {"model_spec.json", ".work", "progress.json"} | {
-        k for k in after if k.startswith(".work/")}
+    assert set(after) - set(before) <= {"model_spec.json", "progress.json", "baseline", "baseline/log.txt"}
 
 
 def test_a_failed_new_run_removes_only_its_own_files(tiny_dir, data_dir, tmp_path, monkeypatch, capsys):

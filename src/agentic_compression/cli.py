@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import json
 import os
 import sys
@@ -23,44 +22,17 @@ def _override(text: str) -> tuple[str, str, object]:
     return method, param, v
 
 
-@contextlib.contextmanager
-def live_progress(exp_dir: Path):
-    """A live status line on stderr (rich) from the loop's progress.json: episode, node, action."""
-    import threading
-
-    from rich.console import Console
-
-    console, stop = Console(stderr=True), threading.Event()
-    if not console.is_terminal:  # logs and pipes get no spinner
-        yield
-        return
-
-    def text() -> str:
-        try:
-            p = json.loads((exp_dir / "progress.json").read_text())
-        except (OSError, ValueError):
-            return "evaluating the baseline"
-        what = f"{p.get('action', '')} {p.get('steps', '')}".strip()
-        return f"episode {p['episode'] + 1}/{p['max_episodes']}: {p['node']} {what}"
-
-    with console.status(text()) as st:
-        def poll():
-            while not stop.wait(1.0):
-                st.update(text())
-        t = threading.Thread(target=poll, daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            t.join()
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="acf", description="Agentic Compression Framework")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run compression episodes and write the experiment folder")
-    r.add_argument("--model", required=True, help="'smollm2-135m', a local model folder, a .gguf file or a Hub id")
+    r.add_argument("--config", type=Path, help="a run written down (YAML or JSON, the schema of an experiment's "
+                   "config.json; 'acf run --print-config' prints it): flags given here override it")
+    r.add_argument("--print-config", action="store_true", help="print the full configuration (defaults, --config, "
+                   "flags) as YAML and exit")
+    r.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' output live (it always "
+                   "goes to baseline/log.txt and episode_NNN/log.txt)")
+    r.add_argument("--model", help="'smollm2-135m', a local model folder, a .gguf file or a Hub id")
     r.add_argument("--dataset", "--benchmarks", dest="dataset", default="hellaswag",
                    help="benchmark(s), comma-separated, or 'all': hellaswag, arc_easy, arc_challenge, piqa, "
                         "winogrande, commonsense_qa, truthfulqa_mc1, truthfulqa_mc2, mmlu, gsm8k, bbh; the accuracy "
@@ -117,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the compression methods and whether they can run here")
     res = sub.add_parser("resume", help="continue an experiment that was killed (loses at most the running episode)")
     res.add_argument("experiment_dir", type=Path)
+    res.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' output live")
+    ex = sub.add_parser("export", help="copy one checkpoint out, with its model card and tokenizer, and prove it loads")
+    ex.add_argument("experiment_dir", type=Path)
+    ex.add_argument("episode", nargs="?", help="e.g. episode_003 (or --best)")
+    ex.add_argument("--best", action="store_true", help="the recommended candidate (the balanced pick)")
+    ex.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    ex.add_argument("--format", default="native", help="native (the checkpoint's own format)")
+    ex.add_argument("--push-to-hub", metavar="REPO", help="also upload the copy to this Hub repo (needs --online)")
+    ex.add_argument("--online", action="store_true")
     srv = sub.add_parser("serve", help="the REST API (OpenAPI docs at /docs); needs a bearer token")
     srv.add_argument("--output-dir", type=Path, default=Path("experiments"))
     srv.add_argument("--data-dir", type=Path, default=os.environ.get("ACF_DATA_DIR"))
@@ -128,46 +109,162 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="a Celery worker running experiments from the Redis broker in ACF_BROKER_URL")
     rep = sub.add_parser("report", help="print an experiment's table and rewrite its Plotly page")
     rep.add_argument("experiment_dir", type=Path)
+    rep.add_argument("--format", default="table", choices=["table", "markdown", "json", "csv"],
+                     help="markdown is ready to paste into a model card or an issue")
     return p
 
 
-def _run(a) -> int:
+# flag -> where it goes in RunConfig (dotted); a flag listed twice sets both places
+FLAG_PATHS: dict[str, tuple[str, ...]] = {
+    "model": ("model",), "dataset": ("dataset", "eval.benchmark"), "data_dir": ("data_dir",),
+    "output_dir": ("output_dir",), "experiment": ("experiment",), "max_episodes": ("max_episodes",),
+    "budget_hours": ("budget_hours",), "patience": ("patience",), "policy": ("policy",),
+    "noise_tolerance": ("noise_tolerance",), "online": ("online",), "threads": ("threads", "eval.threads"),
+    "search_seed": ("seed",), "skills": ("skills_path",), "no_skills": ("use_skills",),
+    "accuracy_floor": ("reward.accuracy_floor",), "calibration": ("calibration.source",),
+    "llm_model": ("llm.model",), "llm_base_url": ("llm.base_url",), "llm_mode": ("llm.mode",),
+    "llm_temperature": ("llm.temperature",), "llm_timeout": ("llm.timeout_s",), "llm_retries": ("llm.retries",),
+    "eval_source": ("eval.source",), "no_eval_cache": ("eval.cache",), "limit": ("eval.limit",),
+    "ppl_tokens": ("eval.ppl_tokens",), "ppl_text": ("eval.ppl_text",), "country": ("eval.country_iso_code",),
+    "repeats": ("eval.repeats",), "device": ("eval.device",), "seed": ("eval.seed",),
+    "overrides": ("method_overrides",)}
+NEGATED = {"no_skills", "no_eval_cache"}
+
+
+def _explicit(argv: list[str]) -> set[str]:
+    """The `acf run` flags given on the command line (not defaults): they override --config."""
+    p = _parser()
+    run = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    for action in run._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(p.parse_args(argv)))
+
+
+def _put(d: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for k in parents:
+        d = d.setdefault(k, {})
+    d[leaf] = value
+
+
+def _read_config(path: Path) -> dict:
+    from .errors import UserError
+    from .files import read_json, reading
+
+    if path.suffix == ".json":
+        return read_json(path, "a run configuration")
+    import yaml
+
+    with reading(path, "a run configuration (YAML)", "give a YAML mapping like 'acf run --print-config' prints"):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is not a YAML mapping", "give a mapping like 'acf run --print-config' prints")
+    return raw
+
+
+def run_config(a, argv: list[str]):
+    """RunConfig from its defaults, then --config, then the flags given (a flag not given fills only what the
+    file leaves out, so env-derived defaults such as ACF_DATA_DIR still apply)."""
     from pydantic import ValidationError
 
-    from .config import EvalSettings, RunConfig, brief
+    from .config import RunConfig, brief
     from .errors import UserError
+
+    given = _explicit(argv) if a.config else set(FLAG_PATHS)
+    cfg = _read_config(a.config) if a.config else {}
+    for flag, paths in FLAG_PATHS.items():
+        if flag not in given and any(_has(cfg, path) for path in paths):
+            continue  # the file says it, and no flag overrides it
+        value = getattr(a, flag)
+        if flag == "overrides":
+            value = {}
+            for method, param, v in a.overrides:
+                value.setdefault(method, {})[param] = v
+        elif flag in NEGATED:
+            value = not value
+        if value is not None:
+            for path in paths:
+                _put(cfg, path, str(value) if isinstance(value, Path) else value)
+    if a.print_config:  # a runnable file: the README's main job where nothing says otherwise
+        cfg.setdefault("model", "smollm2-135m")
+        cfg.setdefault("data_dir", "../shared/data")
+    if cfg.get("data_dir") is None:
+        raise UserError("no data dir given",
+                        "pass --data-dir ../shared/data, set ACF_DATA_DIR, or put data_dir in --config")
+    if cfg.get("model") is None:
+        raise UserError("no model given", "pass --model (e.g. smollm2-135m), or put model in --config")
+    try:
+        return RunConfig(**cfg)
+    except ValidationError as e:
+        raise UserError(f"invalid option(s): {brief(e)}", "see 'acf run --help'") from None
+
+
+def _has(d: dict, dotted: str) -> bool:
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return False
+        d = d[k]
+    return True
+
+
+def _follow(verbose: bool, start) -> Path:
+    """Other libraries' output into the experiment's log files, acf's own lines on screen. ``start()`` (which may
+    itself print, e.g. converting a GGUF) returns (experiment folder, max episodes, the job to run)."""
+    from .console import OutputRouter, RunConsole
+
+    with OutputRouter(verbose) as router:
+        exp_dir, max_episodes, job = start()
+        print(f"acf: experiment {exp_dir}", file=router.terminal)
+        with RunConsole(exp_dir, router.terminal, max_episodes):
+            job()
+    return exp_dir
+
+
+def _max_episodes(exp_dir: Path) -> int:
+    try:
+        return int(json.loads((exp_dir / "config.json").read_text())["max_episodes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # resume reports the damaged file itself
+
+
+def _run(a, argv: list[str]) -> int:
     from .experiment import Experiment
     from .report import table
 
-    if a.data_dir is None:
-        raise UserError("no data dir given", "pass --data-dir ../shared/data or set ACF_DATA_DIR")
-    overrides: dict[str, dict] = {}
-    for method, param, value in a.overrides:
-        overrides.setdefault(method, {})[param] = value
-    try:
-        cfg = RunConfig(model=a.model, dataset=a.dataset, data_dir=a.data_dir, output_dir=a.output_dir,
-                        experiment=a.experiment, max_episodes=a.max_episodes, budget_hours=a.budget_hours,
-                        patience=a.patience, policy=a.policy, noise_tolerance=a.noise_tolerance,
-                        online=a.online, threads=a.threads, seed=a.search_seed, skills_path=a.skills,
-                        use_skills=not a.no_skills, reward={"accuracy_floor": a.accuracy_floor},
-                        method_overrides=overrides, calibration={"source": a.calibration},
-                        llm={"model": a.llm_model, "base_url": a.llm_base_url, "mode": a.llm_mode,
-                             "temperature": a.llm_temperature, "timeout_s": a.llm_timeout, "retries": a.llm_retries},
-                        eval=EvalSettings(benchmark=a.dataset, source=a.eval_source, cache=not a.no_eval_cache,
-                                          limit=a.limit, ppl_tokens=a.ppl_tokens, ppl_text=a.ppl_text,
-                                          country_iso_code=a.country, repeats=a.repeats,
-                                          threads=a.threads, device=a.device, seed=a.seed))
-    except ValidationError as e:
-        raise UserError(f"invalid option(s): {brief(e)}", "see 'acf run --help'") from None
-    if not a.online:
+    cfg = run_config(a, argv)
+    if a.print_config:
+        import yaml
+
+        print("# acf run --config FILE: every option of a run (flags given with it override the file)")
+        print(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), end="")
+        return 0
+    if not cfg.online:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    exp = Experiment(cfg)
-    a.experiment_dir = exp.dir  # named if the run is interrupted
-    print(f"acf: experiment {exp.dir}", file=sys.stderr)
-    with live_progress(exp.dir):
-        exp.run()
-    print(table(exp.dir))
-    print(f"\nartifacts: {exp.dir}")
+    def start():
+        exp = Experiment(cfg)
+        a.experiment_dir = exp.dir  # named if the run is interrupted
+        return exp.dir, cfg.max_episodes, exp.run
+
+    exp_dir = _follow(a.verbose, start)
+    print(table(exp_dir))
+    print(f"\nartifacts: {exp_dir}")
+    return 0
+
+
+def _report(a) -> int:
+    from .errors import UserError
+    from .files import reading
+    from .report import render, write_visualization
+
+    final = a.experiment_dir / "final_results.json"
+    if not final.is_file():
+        raise UserError(f"{a.experiment_dir} holds no final_results.json", "pass an experiment folder")
+    with reading(final, "the experiment's summary", "restore it, or 'acf resume' the experiment"):
+        text = render(a.experiment_dir, a.format)  # a file of the wrong shape fails here, before anything is written
+        page = write_visualization(a.experiment_dir)
+    print(text)
+    print(f"wrote {page}", file=sys.stderr)
     return 0
 
 
@@ -191,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "run":
-            return _run(a)
+            return _run(a, argv if argv is not None else sys.argv[1:])
         if a.cmd == "spec":
             from .models import ALIASES, resolve
             from .spec import infer_spec
@@ -227,23 +324,21 @@ def main(argv: list[str] | None = None) -> int:
             from .report import table
 
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            with live_progress(a.experiment_dir):
-                Experiment.resume(a.experiment_dir)
+            _follow(a.verbose, lambda: (a.experiment_dir, _max_episodes(a.experiment_dir),
+                                        lambda: Experiment.resume(a.experiment_dir)))
             print(table(a.experiment_dir))
             return 0
-        if a.cmd == "report":
-            from .files import reading
-            from .report import table, write_visualization
+        if a.cmd == "export":
+            from .export import export
 
-            final = a.experiment_dir / "final_results.json"
-            if not final.is_file():
-                raise UserError(f"{a.experiment_dir} holds no final_results.json", "pass an experiment folder")
-            with reading(final, "the experiment's summary", "restore it, or 'acf resume' the experiment"):
-                text = table(a.experiment_dir)  # a file of the wrong shape fails here, before anything is written
-                page = write_visualization(a.experiment_dir)
-            print(text)
-            print(f"wrote {page}")
+            if not a.online:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            out = export(a.experiment_dir, a.episode, a.out, best=a.best, fmt=a.format, push_to_hub=a.push_to_hub,
+                         online=a.online)
+            print(f"exported to {out} (loaded from there and checked: same logits as the original)")
             return 0
+        if a.cmd == "report":
+            return _report(a)
     except UserError as e:
         print(f"acf: error: {e}", file=sys.stderr)
         return 2

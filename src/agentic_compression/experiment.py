@@ -16,7 +16,8 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import benchmarks, data, methods, models, policies, resources
+from . import benchmarks, console, data, methods, models, policies, resources
+from .card import write_card
 from .config import RunConfig
 from .errors import UserError
 from .evaluation import EvaluationError, Evaluator, require_device
@@ -354,6 +355,7 @@ class Experiment:
         self.evaluator = Evaluator(self.cfg.eval, self.cfg.data_dir, tok, self.work_dir)
 
     def _evaluate_baseline(self) -> None:
+        console.route(self.dir / "baseline" / console.LOG)  # other libraries' output, off the terminal
         self._make_evaluator()
         try:
             self.baseline = self.evaluator.evaluate(self.model_path)
@@ -448,6 +450,7 @@ class Experiment:
             raise UserError(f"{ep_dir} already holds a finished episode", f"'acf resume {self.dir}' continues it")
         ep_dir.mkdir(exist_ok=True)
         remove_own(ep_dir, EPISODE_FILES)  # what a killed attempt at this episode left
+        console.route(ep_dir / console.LOG)
         write_json(ep_dir / "strategy.json", strategy.model_dump())
         base = self.model_path if strategy.base == "base" else self._checkpoint_of(strategy.base)
         ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed, probe=self.probe,
@@ -498,6 +501,9 @@ class Experiment:
             e.episode_id: e.result.objectives() for e in self.episodes if e.result}
         self.frontier.record_dominance(evaluated)
         self._record_hv(ep.episode_id)
+        if ok:  # before results.json: a finished episode's checkpoint always carries its card
+            write_card(Path(ep.checkpoint), ep=ep, baseline=self.baseline, base_model=self.spec.model_name,
+                       calibration=self.cfg.calibration.source, dataset=self.cfg.dataset)
         write_json(self.episode_dir(idx) / "results.json", {**ep.model_dump(), "entered_frontier": improved})
         history = (state["history"] + [self._history_entry(ep, improved)])[-self.cfg.history_limit:]
         co2 = state.get("co2_grams_total", 0.0) + (ep.result.co2_grams if ok else 0.0) + \
@@ -548,6 +554,8 @@ class Experiment:
             "episodes": [{"episode_id": e.episode_id, "status": e.status.value,
                           "steps": [s.model_dump() for s in e.strategy.steps], "reasoning": e.strategy.reasoning,
                           "objectives": e.result.objectives() if e.result else None,
+                          "accuracy_stderr": e.result.accuracy_stderr if e.result else None,
+                          "accuracy_n": e.result.accuracy_n if e.result else None,
                           "perplexity": e.result.perplexity if e.result else None,
                           "relative": e.result.relative if e.result else None, "error": e.error,
                           "checkpoint": e.checkpoint, "compress_seconds": e.compress_seconds}

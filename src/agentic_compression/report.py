@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 from .files import read_json
@@ -44,6 +45,59 @@ def table(exp_dir: Path) -> str:
     if drift := drifted(final):
         lines.append(drift)
     return "\n".join(lines)
+
+
+COLUMNS = ("episode", "status", "pareto", *OBJECTIVES, "accuracy_stderr", "accuracy_n", "perplexity", "strategy")
+
+
+def records(exp_dir: Path) -> list[dict]:
+    """One flat record per row (the baseline, then each episode): what json and csv print."""
+    final = read_final(exp_dir)
+    front, base = set(final["pareto_frontier"]), final.get("baseline") or {}
+    spread = {"baseline": base} | {e["episode_id"]: e for e in final["episodes"]}  # older summaries lack it
+    return [{"episode": r["id"], "status": r["status"], "pareto": r["id"] in front,
+             **{k: (r["objectives"] or {}).get(k) for k in OBJECTIVES},
+             "accuracy_stderr": spread[r["id"]].get("accuracy_stderr"), "accuracy_n": spread[r["id"]].get("accuracy_n"),
+             "perplexity": r.get("perplexity"), "strategy": r["label"]} for r in _rows(final)]
+
+
+def markdown(exp_dir: Path) -> str:
+    """A GitHub table, ready for a model card or an issue: accuracy ± its standard error, costs as measured."""
+    final = read_final(exp_dir)
+
+    def num(v, fmt=".4g"):
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["| episode | status | Pareto | accuracy | decode ms/token | peak memory GB | size GB | eval CO2 g | "
+             "perplexity | strategy |", "|---|---|:-:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in records(exp_dir):
+        acc = num(r["accuracy"], ".3f") + (f" ± {r['accuracy_stderr']:.3f}" if r["accuracy_stderr"] else "")
+        lines.append(f"| {r['episode']} | {r['status']} | {'✓' if r['pareto'] else ''} | {acc} | "
+                     f"{num(r['latency_ms'], '.1f')} | {num(r['memory_gb'], '.3f')} | {num(r['model_size_gb'], '.3f')} "
+                     f"| {num(r['co2_grams'], '.3g')} | {num(r['perplexity'], '.2f')} | `{r['strategy']}` |")
+    lines.append("")
+    lines.append(f"Stopped: {final['termination_reason']}. Recommended (balanced): {final['balanced']}. "
+                 f"Hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}.")
+    return "\n".join(lines)
+
+
+def render(exp_dir: Path, fmt: str = "table") -> str:
+    """The experiment as a text table, Markdown, JSON or CSV."""
+    if fmt == "table":
+        return table(exp_dir)
+    if fmt == "markdown":
+        return markdown(exp_dir)
+    rows = records(exp_dir)
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().rstrip("\n")
 
 
 DRIFT = 0.15  # control workload slower or faster than at the baseline by more than this: timings not comparable

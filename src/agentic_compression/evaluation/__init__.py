@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import benchmarks
 from ..config import EvalSettings
+from ..console import log_text
 from ..data import read_text
 from ..errors import UserError
 from ..files import write_json
@@ -119,6 +120,7 @@ class Evaluator:
                                        str(res)], capture_output=True, text=True, env=env, timeout=self.s.timeout_s)
             except subprocess.TimeoutExpired:
                 raise EvaluationError(f"evaluation exceeded {self.s.timeout_s}s") from None
+            log_text(proc.stdout + proc.stderr)  # into the episode's log.txt when the CLI routes output
             if proc.returncode != 0 or not res.exists():
                 raise EvaluationError(f"evaluation process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
             return json.loads(res.read_text())

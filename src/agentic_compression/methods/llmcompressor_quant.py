@@ -2,6 +2,7 @@
 (loadable by transformers and vLLM). The tied lm_head stays unquantized (lm-eval's HFLM re-ties it)."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .base import Context, Method, Param, register
@@ -149,6 +150,21 @@ class AWQ(_LLMCompressorQuant):
             return super().apply(model, tokenizer, params, ctx)
 
 
+class _NotPile(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Using default calibration dataset")
+
+
+def silence_default_dataset_notice() -> None:
+    """llm-compressor builds one auto_round.AutoRound per decoder block without a dataset and feeds it the block
+    inputs it captured from acf's calibration windows, so AutoRound never loads its default NeelNanda/pile-10k.
+    Its log line "Using default calibration dataset NeelNanda/pile-10k" is therefore false here: drop it at its
+    logger ("autoround"), once."""
+    log = logging.getLogger("autoround")
+    if not any(isinstance(f, _NotPile) for f in log.filters):
+        log.addFilter(_NotPile())
+
+
 @register
 class AutoRound(_LLMCompressorQuant):
     """AutoRound (Intel auto-round, run through llm-compressor's AutoRoundModifier): sign-gradient tuning of
@@ -169,6 +185,7 @@ class AutoRound(_LLMCompressorQuant):
     def modifier(self, p):
         from llmcompressor.modifiers.autoround import AutoRoundModifier
 
+        silence_default_dataset_notice()
         return AutoRoundModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=["lm_head"],
                                  iters=int(p["iters"]), batch_size=int(p["batch_size"]), enable_torch_compile=False)
 

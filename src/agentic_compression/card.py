@@ -1,0 +1,135 @@
+"""A model card (Hugging Face's format: YAML metadata, then Markdown) in every successful checkpoint: what it is, how
+it was made, how well it did against the baseline, where it was measured, and how to load it. Built with
+huggingface_hub's ModelCard / ModelCardData / EvalResult, so the metadata (model-index included) is what the Hub
+reads."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from .schemas import Episode, EvaluationResult
+
+CARD = "README.md"
+# tags per method: the format it writes and the algorithm (Hub conventions: compressed-tensors, gptq, awq, ...)
+_TAGS = {"rtn": ["compressed-tensors", "quantized"], "gptq": ["compressed-tensors", "gptq", "quantized"],
+         "awq": ["compressed-tensors", "awq", "quantized"], "autoround": ["compressed-tensors", "autoround",
+                                                                          "quantized"],
+         "bnb": ["bitsandbytes", "quantized"], "wanda": ["compressed-tensors", "sparse", "pruned"],
+         "sparsegpt": ["compressed-tensors", "sparse", "pruned"], "magnitude": ["sparse", "pruned"],
+         "structured": ["pruned"], "asvd": ["low-rank"], "lora": ["peft", "lora"], "qlora": ["peft", "qlora"],
+         "distill": ["distillation"]}
+
+
+def machine() -> str:
+    import os
+
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} CPU threads, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+
+
+def _row(name: str, unit: str, mine: float | None, base: float | None, err: float | None = None,
+         base_err: float | None = None, lower_is_better: bool = True) -> str:
+    if mine is None or base is None:
+        return f"| {name} | - | - | - |"
+    pm = f" ± {err:.3g}" if err is not None else ""
+    bpm = f" ± {base_err:.3g}" if base_err is not None else ""
+    ratio = f"{mine / base:.3f}×" if base else "-"
+    return f"| {name}{unit} | {mine:.4g}{pm} | {base:.4g}{bpm} | {ratio} |"
+
+
+def _how_to_load(tags: list[str]) -> str:
+    lines = ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             'model = AutoModelForCausalLM.from_pretrained("PATH")  # this folder',
+             'tokenizer = AutoTokenizer.from_pretrained("PATH")', "```"]
+    if "compressed-tensors" in tags:
+        lines += ["", "On a GPU, vLLM serves compressed-tensors checkpoints with low-bit kernels:", "",
+                  "```python", "from vllm import LLM", "", 'llm = LLM("PATH")', "```"]
+    if "peft" in tags:
+        lines += ["", "The LoRA adapter in `adapter/` is loaded on top by `model.load_adapter(\"PATH/adapter\")` "
+                      "(acf's loader does this)."]
+    if "low-rank" in tags:
+        lines += ["", "Low-rank factors: load with `agentic_compression.models.load(\"PATH\")`."]
+    return "\n".join(lines)
+
+
+def model_card(ep: Episode, baseline: EvaluationResult, base_model: str, calibration: str, dataset: str):
+    """The card of a successful episode's checkpoint (huggingface_hub.ModelCard)."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    r = ep.result
+    tags = ["acf", "compressed"] + sorted({t for s in ep.strategy.steps for t in _TAGS.get(s.method, [])})
+    results = []
+    for name, b in (r.accuracy_detail.get("benchmarks") or {}).items():
+        if isinstance(b, dict) and b.get("value") is not None:
+            results.append(EvalResult(task_type="text-generation", dataset_type=name, dataset_name=name,
+                                      metric_type=str(b.get("metric", "accuracy")).split(",")[0],
+                                      metric_value=round(float(b["value"]), 4)))
+    if not results:
+        results.append(EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=r.benchmark,
+                                  metric_type="accuracy", metric_value=round(r.accuracy, 4)))
+    if r.perplexity is not None:
+        results.append(EvalResult(task_type="text-generation", dataset_type="wikitext", dataset_name="WikiText-2",
+                                  dataset_split="test (second half)", metric_type="perplexity",
+                                  metric_value=round(r.perplexity, 3)))
+    data = ModelCardData(base_model=base_model if "/" in base_model else None, library_name="transformers",
+                         tags=tags, model_name=f"{Path(base_model).name}-{ep.episode_id}", eval_results=results,
+                         pipeline_tag="text-generation")
+    steps = "\n".join(f"{i + 1}. `{s.method}` {s.params}" + (f" (only if {s.condition})" if s.condition else "")
+                      for i, s in enumerate(ep.strategy.steps))
+    b = baseline
+    table = "\n".join([
+        "| objective | this checkpoint | baseline | ratio |", "|---|---:|---:|---:|",
+        _row(f"accuracy ({r.benchmark}, n={r.accuracy_n})", "", r.accuracy, b.accuracy, r.accuracy_stderr,
+             b.accuracy_stderr),
+        _row(f"perplexity (n={r.perplexity_tokens} tokens)", "", r.perplexity, b.perplexity),
+        _row("decode latency", " (ms/token, median)", r.latency_ms, b.latency_ms),
+        _row("peak memory", " (GB)", r.memory_gb, b.memory_gb),
+        _row("size on disk", " (GB)", r.model_size_gb, b.model_size_gb),
+        _row("parameters", "", r.num_params, b.num_params),
+        _row("evaluation CO2", " (g)", r.co2_grams, b.co2_grams)])
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {data.model_name}
+
+A compressed version of `{base_model}`, found by [acf](https://github.com) (the Agentic Compression Framework) in
+episode `{ep.episode_id}`. Every number below was measured by acf in that run; none is estimated.
+
+## How it was made
+
+Decided by the `{ep.strategy.policy or 'rule'}` policy: {ep.strategy.reasoning or '-'}
+
+{steps}
+
+Applied to: `{ep.strategy.base}`. Calibration data: `{calibration}`.
+
+## Results
+
+{table}
+
+Accuracy is given with its standard error; latency is the median of the repeats.
+
+Measured on: {machine()}, with transformers on the CPU.
+
+## How to load
+
+{_how_to_load(tags)}
+"""
+    return ModelCard(content)
+
+
+def write_card(checkpoint: Path, **kw) -> Path:
+    path = Path(checkpoint) / CARD
+    model_card(**kw).save(path)
+    return path
