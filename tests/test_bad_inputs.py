@@ -33,7 +33,9 @@ class World:
     data: Path  # ../shared/data
 
     def __post_init__(self):
-        for d in ("out", "models", "files", "cache/models"):
+        from agentic_compression.models import CONVERTED
+
+        for d in ("out", "models", "files", f"cache/{CONVERTED}"):  # acf's own cache folder exists
             (self.root / d).mkdir(parents=True, exist_ok=True)
 
     @property

@@ -6,6 +6,7 @@ or already in the Hub cache)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -39,6 +40,9 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+CONVERTED = "models-v2"  # v2: GGUF tokenizers repaired (repair_gguf_tokenizer); v1 folders are never reused
+
+
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantize a GGUF file to an fp32 safetensors folder (atomically: a half-written folder never appears)."""
     import torch
@@ -53,6 +57,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         with reading(gguf, "a GGUF model file", "check that it is a complete .gguf file, or download it again"):
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+        with reading(gguf, "a GGUF model file's tokenizer", "check that it is a complete .gguf file"):
+            tok = repair_gguf_tokenizer(tok, gguf)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp)
@@ -63,6 +69,35 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
+def repair_gguf_tokenizer(tok, gguf: Path):
+    """Make the tokenizer transformers builds from a GGUF tokenize as the GGUF's own runtime does.
+
+    - A SentencePiece-BPE vocabulary (Gemma 3: tokenizer.ggml.model "llama", scores that are merge ranks) comes
+      out of transformers 5's GGUF loader as a Unigram model over those scores (GGUFGemmaConverter), which splits
+      words differently from the runtime; saved and reloaded, GemmaTokenizer rebuilds it as a BPE without merges,
+      so every word is split into characters ("Squadron" became 8 tokens, and Gemma 3 270M's perplexity went
+      from about 30 to thousands). The tokenizer is rebuilt as a BPE whose merges come from the scores, as
+      transformers' own slow-to-fast conversion does (generate_merges) and as llama.cpp's SPM tokenizer merges by
+      score. (The upstream fix: build this BPE in GGUFGemmaConverter instead of the Unigram.)
+    - tokenizer.ggml.add_bos_token is honoured: Gemma needs <bos> first; the GGUF says so, the tokenizer lost it."""
+    from gguf import GGUFReader
+    from tokenizers.models import BPE
+    from transformers.convert_slow_tokenizer import generate_merges
+
+    fields = GGUFReader(str(gguf)).fields
+    backend = json.loads(tok.backend_tokenizer.to_str())["model"]
+    spm_bpe = "tokenizer.ggml.scores" in fields and fields["tokenizer.ggml.model"].contents() == "llama"
+    if spm_bpe and (backend["type"] == "Unigram" or (backend["type"] == "BPE" and len(backend["merges"]) < 2)):
+        scores = fields["tokenizer.ggml.scores"].contents()
+        vocab = tok.backend_tokenizer.get_vocab(with_added_tokens=False)
+        merges = generate_merges(vocab, [(piece, scores[i]) for piece, i in vocab.items() if i < len(scores)])
+        tok.backend_tokenizer.model = BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=tok.unk_token,
+                                          byte_fallback=True, dropout=None)
+    if "tokenizer.ggml.add_bos_token" in fields and bool(fields["tokenizer.ggml.add_bos_token"].contents()):
+        tok.add_bos_token = True
+    return tok
+
+
 def resolve(name: str) -> tuple[Path, str]:
     """Return (local folder, canonical name) for a model name; raise UserError with what to do when impossible."""
     if len(name) > 1000 or "\x00" in name:
@@ -71,14 +106,14 @@ def resolve(name: str) -> tuple[Path, str]:
     if name.lower() in ALIASES:
         hub_id, find = ALIASES[name.lower()]
         gguf = find()
-        return convert_gguf(gguf, cache_dir() / "models" / name.lower()), hub_id
+        return convert_gguf(gguf, cache_dir() / CONVERTED / name.lower()), hub_id
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
             raise UserError(f"folder {p} has no config.json", "point --model at a Hugging Face model folder")
         return p.resolve(), p.name
     if p.is_file() and p.suffix == ".gguf":
-        return convert_gguf(p.resolve(), cache_dir() / "models" / p.stem), p.stem
+        return convert_gguf(p.resolve(), cache_dir() / CONVERTED / p.stem), p.stem
     if p.exists() or name.startswith((".", "/", "~")):
         raise UserError(f"model path {name} is neither a model folder nor a .gguf file",
                         "give a folder with config.json, a .gguf file, a Hub id or 'smollm2-135m'")

@@ -92,10 +92,11 @@ class Probe:
 
     def _ppl(self, model, tokenizer) -> float:
         from .data import wikitext_halves
+        from .evaluation import bos_id
         from .evaluation.measure import perplexity
 
         ids = tokenizer(wikitext_halves(self.data_dir)[0][-20000:], add_special_tokens=False)["input_ids"]
-        return perplexity(model, ids[-self.tokens:], 512, 512)["perplexity"]
+        return perplexity(model, ids[-self.tokens:], 512, 512, bos_id(tokenizer))["perplexity"]
 
     def __call__(self, model, tokenizer) -> dict[str, float]:
         if self._base is None:

@@ -44,6 +44,12 @@ def fingerprint(checkpoint: Path) -> str:
     return h.hexdigest()
 
 
+def bos_id(tokenizer) -> int | None:
+    """The BOS id when the tokenizer starts every text with it (Gemma), else None (SmolLM2 adds none)."""
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else None
+
+
 def require_device(device: str) -> None:
     if device == "cuda":
         import torch
@@ -77,7 +83,7 @@ class Evaluator:
                             f"{settings.ppl_tokens}", "lower --ppl-tokens or give a longer text")
         self.request = {"settings": settings.model_dump(), "include_path": str(include) if include else None,
                         "tasks": tasks, "ppl_ids": ids[: settings.ppl_tokens],
-                        "prompt_ids": ids[: settings.prompt_tokens]}
+                        "prompt_ids": ids[: settings.prompt_tokens], "bos_id": bos_id(tokenizer)}
         # what the measurements depend on, besides the checkpoint (paths and the cache switch excluded)
         key = {**self.request, "settings": settings.model_dump(exclude={"cache", "timeout_s"}),
                "tasks": [{k: v for k, v in t.items() if k != "task"} for t in tasks], "include_path": None}

@@ -86,16 +86,18 @@ def control_ms(device: torch.device, repeats: int = 100) -> float:
 
 
 @torch.no_grad()
-def perplexity(model, ids: list[int], window: int, stride: int) -> dict[str, Any]:
-    """Sliding-window perplexity (each token scored once, with up to ``window`` tokens of context)."""
-    x = torch.tensor([ids], device=model.device)
+def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None = None) -> dict[str, Any]:
+    """Sliding-window perplexity (each token scored once, with up to ``window`` tokens of context). With ``bos``
+    (a model whose tokenizer starts every text with it, such as Gemma) each window starts with that token, which
+    is context, never scored."""
+    ctx = [] if bos is None else [bos]
     nll, count, prev_end = 0.0, 0, 0
     for begin in range(0, len(ids), stride):
-        end = min(begin + window, len(ids))
+        end = min(begin + window - len(ctx), len(ids))
         trg_len = end - prev_end
-        inp = x[:, begin:end]
+        inp = torch.tensor([ctx + ids[begin:end]], device=model.device)
         target = inp.clone()
-        target[:, :-trg_len] = -100  # context already scored by the previous window
+        target[:, :-trg_len] = -100  # the BOS and the context already scored by the previous window
         logits, labels = model(input_ids=inp).logits[:, :-1].float(), target[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                                  ignore_index=-100, reduction="sum")
@@ -103,11 +105,12 @@ def perplexity(model, ids: list[int], window: int, stride: int) -> dict[str, Any
         nll, count, prev_end = nll + float(loss), count + n, end
         if end == len(ids):
             break
-    return {"perplexity": math.exp(nll / count), "tokens": count, "window": window, "stride": stride}
+    return {"perplexity": math.exp(nll / count), "tokens": count, "window": window, "stride": stride,
+            "bos": bos is not None}
 
 
 def accuracy(model, tokenizer, include_path: Path | None, tasks: list[dict], batch_size: int, seed: int,
-             limit: int | None = None) -> dict[str, dict]:
+             limit: int | None = None, add_bos: bool | None = None) -> dict[str, dict]:
     """Benchmark scores through lm-eval on the in-memory model: per benchmark the headline metric with its stderr
     and n (groups aggregated by lm-eval, weighted by size) and every other metric lm-eval reported.
     ``tasks``: {name, task, metric}."""
@@ -115,7 +118,7 @@ def accuracy(model, tokenizer, include_path: Path | None, tasks: list[dict], bat
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos)
     tm = TaskManager(include_path=str(include_path), include_defaults=False) if include_path else TaskManager()
     res = simple_evaluate(model=lm, tasks=[t["task"] for t in tasks], task_manager=tm, num_fewshot=None,
                           limit=limit, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,

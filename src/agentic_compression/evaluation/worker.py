@@ -55,7 +55,8 @@ def main(request: Path, result: Path) -> None:
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss
 
-    prompt = req["prompt_ids"][: s.prompt_tokens]
+    bos = req.get("bos_id")  # the tokenizer starts every text with BOS: so do the prompt and each window
+    prompt = ([bos] if bos is not None else []) + req["prompt_ids"][: s.prompt_tokens - (bos is not None)]
     before = measure.control_ms(model.device)
     lat = measure.latency(model, prompt, s.decode_tokens, s.warmup, s.repeats)
     lat["control_ms"] = (before + measure.control_ms(model.device)) / 2
@@ -69,11 +70,12 @@ def main(request: Path, result: Path) -> None:
                       cuda_device=torch.cuda.get_device_name())
 
     with measure.Energy(s.country_iso_code) as energy:
-        ppl = measure.perplexity(model, req["ppl_ids"][: s.ppl_tokens], s.ppl_window, s.ppl_stride)
+        ppl = measure.perplexity(model, req["ppl_ids"][: s.ppl_tokens], s.ppl_window, s.ppl_stride, bos)
         include = Path(req["include_path"]) if req["include_path"] else None
         lm_tasks = [t for t in req["tasks"] if t["name"] != "humaneval"]
         per = measure.accuracy(model, tok, include, lm_tasks, s.batch_size, s.seed,
-                               limit=s.limit if s.source == "hub" else None) if lm_tasks else {}
+                               limit=s.limit if s.source == "hub" else None,
+                               add_bos=True if bos is not None else None) if lm_tasks else {}
         if len(lm_tasks) < len(req["tasks"]):
             from .humaneval import evaluate as humaneval
 
