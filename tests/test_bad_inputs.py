@@ -279,8 +279,8 @@ def api(world, data_dir):
 
 
 def _body(**kw) -> dict:
-    return {"model": "tiny", "experiment": "x", "limit": 8, "ppl_tokens": 256, "repeats": 2, "threads": 1,
-            "max_episodes": 1, **kw}
+    return {"model": "tiny", "experiment": "x", "force": True, "limit": 8, "ppl_tokens": 256, "repeats": 2,
+            "threads": 1, "max_episodes": 1, **kw}
 
 
 def _finished(w: World) -> None:
@@ -417,7 +417,7 @@ def crashed(tmp_path_factory, tiny_dir, data_dir):
     fast = EvalSettings(limit=8, ppl_tokens=256, ppl_window=128, ppl_stride=64, prompt_tokens=16, decode_tokens=4,
                         warmup=1, repeats=2, batch_size=8, threads=1)
     cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=out, experiment="exp", eval=fast, threads=1,
-                    max_episodes=2, patience=9, use_skills=False)
+                    max_episodes=2, patience=9, use_skills=False, force=True)
     work = Experiment.work
 
     def dies_in_episode_1(self, state):

@@ -67,3 +67,50 @@ def test_gemma3_from_its_gguf_tokenizes_like_its_runtime(tmp_path, monkeypatch, 
     # llama.cpp measured 34.5 on these characters (its own chunking); with the character-level tokenizer and no
     # BOS, acf measured thousands
     assert math.isfinite(ppl["perplexity"]) and ppl["perplexity"] < 40, ppl
+
+
+# ---- the baseline sanity guard ----
+def _result(ppl=20.0, scores=None, generated=(5, 9, 7, 5), n=100):
+    from agentic_compression.schemas import EvaluationResult
+
+    scores = scores or {"hellaswag": (0.45, 0.05)}
+    return EvaluationResult(accuracy=0.4, accuracy_stderr=0.05, accuracy_n=100, benchmark=",".join(scores),
+                            accuracy_detail={"benchmarks": {b: {"value": v, "stderr": se, "n": n}
+                                                            for b, (v, se) in scores.items()}},
+                            perplexity=ppl, latency_ms=1.0, latency={"generated": list(generated)}, memory_gb=0.1,
+                            model_size_gb=0.1, size_bytes=1, num_params=1, co2_grams=0.0, energy_kwh=0.0,
+                            eval_seconds=1.0)
+
+
+@pytest.mark.parametrize("result,says", [
+    (_result(), None),
+    (_result(ppl=14_653.0), "perplexity 14,653 is absurd"),
+    (_result(scores={"hellaswag": (0.28, 0.06), "arc_easy": (0.27, 0.06)}), "every benchmark is at chance"),
+    (_result(scores={"hellaswag": (0.28, 0.06), "arc_easy": (0.60, 0.06)}), None),  # one above chance: working
+    (_result(scores={"winogrande": (0.50, 0.05)}), None),  # small trained models sit near chance there
+    (_result(scores={"hellaswag": (0.33, 0.098)}, n=24), None),  # too few items to tell (SmolLM2 at --limit 24)
+    (_result(generated=(7, 7, 7, 7, 7)), "repeats one token"),
+])
+def test_sanity_guard_names_each_sign_of_a_broken_baseline(result, says):
+    from agentic_compression.sanity import problems
+
+    found = problems(result)
+    assert (not found) if says is None else any(says in p for p in found), found
+
+
+def test_a_broken_baseline_stops_the_run_unless_forced(tiny_dir, data_dir, tmp_path, capsys):
+    """A random-weight model is a broken model: the run stops with the numbers, and leaves nothing behind;
+    --force runs it and records that it did."""
+    import json
+
+    from agentic_compression.cli import main
+
+    args = ["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
+            "--experiment", "random", "--max-episodes", "1", "--limit", "8", "--ppl-tokens", "256", "--repeats", "2",
+            "--threads", "1", "--no-skills"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "looks broken: perplexity" in err and "--force" in err and not (tmp_path / "random").exists()
+    assert main([*args, "--force", "--patience", "1"]) == 0
+    sanity = json.loads((tmp_path / "random" / "baseline" / "results.json").read_text())["sanity"]
+    assert sanity["forced"] and any("absurd" in p for p in sanity["problems"])

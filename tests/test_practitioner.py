@@ -55,7 +55,7 @@ def calm_run(tiny_dir, data_dir, tmp_path_factory):
            "ACF_SKILLS": str(out / "skills.sqlite")}
     code, screen = _under_pty(_acf("run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir",
                                    str(out), "--experiment", "calm", "--max-episodes", "1", "--limit", "8",
-                                   "--ppl-tokens", "256", "--repeats", "2", "--threads", "1"), env)
+                                   "--ppl-tokens", "256", "--repeats", "2", "--threads", "1", "--force"), env)
     return code, screen, out / "calm"
 
 
@@ -163,3 +163,22 @@ def test_a_run_as_a_file(tmp_path, tiny_dir, data_dir, calm_run, capsys):
     again = yaml.safe_load(capsys.readouterr().out)
     original = json.loads((exp / "config.json").read_text())
     assert {**again, "experiment": "calm"} == original
+
+
+def test_router_sends_every_kind_of_output_to_the_current_log(tmp_path, capsys):
+    """Python's streams, C-level writes, a child process, and what came before the first log file."""
+    from agentic_compression.console import OutputRouter
+
+    with capsys.disabled(), OutputRouter() as router:  # the real sys.stdout/stderr, as under `acf run`
+        print("before any log", flush=True)
+        router.route(tmp_path / "a" / "log.txt")
+        os.write(2, b"fd-level write\n")
+        print("a library's stderr", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('child process\\n')"], check=True)
+        time.sleep(0.2)
+        router.route(tmp_path / "b" / "log.txt")
+        print("second log", flush=True)
+        time.sleep(0.2)
+    first, second = (tmp_path / "a" / "log.txt").read_text(), (tmp_path / "b" / "log.txt").read_text()
+    assert all(s in first for s in ("before any log", "fd-level write", "a library's stderr", "child process")), first
+    assert "second log" in second and "second log" not in first

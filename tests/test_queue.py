@@ -54,8 +54,8 @@ def test_a_killed_worker_loses_no_experiment(redis_url, tiny_dir, data_dir, tmp_
     try:
         with TestClient(create_app(out, data_dir, TOKEN, broker=redis_url, models_dir=tiny_dir.parent)) as client:
             client.headers["Authorization"] = f"Bearer {TOKEN}"
-            body = {"model": tiny_dir.name, "experiment": "q", "max_episodes": 2, "patience": 5, "limit": 8,
-                    "ppl_tokens": 256, "repeats": 2, "threads": 1}
+            body = {"model": tiny_dir.name, "experiment": "q", "force": True, "max_episodes": 2, "patience": 5,
+                    "limit": 8, "ppl_tokens": 256, "repeats": 2, "threads": 1}
             assert client.post("/experiments", json=body).status_code == 202
             assert client.get("/experiments/q").json()["status"] in ("queued", "running")
             deadline = time.monotonic() + 600

@@ -33,8 +33,8 @@ def _wait(client, name, done=("complete", "cancelled", "failed"), timeout=600):
 
 
 def _fast(tiny_dir, name, **kw):
-    return {"model": tiny_dir.name, "experiment": name, "limit": 8, "ppl_tokens": 256, "repeats": 2, "threads": 1,
-            **kw}
+    return {"model": tiny_dir.name, "experiment": name, "force": True, "limit": 8, "ppl_tokens": 256, "repeats": 2,
+            "threads": 1, **kw}
 
 
 def test_unauthorized_and_malformed_requests(client, tiny_dir):

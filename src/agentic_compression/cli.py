@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
                    metavar="METHOD.PARAM=VALUE", help="fix a method parameter, e.g. gptq.num_samples=32")
     r.add_argument("--online", action="store_true", help="allow Hub look-ups (spec inference, model download)")
+    r.add_argument("--force", action="store_true", help="run even when the baseline looks broken (absurd "
+                   "perplexity, every benchmark at chance, one repeated token); recorded in baseline/results.json")
     s = sub.add_parser("spec", help="infer and print a model's spec")
     s.add_argument("model")
     s.add_argument("--online", action="store_true")
@@ -127,7 +129,7 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "eval_source": ("eval.source",), "no_eval_cache": ("eval.cache",), "limit": ("eval.limit",),
     "ppl_tokens": ("eval.ppl_tokens",), "ppl_text": ("eval.ppl_text",), "country": ("eval.country_iso_code",),
     "repeats": ("eval.repeats",), "device": ("eval.device",), "seed": ("eval.seed",),
-    "overrides": ("method_overrides",)}
+    "overrides": ("method_overrides",), "force": ("force",)}
 NEGATED = {"no_skills", "no_eval_cache"}
 
 

@@ -118,6 +118,8 @@ class RunConfig(BaseModel):
     skills_path: Path | None = Field(default=None, description="skill memory (SQLite); None = ACF_SKILLS or "
                                      "~/.local/share/acf/skills.sqlite; pass --no-skills to run without")
     use_skills: bool = True
+    force: bool = Field(default=False, description="run even when the baseline looks broken (sanity.py); the "
+                        "baseline's results record that it was forced")
     seed: int = Field(default=0, description="seed of the search policies")
     # method -> parameter overrides the policy applies (e.g. fewer GPTQ samples for a quick run)
     method_overrides: dict[str, dict] = Field(default_factory=dict)

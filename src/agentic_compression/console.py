@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 LOG = "log.txt"
+PENDING_CAP = 1 << 20  # bytes of output kept from before the first log file (the tail)
 _router: "OutputRouter | None" = None
 
 
@@ -39,6 +40,7 @@ class OutputRouter:
         self.verbose = verbose
         self._lock = threading.Lock()
         self._log = None
+        self._pending = bytearray()  # output before the first log exists (a GGUF conversion): kept for it
         self.terminal: TextIO | None = None  # acf's own lines: the original stderr, while routing
 
     def __enter__(self) -> "OutputRouter":
@@ -80,12 +82,17 @@ class OutputRouter:
             if self._log:
                 self._log.close()
             self._log = open(path, "ab")
+            self._log.write(self._pending)
+            self._pending.clear()
 
     def write(self, data: bytes) -> None:
         with self._lock:
             if self._log:
                 self._log.write(data)
                 self._log.flush()
+            else:
+                self._pending += data
+                del self._pending[:-PENDING_CAP]
         if self.verbose:
             self.terminal.write(data.decode(errors="replace"))
             self.terminal.flush()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import benchmarks, console, data, methods, models, policies, resources
+from . import benchmarks, console, data, methods, models, policies, resources, sanity
 from .card import write_card
 from .config import RunConfig
 from .errors import UserError
@@ -363,9 +363,14 @@ class Experiment:
             last = (str(e).strip().splitlines() or [""])[-1][:300]
             raise UserError(f"the baseline {self.model_path} could not be measured: {last}",
                             "check that the model loads with transformers, or choose another --model") from None
+        broken = sanity.problems(self.baseline)
+        if broken and not self.cfg.force:
+            raise UserError(f"the baseline {self.model_path} looks broken: {'; '.join(broken)}",
+                            "check the model's conversion and tokenizer, or pass --force to compress it anyway")
         (self.dir / "baseline").mkdir(exist_ok=True)
         write_json(self.dir / "baseline" / "results.json",
-                   {"checkpoint": str(self.model_path), "result": self.baseline.model_dump()})
+                   {"checkpoint": str(self.model_path), "result": self.baseline.model_dump(),
+                    "sanity": {"problems": broken, "forced": bool(broken)}})
         self._add_baseline()
 
     def _add_baseline(self) -> None:

@@ -103,6 +103,7 @@ class RunRequest(BaseModel):
     device: Literal["cpu", "cuda"] = "cpu"
     seed: int = 1234
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    force: bool = Field(default=False, description="run even when the baseline looks broken")
 
 
 def token(output_dir: Path) -> str:
@@ -223,7 +224,7 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
                             output_dir=output_dir, experiment=req.experiment, max_episodes=req.max_episodes,
                             budget_hours=req.budget_hours,
                             patience=req.patience, policy=req.policy, threads=req.threads,
-                            method_overrides=req.method_overrides,
+                            method_overrides=req.method_overrides, force=req.force,
                             eval=EvalSettings(benchmark=req.benchmarks, limit=req.limit, ppl_tokens=req.ppl_tokens,
                                               repeats=req.repeats, threads=req.threads, device=req.device,
                                               seed=req.seed))

@@ -51,17 +51,19 @@ def latency(model, prompt_ids: list[int], decode_tokens: int, warmup: int, repea
         out = model(input_ids=ids, use_cache=True)
         p = clock.ms(t0)
         past, nxt, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), []
+        generated = [int(nxt)]
         for _ in range(decode_tokens):
             s = clock.start()
             out = model(input_ids=nxt, past_key_values=past, use_cache=True)
             past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
             steps.append(clock.ms(s))
+            generated.append(int(nxt))
         if run >= warmup:
             prefill.append(p)
             decode.extend(steps)
     d = _spread(decode)
     return {"prefill_ms": _spread(prefill), "decode_ms_per_token": d, "prompt_tokens": len(prompt_ids),
-            "decode_tokens": decode_tokens, "warmup": warmup, "repeats": repeats,
+            "decode_tokens": decode_tokens, "warmup": warmup, "repeats": repeats, "generated": generated,
             "decode_tokens_per_s": 1e3 / d["median"], "timer": "cuda events" if clock.cuda else "perf_counter"}
 
 
