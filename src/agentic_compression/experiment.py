@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -80,6 +81,8 @@ def validate(cfg: RunConfig, folder: Path | None = None) -> None:
         if err := methods.get(name).check(params, {}):
             raise UserError(f"bad override: {err}", "see 'acf methods' for each parameter's range")
 
+
+log = logging.getLogger("acf.experiment")
 
 STATE_DB = "state.sqlite"  # the LangGraph checkpoints: the loop's state after every node
 PROGRESS = "progress.json"  # where the loop is now (episode, node, action): read by the CLI and the API
@@ -302,7 +305,9 @@ class Experiment:
         try:
             graph, config = self._graph()
             return graph.get_state(config).values or None
-        except Exception:  # a corrupt or foreign file: the caller rebuilds from the episodes' results
+        except Exception as e:  # a corrupt or foreign file: the caller rebuilds from the episodes' results
+            log.warning("%s is unreadable (%s: %s); rebuilding the loop's state from the episodes' results.json",
+                        self.dir / STATE_DB, type(e).__name__, e)
             return None
 
     def _set_aside(self, name: str) -> None:
