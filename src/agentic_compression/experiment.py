@@ -191,7 +191,10 @@ class Experiment:
         return self._calib_cache[key]
 
     def available_methods(self) -> dict[str, type[methods.Method]]:
-        return methods.available_methods()
+        """The methods that run here and apply to this model's architecture (architecture.py)."""
+        from .architecture import of_config
+
+        return methods.available_methods(of_config(self.model_config))
 
     # ---- the loop ----
     def _graph(self):

@@ -40,11 +40,17 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-CONVERTED = "models-v2"  # v2: GGUF tokenizers repaired (repair_gguf_tokenizer); v1 folders are never reused
+# v2: GGUF tokenizers repaired (repair_gguf_tokenizer); v3: every conversion checked against llama.cpp. Older
+# folders are never reused.
+CONVERTED = "models-v3"
+CHECK_FILE = "acf_conversion.json"  # the check's numbers, kept beside the converted weights
 
 
 def convert_gguf(gguf: Path, out: Path) -> Path:
-    """Dequantize a GGUF file to an fp32 safetensors folder (atomically: a half-written folder never appears)."""
+    """Dequantize a GGUF file to an fp32 safetensors folder (atomically: a half-written folder never appears), and
+    check it, never trust it: the saved folder, reloaded as acf will use it, must tokenize like llama.cpp and
+    predict the next tokens as llama.cpp does running the GGUF itself (llamacpp.compare), or no folder appears and
+    the run stops with the numbers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,10 +69,24 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        del model
+        check_conversion(gguf, tmp)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_conversion(gguf: Path, folder: Path) -> dict:
+    from . import llamacpp
+
+    model, tok = load(folder)
+    result = {"source": gguf.name, "source_bytes": gguf.stat().st_size, **llamacpp.compare(model, tok, gguf)}
+    (folder / CHECK_FILE).write_text(json.dumps(result, indent=2))
+    if not result["ok"]:
+        raise UserError(f"the conversion of {gguf.name} does not match llama.cpp: {result['why']}",
+                        "report it with this line; the GGUF may be of a family transformers converts wrongly")
+    return result
 
 
 def repair_gguf_tokenizer(tok, gguf: Path):

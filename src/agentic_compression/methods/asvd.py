@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..architecture import Architecture, of_model
 from .base import LOWRANK_FILE, Context, Method, Param, forward_with_hooks, register
-
 
 
 class LowRankLinear(nn.Module):
@@ -66,9 +66,6 @@ def factorise(linear: nn.Linear, scale: torch.Tensor | None, rank: int, alpha: f
     return lr
 
 
-def lowrank_targets(model) -> dict[str, nn.Linear]:
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and n.startswith("model.layers.") and "lm_head" not in n}
 
 
 @register
@@ -88,8 +85,10 @@ class ASVD(Method):
 
     def apply(self, model, tokenizer, params, ctx: Context):
         p = {**self.defaults(), **params}
-        keep = {"mlp": (".mlp.",), "attention": (".self_attn.",), "all": (".mlp.", ".self_attn.")}[p["targets"]]
-        linears = {n: m for n, m in lowrank_targets(model).items() if any(k in n for k in keep)}
+        arch = of_model(model)
+        linears = arch.block_linears(model, None if p["targets"] == "all" else p["targets"])
+        if not linears:
+            raise ValueError(f"a {arch.family} model has no {p['targets']} Linear layers in its blocks to factorise")
         scales = input_scales(model, linears, ctx.calibration(tokenizer, int(p["num_samples"]), int(p["seq_len"]))) \
             if p["alpha"] > 0 else {}
         ranks = {}
@@ -103,6 +102,10 @@ class ASVD(Method):
             raise ValueError(f"rank_ratio {p['rank_ratio']} saves nothing on any targeted layer")
         model._acf_lowrank = ranks
         return model
+
+    @classmethod
+    def supports(cls, arch: Architecture) -> str | None:
+        return None if arch.widths else f"a {arch.family} model has no Linear layers in decoder blocks to factorise"
 
 
 

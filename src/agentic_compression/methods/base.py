@@ -56,6 +56,16 @@ class Method:
         return (False, f"missing package(s): {', '.join(missing)}") if missing else (True, "")
 
     @classmethod
+    def supports(cls, arch) -> str | None:
+        """Why this method cannot run on a model of this architecture (architecture.Architecture), or None: every
+        method of ours but distillation works on the decoder blocks' nn.Linear projections."""
+        if arch.layers is None:
+            return f"a {arch.family} model has no decoder blocks acf can find"
+        if not arch.linear:
+            return f"a {arch.family} model's projections are not nn.Linear (GPT-2 style Conv1D), which {cls.name} needs"
+        return None
+
+    @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {p.name: p.default for p in cls.params}
 
@@ -153,5 +163,6 @@ def get(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
-def available_methods() -> dict[str, type[Method]]:
-    return {n: m for n, m in REGISTRY.items() if m.available()[0]}
+def available_methods(arch=None) -> dict[str, type[Method]]:
+    """The methods that can run here, and on a model of this architecture when one is given."""
+    return {n: m for n, m in REGISTRY.items() if m.available()[0] and (arch is None or m.supports(arch) is None)}

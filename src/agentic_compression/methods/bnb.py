@@ -8,11 +8,12 @@ import tempfile
 from .base import Context, Method, Param, register
 
 
-def bnb_config(mode: str, double_quant: bool = True):
+def bnb_config(mode: str, double_quant: bool = True, skip: list[str] = ()):
+    """``skip``: the modules left in float (the output head: architecture.Architecture.ignore)."""
     import torch
     from transformers import BitsAndBytesConfig
 
-    skip = ["lm_head"]
+    skip = list(skip)
     if mode == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=mode, bnb_4bit_use_double_quant=double_quant,
@@ -23,10 +24,12 @@ def load_quantized(model, tokenizer, mode: str, double_quant: bool = True):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ..architecture import of_model
+
+    config = bnb_config(mode, double_quant, of_model(model).ignore())
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        return AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32,
-                                                    quantization_config=bnb_config(mode, double_quant))
+        return AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, quantization_config=config)
 
 
 @register

@@ -1,10 +1,12 @@
 """Weight quantization through llm-compressor: round-to-nearest and GPTQ, saved as compressed-tensors
-(loadable by transformers and vLLM). The tied lm_head stays unquantized (lm-eval's HFLM re-ties it)."""
+(loadable by transformers and vLLM). The output head stays unquantized (tied to the embedding in small models, and
+lm-eval's HFLM re-ties it); which module that is, the architecture says (architecture.py)."""
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from ..architecture import of_config, of_model
 from .base import Context, Method, Param, register
 
 _SCHEMES = ["W4A16", "W8A16", "W8A8"]
@@ -23,7 +25,10 @@ def _scheme(scheme: str, group_size: int | None) -> dict[str, Any]:
 
 
 def linear_in_features(config: dict[str, Any]) -> set[int]:
-    """Input widths of a decoder's Linear layers, read from its HF config (what a group size must divide)."""
+    """Input widths of a decoder's Linear layers (what a group size must divide): read from the model the config
+    builds, else (a config transformers cannot build) estimated from its sizes."""
+    if (arch := of_config(config)) is not None and arch.widths:
+        return set(arch.widths)
     hidden = config.get("hidden_size")
     heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
     widths = {hidden, config.get("intermediate_size")}
@@ -63,7 +68,7 @@ class _LLMCompressorQuant(Method):
             return f"group_size {p['group_size']} does not divide the layer width(s) {bad}"
         return None
 
-    def modifier(self, p: dict[str, Any]):
+    def modifier(self, p: dict[str, Any], ignore: list[str]):
         raise NotImplementedError
 
     def apply(self, model, tokenizer, params, ctx: Context):
@@ -71,7 +76,7 @@ class _LLMCompressorQuant(Method):
 
         p = {**self.defaults(), **params}
         kwargs = self.calibration_kwargs(tokenizer, p, ctx)
-        oneshot(model=model, recipe=self.modifier(p), **kwargs)
+        oneshot(model=model, recipe=self.modifier(p, of_model(model).ignore()), **kwargs)
         return model
 
     def calibration_kwargs(self, tokenizer, p, ctx) -> dict[str, Any]:
@@ -89,10 +94,10 @@ class RTN(_LLMCompressorQuant):
     params = (Param(name="scheme", choices=_SCHEMES, default="W4A16"),
               Param(name="group_size", choices=_GROUPS, default=128, help="None = per output channel"))
 
-    def modifier(self, p):
+    def modifier(self, p, ignore):
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
-        return QuantizationModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=["lm_head"])
+        return QuantizationModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=ignore)
 
 
 @register
@@ -105,10 +110,10 @@ class GPTQ(_LLMCompressorQuant):
               Param(name="group_size", choices=_GROUPS, default=128),
               *_CALIB, Param(name="dampening_frac", low=0.001, high=0.2, default=0.01))
 
-    def modifier(self, p):
+    def modifier(self, p, ignore):
         from llmcompressor.modifiers.quantization import GPTQModifier
 
-        return GPTQModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=["lm_head"],
+        return GPTQModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=ignore,
                             dampening_frac=p["dampening_frac"])
 
     def calibration_kwargs(self, tokenizer, p, ctx):
@@ -128,12 +133,12 @@ class AWQ(_LLMCompressorQuant):
               Param(name="num_samples", low=8, high=1024, default=32, help="calibration windows"), _CALIB[1],
               Param(name="n_grid", low=2, high=40, default=10, help="scale grid points searched per layer"))
 
-    def modifier(self, p):
+    def modifier(self, p, ignore):
         from llmcompressor.modifiers.quantization import QuantizationModifier
         from llmcompressor.modifiers.transform.awq import AWQModifier
 
         return [AWQModifier(n_grid=int(p["n_grid"])),
-                QuantizationModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=["lm_head"])]
+                QuantizationModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=ignore)]
 
     def calibration_kwargs(self, tokenizer, p, ctx):
         return calibration_dataset(tokenizer, p, ctx)
@@ -182,11 +187,11 @@ class AutoRound(_LLMCompressorQuant):
               Param(name="num_samples", low=8, high=1024, default=16, help="calibration windows"), _CALIB[1],
               Param(name="batch_size", low=1, high=64, default=8))
 
-    def modifier(self, p):
+    def modifier(self, p, ignore):
         from llmcompressor.modifiers.autoround import AutoRoundModifier
 
         silence_default_dataset_notice()
-        return AutoRoundModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=["lm_head"],
+        return AutoRoundModifier(config_groups=_scheme(p["scheme"], p["group_size"]), ignore=ignore,
                                  iters=int(p["iters"]), batch_size=int(p["batch_size"]), enable_torch_compile=False)
 
     def calibration_kwargs(self, tokenizer, p, ctx):

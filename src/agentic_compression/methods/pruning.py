@@ -1,4 +1,5 @@
-"""Unstructured and N:M pruning of the decoder's Linear weights (the tied lm_head / embedding is never pruned).
+"""Unstructured and N:M pruning of the decoder's Linear weights (the output head, tied to the embedding in small
+models, is never pruned).
 
 SparseGPT and Wanda run through llm-compressor's one-shot modifiers on calibration text. Magnitude pruning is a
 per-layer threshold on |W| (our code: llm-compressor's MagnitudePruningModifier is a training-time schedule and
@@ -6,8 +7,11 @@ leaves weights untouched in one-shot). compressed-tensors 0.19 has no sparse sto
 checkpoints are stored dense: the zeros are in the weights, not yet in the bytes on disk."""
 from __future__ import annotations
 
+import re
+
 import torch
 
+from ..architecture import of_model
 from .base import Context, Method, Param, register
 from .llmcompressor_quant import _CALIB, calibration_dataset
 
@@ -17,12 +21,14 @@ _STRUCTURE = Param(name="mask_structure", choices=["unstructured", "2:4"], defau
                    help="2:4 = two zeros in every four consecutive input weights (sparsity is then 0.5)")
 
 
-# a regex: these modifiers match ignore against "<layer>.<module>" names, where the tied head is "lm_head."
-_IGNORE = ["re:.*lm_head"]
+def _ignore(model) -> list[str]:
+    """Regexes: these modifiers match ignore against "<layer>.<module>" names, where the head is "lm_head." """
+    return [f"re:.*{re.escape(n)}" for n in of_model(model).ignore()]
 
 
 def decoder_linears(model) -> list[tuple[str, torch.nn.Linear]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
+    head = of_model(model).head
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != head]
 
 
 def _check_structure(params: dict) -> str | None:
@@ -78,10 +84,9 @@ class _LLMCompressorPruner(_Pruner):
 
         p = {**self.defaults(), **params}
         modifier = getattr(pruning, self.modifier_class)(sparsity=p["sparsity"], mask_structure=_mask(p),
-                                                         targets=["Linear"], ignore=_IGNORE)
+                                                         targets=["Linear"], ignore=_ignore(model))
         oneshot(model=model, recipe=modifier, **calibration_dataset(tokenizer, p, ctx))
         return model
-
 
 
 @register

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..architecture import Architecture, of_config, of_model
 from .base import Context, Method, Param, forward_with_hooks, register
 
 
@@ -49,16 +50,16 @@ def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.
 
 
 @torch.no_grad()
-def prune_mlp(model, samples, ratio: float) -> int:
-    layers = model.model.layers
-    acts = _collect(model, samples, {str(i): l.mlp.down_proj for i, l in enumerate(layers)})
-    inter = layers[0].mlp.down_proj.in_features
+def prune_mlp(model, arch: Architecture, samples, ratio: float) -> int:
+    mlps = [layer.get_submodule(arch.mlp) for layer in arch.blocks(model)]
+    acts = _collect(model, samples, {str(i): mlp.down_proj for i, mlp in enumerate(mlps)})
+    inter = mlps[0].down_proj.in_features
     n_keep = max(8, int(round(inter * (1 - ratio) / 8)) * 8)
-    for i, layer in enumerate(layers):
-        mlp = layer.mlp
+    for i, mlp in enumerate(mlps):
         score = acts[str(i)].sqrt() * mlp.down_proj.weight.norm(dim=0)
         keep = _keep(score, n_keep)
-        mlp.gate_proj = _slice_linear(mlp.gate_proj, rows=keep)
+        if isinstance(getattr(mlp, "gate_proj", None), nn.Linear):  # gated MLPs (Llama, Qwen2, Mistral, Gemma)
+            mlp.gate_proj = _slice_linear(mlp.gate_proj, rows=keep)
         mlp.up_proj = _slice_linear(mlp.up_proj, rows=keep)
         mlp.down_proj = _slice_linear(mlp.down_proj, cols=keep)
     model.config.intermediate_size = n_keep
@@ -66,7 +67,7 @@ def prune_mlp(model, samples, ratio: float) -> int:
 
 
 @torch.no_grad()
-def prune_heads(model, samples, ratio: float) -> int:
+def prune_heads(model, arch: Architecture, samples, ratio: float) -> int:
     cfg = model.config
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -74,10 +75,9 @@ def prune_heads(model, samples, ratio: float) -> int:
     kv_keep = max(1, int(round(kv * (1 - ratio))))
     if kv_keep == kv:
         raise ValueError(f"ratio {ratio} removes no key/value head group of {kv}")
-    layers = model.model.layers
-    acts = _collect(model, samples, {str(i): l.self_attn.o_proj for i, l in enumerate(layers)})
-    for i, layer in enumerate(layers):
-        att = layer.self_attn
+    attns = [layer.get_submodule(arch.attention) for layer in arch.blocks(model)]
+    acts = _collect(model, samples, {str(i): att.o_proj for i, att in enumerate(attns)})
+    for i, att in enumerate(attns):
         per_head = (acts[str(i)].reshape(heads, hd).sum(1).sqrt()
                     * att.o_proj.weight.reshape(-1, heads, hd).pow(2).sum((0, 2)).sqrt())
         groups = _keep(per_head.reshape(kv, group).sum(1), kv_keep)
@@ -96,8 +96,8 @@ def prune_heads(model, samples, ratio: float) -> int:
 
 
 @torch.no_grad()
-def prune_layers(model, samples, ratio: float) -> list[int]:
-    layers = model.model.layers
+def prune_layers(model, arch: Architecture, samples, ratio: float) -> list[int]:
+    layers = arch.blocks(model)
     n = len(layers)
     n_drop = max(1, int(round(n * ratio)))
     if n_drop >= n:
@@ -113,9 +113,12 @@ def prune_layers(model, samples, ratio: float) -> list[int]:
         lambda m, a, k, o, i=i: f(m, a, k, o, i), with_kwargs=True) for i, layer in enumerate(layers)])
     drop = set(influence.topk(n_drop, largest=False).indices.tolist())
     kept = [l for i, l in enumerate(layers) if i not in drop]
-    for new_idx, layer in enumerate(kept):
-        layer.self_attn.layer_idx = new_idx
-    model.model.layers = nn.ModuleList(kept)
+    for new_idx, layer in enumerate(kept):  # the KV cache is indexed by the attention's layer_idx
+        for m in layer.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = new_idx
+    parent, _, child = arch.layers.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, nn.ModuleList(kept))
     model.config.num_hidden_layers = len(kept)
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = [t for i, t in enumerate(model.config.layer_types) if i not in drop]
@@ -141,6 +144,9 @@ class Structured(Method):
         if err := super().check(params, config):
             return err
         p = {**cls.defaults(), **params}
+        arch = of_config(config)
+        if arch is not None and (why := _unsupported(arch, p["granularity"])):
+            return why
         if p["granularity"] == "head" and config.get("num_key_value_heads"):
             kv = config["num_key_value_heads"]
             if max(1, int(round(kv * (1 - p["ratio"])))) == kv:
@@ -149,8 +155,25 @@ class Structured(Method):
 
     def apply(self, model, tokenizer, params, ctx: Context):
         p = {**self.defaults(), **params}
-        if not hasattr(getattr(model, "model", None), "layers"):
-            raise ValueError(f"structured pruning supports decoder models with model.layers, not {type(model)}")
+        arch = of_model(model)
+        if why := _unsupported(arch, p["granularity"]):
+            raise ValueError(why)
         samples = ctx.calibration(tokenizer, int(p["num_samples"]), int(p["seq_len"]))
-        {"mlp": prune_mlp, "head": prune_heads, "layer": prune_layers}[p["granularity"]](model, samples, p["ratio"])
+        prune = {"mlp": prune_mlp, "head": prune_heads, "layer": prune_layers}[p["granularity"]]
+        prune(model, arch, samples, p["ratio"])
         return model
+
+    @classmethod
+    def supports(cls, arch: Architecture) -> str | None:
+        return _unsupported(arch, "layer")
+
+
+def _unsupported(arch: Architecture, granularity: str) -> str | None:
+    """Why this granularity cannot be pruned on this architecture, or None."""
+    if arch.layers is None:
+        return f"a {arch.family} model has no list of decoder blocks to prune"
+    if granularity == "mlp" and (arch.mlp is None or not arch.linear):
+        return f"a {arch.family} block has no MLP with separate up/down Linear projections to slice"
+    if granularity == "head" and (arch.attention is None or not arch.linear):
+        return f"a {arch.family} block has no attention with separate q/k/v/o Linear projections to slice"
+    return None

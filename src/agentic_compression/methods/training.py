@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..architecture import of_model
 from .base import Context, Method, Param, ct_quantized, register
 
 _TRAIN = (Param(name="steps", low=1, high=5000, default=30, help="optimizer steps"),
@@ -115,6 +116,10 @@ class Distill(Method):
     params = (Param(name="temperature", low=0.5, high=10.0, default=2.0), *_TRAIN[:1],
               Param(name="lr", low=1e-7, high=1e-3, default=2e-5), *_TRAIN[2:])
 
+    @classmethod
+    def supports(cls, arch):  # trains every floating-point weight of the blocks, whatever their type
+        return None if arch.layers else f"a {arch.family} model has no decoder blocks acf can find"
+
     def apply(self, model, tokenizer, params, ctx: Context):
         from ..models import load
 
@@ -127,7 +132,8 @@ class Distill(Method):
         teacher, _ = load(teacher_path)
         masks = _sparsity_masks(model)
         # the decoder blocks learn; the (tied) embedding and head stay as the base model's
-        params_ = [q for n, q in model.named_parameters() if q.is_floating_point() and ".layers." in n]
+        blocks = of_model(model).layers + "."
+        params_ = [q for n, q in model.named_parameters() if q.is_floating_point() and n.startswith(blocks)]
         for q in model.parameters():
             q.requires_grad_(False)
         for q in params_:

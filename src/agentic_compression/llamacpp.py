@@ -1,0 +1,109 @@
+"""llama.cpp (llama-cpp-python) as the runtime a GGUF file is measured in: the source of truth a conversion to
+safetensors is checked against, and a perplexity on exactly the windows acf scores.
+
+``LlamaCpp`` is called like a transformers model (``model(input_ids=...).logits``), so evaluation.measure's
+perplexity runs on it unchanged."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+from .errors import UserError
+
+# the conversion check's text: plain English prose with numbers and punctuation, about 300 tokens (written for acf)
+CHECK_TEXT = (
+    "The lighthouse on the northern cape was built in 1874, after two ships were lost on the reef within a single "
+    "winter. Its keeper, a former schoolteacher named Elsa Marrow, kept a log of every vessel that passed, the "
+    "weather at dawn and dusk, and the price of lamp oil, which rose from nine pence to fourteen pence a gallon over "
+    "her thirty-one years of service. The log survives in the county archive. Historians have used it to estimate "
+    "how shipping changed when the railway reached the harbour town in 1896: the number of coastal sailing vessels "
+    "fell by more than half within a decade, while steamers, larger and fewer, kept to deeper water. Marrow's "
+    "entries are short and exact. On 3 March 1881 she wrote that a storm had torn the roof from the oil store, "
+    "that she had carried forty cans up the tower by hand, and that the light had not failed. Visitors today can "
+    "climb the same 112 steps. From the gallery, on a clear day, the hills of the far shore are visible, some "
+    "twenty miles across the water, and the reef shows as a pale line where the waves break. The light itself was "
+    "automated in 1962, and a solar panel now charges the batteries that power it through the night."
+)
+PPL_TOLERANCE = 0.05  # relative perplexity difference allowed between the converted model and llama.cpp
+KL_TOLERANCE = 0.05  # mean KL divergence (nats per token) allowed between their next-token distributions
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaCpp:
+    """A GGUF model in llama.cpp, scoring every position of the sequence it is given."""
+
+    def __init__(self, gguf: Path, n_ctx: int = 1024, threads: int | None = None):
+        import torch
+
+        if not available():
+            raise UserError(f"checking {gguf.name} needs llama.cpp, and llama-cpp-python is not installed",
+                            "run setup.sh, or: pip install llama-cpp-python==0.3.36 (it builds from source, ~10 min)")
+        from llama_cpp import Llama
+
+        self.device = torch.device("cpu")
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                         n_threads=threads or os.cpu_count())
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids as llama.cpp makes them, with BOS where the GGUF's vocabulary asks for one."""
+        return self.llm.tokenize(text.encode(), add_bos=True, special=False)
+
+    def __call__(self, input_ids):
+        import numpy as np
+        import torch
+
+        ids = input_ids[0].tolist()
+        self.llm.reset()
+        self.llm.eval(ids)
+        return SimpleNamespace(logits=torch.from_numpy(np.array(self.llm.scores[: len(ids)]))[None])
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def compare(model, tokenizer, gguf: Path) -> dict:
+    """The converted model against llama.cpp running the GGUF itself, on CHECK_TEXT: whether both tokenize it to
+    the same ids, both perplexities, their ratio, the mean KL divergence of llama.cpp's next-token distribution
+    from the converted model's, and how often their top tokens agree (reported, not judged: a 0.04 logit gap
+    flips at any precision). ``ok`` is False, with ``why``, on any mismatch."""
+    import torch
+
+    cpp = LlamaCpp(gguf)
+    try:
+        ids, theirs = tokenizer(CHECK_TEXT)["input_ids"], cpp.tokenize(CHECK_TEXT)
+        out = {"tokens": len(ids), "text_chars": len(CHECK_TEXT), "ppl_tolerance": PPL_TOLERANCE,
+               "kl_tolerance": KL_TOLERANCE}
+        if ids != theirs:
+            at = next((i for i, (a, b) in enumerate(zip(ids, theirs)) if a != b), min(len(ids), len(theirs)))
+            return {**out, "ok": False, "why": f"the tokenizers differ from token {at} on ({len(ids)} tokens here, "
+                    f"{len(theirs)} in llama.cpp; ids {ids[at:at + 4]} vs {theirs[at:at + 4]})"}
+        with torch.no_grad():
+            ours = model(input_ids=torch.tensor([ids])).logits[0].float()
+        ref = cpp(torch.tensor([ids])).logits[0].float()
+    finally:
+        cpp.close()
+    if ours.shape != ref.shape:
+        return {**out, "ok": False, "why": f"the vocabularies differ ({ours.shape[-1]} logits here, "
+                f"{ref.shape[-1]} in llama.cpp)"}
+    lp, lq = torch.log_softmax(ours[:-1], -1), torch.log_softmax(ref[:-1], -1)
+    nxt = torch.tensor(ids[1:])[:, None]
+    nll_ours, nll_ref = -lp.gather(1, nxt).mean().item(), -lq.gather(1, nxt).mean().item()
+    kl = (lq.exp() * (lq - lp)).sum(-1).mean().item()
+    ppl_ours, ppl_ref = math.exp(nll_ours), math.exp(nll_ref)
+    out |= {"perplexity": round(ppl_ours, 4), "perplexity_llama_cpp": round(ppl_ref, 4),
+            "ratio": round(ppl_ours / ppl_ref, 5), "kl": round(kl, 6),
+            "top1_agreement": round((lp.argmax(-1) == lq.argmax(-1)).float().mean().item(), 4)}
+    bad = []
+    if not abs(out["ratio"] - 1) <= PPL_TOLERANCE:  # NaN fails too
+        bad.append(f"perplexity {ppl_ours:.2f} here against {ppl_ref:.2f} in llama.cpp "
+                   f"({out['ratio'] - 1:+.1%}, tolerance ±{PPL_TOLERANCE:.0%})")
+    if not kl <= KL_TOLERANCE:
+        bad.append(f"next-token KL divergence {kl:.4f} nats (tolerance {KL_TOLERANCE})")
+    return {**out, "ok": not bad, **({"why": "; ".join(bad)} if bad else {})}
