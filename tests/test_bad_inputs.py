@@ -613,7 +613,7 @@ def view(tiny_dir):
     from agentic_compression.policies import PolicyView
     from agentic_compression.spec import infer_spec
 
-    avail = {k: v for k, v in available_methods().items() if not k.startswith("test_")}
+    avail = available_methods()
     return PolicyView(spec=infer_spec("tiny", tiny_dir, online=False),
                       model_config=json.loads((tiny_dir / "config.json").read_text()), methods=avail, baseline=None,
                       frontier=[], history=[], tried=set(), episodes_left=5, seconds_left=600, overrides={})

@@ -16,7 +16,7 @@ import pytest
 
 from agentic_compression.config import LLMSettings, RunConfig
 from agentic_compression.experiment import Experiment
-from agentic_compression.methods import REGISTRY, Method, available_methods, register
+from agentic_compression.methods import REGISTRY, Method, available_methods, registered
 from agentic_compression.policies import PolicyView
 from agentic_compression.policies.llm import DecisionError, LLMPolicy, context, parse, to_strategy
 from agentic_compression.schemas import Strategy
@@ -24,7 +24,6 @@ from agentic_compression.schemas import Strategy
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@register
 class NeedsMissing(Method):
     """Registered but unavailable here: its library is not installed."""
 
@@ -33,13 +32,19 @@ class NeedsMissing(Method):
     requires = ("acf_no_such_package",)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _needs_missing():
+    with registered(NeedsMissing):
+        yield
+
+
 @pytest.fixture(scope="module")
 def view_of(tiny_dir):
     from agentic_compression.spec import infer_spec
 
     spec = infer_spec("tiny", tiny_dir, online=False)
     config = json.loads((tiny_dir / "config.json").read_text())
-    avail = {k: v for k, v in available_methods().items() if not k.startswith("test_")}
+    avail = available_methods()
 
     def make(history=(), tried=(), overrides=None):
         return PolicyView(spec=spec, model_config=config, methods=avail, baseline=None, frontier=[],

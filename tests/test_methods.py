@@ -118,6 +118,23 @@ def test_registry_reports_availability_with_reason(monkeypatch):
     assert "gptq" not in methods.available_methods()
 
 
+def test_the_registry_rejects_a_taken_name_and_registered_is_temporary():
+    class Impostor(methods.Method):
+        name = "rtn"
+        action = "quantization"
+
+    class Temporary(methods.Method):
+        name = "acf_test_temporary"
+        action = "quantization"
+
+    with pytest.raises(ValueError, match="method name 'rtn' is taken by RTN"):
+        methods.register(Impostor)
+    assert methods.get("rtn").__name__ == "RTN"
+    with methods.registered(Temporary):
+        assert "acf_test_temporary" in methods.available_methods()
+    assert "acf_test_temporary" not in methods.REGISTRY
+
+
 def test_awq_runs_on_cpu_and_stores_4bit(tiny_dir, tmp_path, ctx):
     """llm-compressor's AWQ pins its activation cache, which fails without an accelerator; ours runs on CPU."""
     out = _compress(tiny_dir, tmp_path, "awq", {"group_size": 32, "num_samples": 8, "seq_len": 64, "n_grid": 4}, ctx)

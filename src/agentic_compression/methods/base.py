@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -153,8 +154,22 @@ REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
+    """Add a method; a second method under a taken name is an error (lm-eval's registry rule), never a silent
+    replacement."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method name '{cls.name}' is taken by {REGISTRY[cls.name].__qualname__}")
     REGISTRY[cls.name] = cls
     return cls
+
+
+@contextmanager
+def registered(cls: type[Method]):
+    """``cls`` in the registry for the duration of a with block only (tests' failure-injection methods)."""
+    register(cls)
+    try:
+        yield cls
+    finally:
+        REGISTRY.pop(cls.name, None)
 
 
 def get(name: str) -> type[Method]:
