@@ -85,6 +85,7 @@ def table(exp_dir: Path) -> dict:
                      "status": r["status"], "error": (r.get("error") or "")[-300:] or None,
                      "objectives": {k: res[k] for k in ("accuracy", "latency_ms", "memory_gb", "model_size_gb",
                                                         "co2_grams")} if res else None,
+                     "intervals": res.get("intervals") if res else None,  # paired latency (absent before it)
                      "perplexity": res["perplexity"] if res else None,
                      "accuracy_stderr": res["accuracy_stderr"] if res else None,
                      # control workload's time over the baseline's (absent in tables measured before it existed)

@@ -73,7 +73,8 @@ def replay(policy, env, episodes: int) -> list[float]:
         tried.add(st.key())
         ok = row["status"] == "success"
         eid = f"episode_{ep:03d}"
-        entered = ok and frontier.add(ParetoSolution(episode_id=eid, objectives=row["objectives"], strategy=st))
+        entered = ok and frontier.add(ParetoSolution(episode_id=eid, objectives=row["objectives"], strategy=st,
+                                                     intervals=row.get("intervals") or {}))
         history.append({"episode_id": eid, "strategy": st.model_dump(), "status": row["status"],
                         "objectives": row["objectives"], "error": row["error"], "entered_frontier": entered,
                         "relative": relative(row, base) if ok else None})
@@ -133,6 +134,8 @@ def main() -> None:
     env = load_env(a.table)
     full = full_hypervolume(env)
     rows = env[4]
+    paired = any(r.get("intervals") for r in rows.values())
+    print(f"table: {a.table} (latency {'paired with the baseline' if paired else 'unpaired: measured before pairing'})")
     print(f"grid: {len(rows)} strategies ({sum(r['status'] == 'success' for r in rows.values())} measured), "
           f"full hypervolume {full:.4f}\n")
     at = [int(x) for x in a.at.split(",") if int(x) <= a.episodes]

@@ -92,11 +92,13 @@ def model_card(ep: Episode, baseline: EvaluationResult, base_model: str, calibra
         _row(f"accuracy ({r.benchmark}, n={r.accuracy_n})", "", r.accuracy, b.accuracy, r.accuracy_stderr,
              b.accuracy_stderr),
         _row(f"perplexity (n={r.perplexity_tokens} tokens)", "", r.perplexity, b.perplexity),
-        _row("decode latency", " (ms/token, median)", r.latency_ms, b.latency_ms),
+        _row("decode latency", " (ms/token; paired with the baseline)" if "latency_ms" in r.intervals
+             else " (ms/token, median)", r.latency_ms, b.latency_ms),
         _row("peak memory", " (GB)", r.memory_gb, b.memory_gb),
         _row("size on disk", " (GB)", r.model_size_gb, b.model_size_gb),
         _row("parameters", "", r.num_params, b.num_params),
-        _row("evaluation CO2", " (g)", r.co2_grams, b.co2_grams)])
+        _row(f"CO2 per 1,000 generated tokens ({r.energy.get('source', 'measured')})", " (g)", r.co2_grams,
+             b.co2_grams)])
     content = f"""---
 {data.to_yaml()}
 ---

@@ -83,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
                    metavar="METHOD.PARAM=VALUE", help="fix a method parameter, e.g. gptq.num_samples=32")
     r.add_argument("--online", action="store_true", help="allow Hub look-ups (spec inference, model download)")
+    g = r.add_argument_group("goals", "constraints every episode is judged against; the summary names the best "
+                             "feasible candidates and recommends the smallest, then the fastest, of them")
+    g.add_argument("--max-accuracy-drop", help="0.01 = at most 0.01 below the baseline's accuracy; 1%% = at most 1%% "
+                   "of it (judged with the measured standard errors)")
+    g.add_argument("--max-size-gb", type=float)
+    g.add_argument("--max-latency-ratio", type=float, help="decode latency over the baseline's")
+    g.add_argument("--max-memory-gb", type=float)
+    g.add_argument("--target-size-ratio", type=float, help="with --stop-when-met: the size over the baseline's a "
+                   "feasible candidate must reach")
+    g.add_argument("--stop-when-met", action="store_true", help="end the run once a feasible candidate reaches "
+                   "--target-size-ratio (or, without it, once any candidate is feasible)")
     r.add_argument("--force", action="store_true", help="run even when the baseline looks broken (absurd "
                    "perplexity, every benchmark at chance, one repeated token); recorded in baseline/results.json")
     s = sub.add_parser("spec", help="infer and print a model's spec")
@@ -131,7 +142,9 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "eval_source": ("eval.source",), "no_eval_cache": ("eval.cache",), "limit": ("eval.limit",),
     "ppl_tokens": ("eval.ppl_tokens",), "ppl_text": ("eval.ppl_text",), "country": ("eval.country_iso_code",),
     "repeats": ("eval.repeats",), "device": ("eval.device",), "seed": ("eval.seed",),
-    "overrides": ("method_overrides",), "force": ("force",)}
+    "overrides": ("method_overrides",), "force": ("force",),
+    **{f: (f"goals.{f}",) for f in ("max_accuracy_drop", "max_size_gb", "max_latency_ratio", "max_memory_gb",
+                                    "target_size_ratio", "stop_when_met")}}
 NEGATED = {"no_skills", "no_eval_cache"}
 
 

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
+from .goals import Goals
 from .reward import RewardSettings
 
 # an experiment's name: one folder directly under the output folder (no '/', no '..', not '.'); also the API's
@@ -115,6 +116,7 @@ class RunConfig(BaseModel):
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
+    goals: Goals = Field(default_factory=Goals, description="constraints every episode is judged against (goals.py)")
     skills_path: Path | None = Field(default=None, description="skill memory (SQLite); None = ACF_SKILLS or "
                                      "~/.local/share/acf/skills.sqlite; pass --no-skills to run without")
     use_skills: bool = True

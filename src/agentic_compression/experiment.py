@@ -17,7 +17,7 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import benchmarks, console, data, methods, models, policies, resources, sanity
+from . import benchmarks, console, data, goals, methods, models, policies, resources, sanity
 from .card import write_card
 from .config import RunConfig
 from .errors import UserError
@@ -91,6 +91,7 @@ FAILED = "failed.json"  # why a run stopped with an error, and when (kept for th
 # what a run writes at the top of its folder: all that a failed brand-new run may remove (never anything else)
 OWN_FILES = ("config.json", "model_spec.json", "baseline", PROGRESS, STATE_DB, f"{STATE_DB}-wal", f"{STATE_DB}-shm",
              ".work", FAILED)
+STRATEGY_SCHEMA = 1  # strategy.json's layout: schemas.Strategy's fields; raise it when they change meaning
 EPISODE_FILES = ("checkpoint", "strategy.json")  # what a killed, unfinished attempt at an episode leaves
 
 
@@ -230,7 +231,7 @@ class Experiment:
         entered = [self.entered.get(e.episode_id, False) for e in episodes]
         history = [self._history_entry(e, x) for e, x in zip(episodes, entered)][-self.cfg.history_limit:]
         stale = len(entered) - (max((i for i, x in enumerate(entered) if x), default=-1) + 1)
-        co2 = self.baseline.co2_grams + sum((e.result.co2_grams if e.result else 0.0) +
+        co2 = self.baseline.eval_co2_grams + sum((e.result.eval_co2_grams if e.result else 0.0) +
                                             e.compress_energy.get("co2_grams", 0.0) for e in episodes)
         return {"model_name": self.cfg.model, "dataset": self.cfg.dataset, "model_spec": self.spec.model_dump(),
                 "max_episodes": self.cfg.max_episodes, "budget_hours": self.cfg.budget_hours,
@@ -335,8 +336,7 @@ class Experiment:
             self.episodes.append(ep)
             self.entered[ep.episode_id] = bool(raw.get("entered_frontier"))
             if ep.result is not None:
-                self.frontier.add(ParetoSolution(episode_id=ep.episode_id, strategy=ep.strategy,
-                                                 objectives=ep.result.objectives(), checkpoint=ep.checkpoint))
+                self.frontier.add(_solution(ep))
             self._record_hv(ep.episode_id)
         for d in self.dir.glob("episode_*"):  # the running episode's folder stays: a killed evaluation needs its
             if d.name[8:].isdigit() and int(d.name[8:]) > finished:  # checkpoint; a killed step clears it itself
@@ -354,7 +354,7 @@ class Experiment:
             raise UserError(f"{path} is not a baseline result ({type(e).__name__})",
                             "move the baseline folder away: the resume measures it again") from None
         self._make_evaluator()
-        self.evaluator.baseline = self.baseline
+        self.evaluator.set_baseline(self.baseline, self.model_path)
         self._add_baseline()
 
     def _make_evaluator(self) -> None:
@@ -384,7 +384,7 @@ class Experiment:
     def _add_baseline(self) -> None:
         self.frontier.baseline = self.baseline.objectives()
         self.frontier.add(ParetoSolution(episode_id="baseline", objectives=self.baseline.objectives(),
-                                         checkpoint=str(self.model_path),
+                                         intervals=self.baseline.intervals, checkpoint=str(self.model_path),
                                          strategy=Strategy(action="pipeline", reasoning="uncompressed baseline")))
         self._record_hv("baseline")
 
@@ -412,7 +412,7 @@ class Experiment:
                 seconds_left=self.cfg.budget_hours * 3600 - (time.monotonic() - self.t0),
                 co2_grams_so_far=state.get("co2_grams_total", 0.0),
                 skill_recommendations=state.get("skill_recommendations", []), overrides=self.cfg.method_overrides,
-                reward=self.cfg.reward)
+                reward=self.cfg.reward, goals=self.cfg.goals)
             strategy = self.policy.decide(view)
             if strategy.action == "end":
                 reason = f"policy ended the search: {strategy.reasoning}"
@@ -451,6 +451,12 @@ class Experiment:
             return f"time budget exceeded ({elapsed / 3600:.3f} h >= {self.cfg.budget_hours} h)"
         if state["consecutive_no_improvement"] >= self.cfg.patience:
             return f"converged: {self.cfg.patience} consecutive episodes without frontier improvement"
+        g = self.cfg.goals
+        if g.stop_when_met and g.active():
+            done = next((e for e in self.episodes if e.result and goals.met(e.result, self.baseline, g)), None)
+            if done is not None:
+                return (f"goal met: {done.episode_id} is feasible" + (f" at {done.result.relative['model_size_gb']:.3f}"
+                        f"x the baseline's size (target {g.target_size_ratio:g}x)" if g.target_size_ratio else ""))
         return None
 
     def episode_dir(self, index: int) -> Path:
@@ -464,7 +470,7 @@ class Experiment:
         ep_dir.mkdir(exist_ok=True)
         remove_own(ep_dir, EPISODE_FILES)  # what a killed attempt at this episode left
         console.route(ep_dir / console.LOG)
-        write_json(ep_dir / "strategy.json", strategy.model_dump())
+        write_json(ep_dir / "strategy.json", {"schema_version": STRATEGY_SCHEMA, **strategy.model_dump()})
         base = self.model_path if strategy.base == "base" else self._checkpoint_of(strategy.base)
         ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed, probe=self.probe,
                               extras={"teacher": self.model_path})
@@ -505,21 +511,24 @@ class Experiment:
             checkpoint=state.get("compressed_model_path") if ok else None,
             compress_seconds=info["seconds"], compress_energy=info["energy"], step_log=info["steps"],
             started_at=info["started_at"], finished_at=_now())
+        if ok and self.cfg.goals.active():
+            ep.infeasible_because = goals.judge(ep.result, self.baseline, self.cfg.goals)
+            ep.feasible = not ep.infeasible_because
         self.episodes.append(ep)
         improved = False
         if ok:
-            improved = self.frontier.add(ParetoSolution(episode_id=ep.episode_id, strategy=strategy,
-                                                        objectives=ep.result.objectives(), checkpoint=ep.checkpoint))
+            improved = self.frontier.add(_solution(ep))
         evaluated = {"baseline": self.baseline.objectives()} | {
             e.episode_id: e.result.objectives() for e in self.episodes if e.result}
-        self.frontier.record_dominance(evaluated)
+        self.frontier.record_dominance(evaluated, {e.episode_id: e.result.intervals for e in self.episodes
+                                                   if e.result})
         self._record_hv(ep.episode_id)
         if ok:  # before results.json: a finished episode's checkpoint always carries its card
             write_card(Path(ep.checkpoint), ep=ep, baseline=self.baseline, base_model=self.spec.model_name,
                        calibration=self.cfg.calibration.source, dataset=self.cfg.dataset)
         write_json(self.episode_dir(idx) / "results.json", {**ep.model_dump(), "entered_frontier": improved})
         history = (state["history"] + [self._history_entry(ep, improved)])[-self.cfg.history_limit:]
-        co2 = state.get("co2_grams_total", 0.0) + (ep.result.co2_grams if ok else 0.0) + \
+        co2 = state.get("co2_grams_total", 0.0) + (ep.result.eval_co2_grams if ok else 0.0) + \
             ep.compress_energy.get("co2_grams", 0.0)
         update = {"history": history, "current_episode": idx + 1, "pareto_frontier": self.frontier.summary(),
                   "consecutive_no_improvement": 0 if improved else state["consecutive_no_improvement"] + 1,
@@ -537,7 +546,17 @@ class Experiment:
         ok = ep.result is not None
         return {"episode_id": ep.episode_id, "strategy": ep.strategy.model_dump(), "status": ep.status.value,
                 "objectives": ep.result.objectives() if ok else None, "error": ep.error,
-                "relative": ep.result.relative if ok else None, "entered_frontier": improved}
+                "relative": ep.result.relative if ok else None, "entered_frontier": improved,
+                **({"feasible": ep.feasible, "infeasible_because": ep.infeasible_because}
+                   if ep.feasible is not None else {})}
+
+    def _goal_summary(self) -> dict | None:
+        """Feasible candidates, the best feasible per objective and the recommended one (goals.py); None without
+        goals."""
+        if not self.cfg.goals.active() or self.baseline is None:
+            return None
+        measured = {"baseline": self.baseline} | {e.episode_id: e.result for e in self.episodes if e.result}
+        return goals.pick(measured, self.baseline, self.cfg.goals)
 
     # ---- artifacts ----
     def _write_summary(self, state: dict, complete: bool) -> dict:
@@ -563,6 +582,7 @@ class Experiment:
             "balanced": balanced.episode_id if balanced else None,
             "hypervolume_history": self.hv_history,
             "refused": state.get("refused", []),
+            "goals": self._goal_summary(),
             "coordinator_messages": [getattr(m, "content", m) for m in state.get("messages", [])],
             "episodes": [{"episode_id": e.episode_id, "status": e.status.value,
                           "steps": [s.model_dump() for s in e.strategy.steps], "reasoning": e.strategy.reasoning,
@@ -570,7 +590,9 @@ class Experiment:
                           "accuracy_stderr": e.result.accuracy_stderr if e.result else None,
                           "accuracy_n": e.result.accuracy_n if e.result else None,
                           "perplexity": e.result.perplexity if e.result else None,
-                          "relative": e.result.relative if e.result else None, "error": e.error,
+                          "relative": e.result.relative if e.result else None,
+                          "intervals": e.result.intervals if e.result else None, "error": e.error,
+                          "feasible": e.feasible, "infeasible_because": e.infeasible_because,
                           "checkpoint": e.checkpoint, "compress_seconds": e.compress_seconds}
                          for e in self.episodes],
         }
@@ -596,3 +618,8 @@ def build_graph(exp: Experiment, checkpointer=None):
     g.add_edge("evaluation", "update_state")
     g.add_edge("update_state", "coordinator")
     return g.compile(checkpointer=checkpointer)
+
+
+def _solution(ep: Episode) -> ParetoSolution:
+    return ParetoSolution(episode_id=ep.episode_id, strategy=ep.strategy, objectives=ep.result.objectives(),
+                          intervals=ep.result.intervals, checkpoint=ep.checkpoint)

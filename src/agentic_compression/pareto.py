@@ -15,17 +15,51 @@ def to_min(objectives: Mapping[str, float]) -> Vector:
     return tuple(-sign * objectives[k] for k, sign in OBJECTIVES.items())
 
 
-def dominates(a: Vector, b: Vector, tol: Vector | None = None) -> bool:
+Bounds = tuple  # per objective, in to_min space: (low, high), POINT (no interval), or None (cannot tell apart)
+POINT = ()
+
+
+def bounds(intervals: Mapping[str, Sequence[float] | None] | None) -> Bounds:
+    """A solution's confidence intervals, turned like to_min: absent objectives are POINT, None stays None."""
+    out = []
+    for k, sign in OBJECTIVES.items():
+        iv = (intervals or {}).get(k, POINT)
+        out.append(iv if iv is None or iv == POINT else tuple(sorted((-sign * iv[0], -sign * iv[1]))))
+    return tuple(out)
+
+
+def compare(x: float, y: float, tol: float, ix=POINT, iy=POINT) -> int:
+    """-1: x is better (smaller) beyond the noise, 1: worse, 0: a tie. The noise is the two confidence intervals
+    when either value has one (a tie when they overlap; a point is its own interval), a measurement that cannot tell
+    values apart (None) ties always, and otherwise the relative tolerance ``tol`` of ``y``."""
+    if ix is None or iy is None:
+        return 0
+    if ix != POINT or iy != POINT:
+        (lx, hx), (ly, hy) = ix if ix != POINT else (x, x), iy if iy != POINT else (y, y)
+        return -1 if hx < ly else 1 if hy < lx else 0
+    d = abs(y) * tol
+    return -1 if x < y - d else 1 if x > y + d else 0
+
+
+def _compare_all(a: Vector, b: Vector, tol: Vector | None, ia: Bounds | None, ib: Bounds | None) -> list[int]:
+    n = len(b)
+    return [compare(x, y, t, i, j) for x, y, t, i, j in zip(a, b, tol or (0.0,) * n, ia or (POINT,) * n,
+                                                             ib or (POINT,) * n)]
+
+
+def dominates(a: Vector, b: Vector, tol: Vector | None = None, ia: Bounds | None = None,
+              ib: Bounds | None = None) -> bool:
     """a is no worse than b everywhere and better somewhere (both minimised). With ``tol`` (relative, per
     objective) differences within measurement noise are ties: a must be no worse than b beyond tol everywhere and
-    better than b beyond tol somewhere."""
-    t = [abs(y) * e for y, e in zip(b, tol)] if tol else [0.0] * len(b)
-    return all(x <= y + d for x, y, d in zip(a, b, t)) and any(x < y - d for x, y, d in zip(a, b, t))
+    better than b beyond tol somewhere. Where either has a confidence interval (``ia``, ``ib``: ``bounds``), the
+    intervals decide instead: overlapping ones tie."""
+    c = _compare_all(a, b, tol, ia, ib)
+    return all(x <= 0 for x in c) and any(x < 0 for x in c)
 
 
-def equivalent(a: Vector, b: Vector, tol: Vector | None = None) -> bool:
-    t = [abs(y) * e for y, e in zip(b, tol)] if tol else [0.0] * len(b)
-    return all(abs(x - y) <= d for x, y, d in zip(a, b, t))
+def equivalent(a: Vector, b: Vector, tol: Vector | None = None, ia: Bounds | None = None,
+               ib: Bounds | None = None) -> bool:
+    return all(x == 0 for x in _compare_all(a, b, tol, ia, ib))
 
 
 # Relative differences treated as noise: timings, RSS and energy vary run to run by a few percent; accuracy
@@ -75,21 +109,31 @@ class ParetoFrontier:
     def add(self, solution: ParetoSolution) -> bool:
         """Insert if no member dominates it or matches it within noise; drop members it dominates.
         True when it entered."""
-        v = to_min(solution.objectives)
         for m in self.solutions:
-            mv = to_min(m.objectives)
-            if dominates(mv, v, self.tol) or equivalent(v, mv, self.tol):
+            if self.beats(m, solution) or self._equivalent(solution, m):
                 return False
-        self.solutions = [m for m in self.solutions if not dominates(v, to_min(m.objectives), self.tol)]
+        self.solutions = [m for m in self.solutions if not self.beats(solution, m)]
         self.solutions.append(solution)
         return True
 
-    def record_dominance(self, evaluated: Mapping[str, Mapping[str, float]]) -> None:
-        """Fill each member's ``dominates`` list with the ids of every evaluated candidate it dominates."""
+    def beats(self, a: ParetoSolution, b: ParetoSolution) -> bool:
+        """a dominates b beyond the noise: the tolerance, or the intervals where measured (pareto.compare)."""
+        return dominates(to_min(a.objectives), to_min(b.objectives), self.tol, bounds(a.intervals),
+                         bounds(b.intervals))
+
+    def _equivalent(self, a: ParetoSolution, b: ParetoSolution) -> bool:
+        return equivalent(to_min(a.objectives), to_min(b.objectives), self.tol, bounds(a.intervals),
+                          bounds(b.intervals))
+
+    def record_dominance(self, evaluated: Mapping[str, Mapping[str, float]],
+                         intervals: Mapping[str, Mapping] | None = None) -> None:
+        """Fill each member's ``dominates`` list with the ids of every evaluated candidate it dominates
+        (``intervals``: each candidate's confidence intervals, where measured)."""
+        iv = intervals or {}
         for s in self.solutions:
-            v = to_min(s.objectives)
-            s.dominates = sorted(e for e, o in evaluated.items()
-                                 if e != s.episode_id and dominates(v, to_min(o), self.tol))
+            v, own = to_min(s.objectives), bounds(s.intervals)
+            s.dominates = sorted(e for e, o in evaluated.items() if e != s.episode_id and
+                                 dominates(v, to_min(o), self.tol, own, bounds(iv.get(e))))
 
     def hypervolume(self) -> float:
         return hypervolume([self._norm(s.objectives) for s in self.solutions], self.reference())

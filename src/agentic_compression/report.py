@@ -9,7 +9,7 @@ from .files import read_json
 from .schemas import OBJECTIVES
 
 _LABELS = {"accuracy": "accuracy (mean benchmark score)", "latency_ms": "decode ms/token", "memory_gb": "peak memory GB",
-           "model_size_gb": "size on disk GB", "co2_grams": "eval CO2 g"}
+           "model_size_gb": "size on disk GB", "co2_grams": "CO2 g per 1k tokens"}
 
 
 def _rows(final: dict) -> list[dict]:
@@ -42,9 +42,28 @@ def table(exp_dir: Path) -> str:
         lines.append(f"{r['id']:<12} {r['status']:<8} {'*' if r['id'] in front else '':<6} {vals} {ppl}  {r['label']}")
     lines.append(f"termination: {final['termination_reason']}; balanced pick: {final['balanced']}; "
                  f"hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}")
+    if goal := goal_line(final):
+        lines.append(goal)
     if drift := drifted(final):
         lines.append(drift)
     return "\n".join(lines)
+
+
+def goal_line(final: dict) -> str | None:
+    """The goals' verdict: the recommended candidate (the smallest, then the fastest, feasible one), the best
+    feasible per objective, and why the others are not feasible."""
+    g = final.get("goals")
+    if not g:
+        return None
+    said = ", ".join(f"{k} {v}" for k, v in g["goals"].items())
+    if not g["recommended"]:
+        return f"goals ({said}): no candidate is feasible"
+    best = ", ".join(f"{k} {v}" for k, v in g["best_feasible"].items())
+    out = [f"goals ({said}): recommended {g['recommended']} (the smallest, then the fastest, of "
+           f"{len(g['feasible'])} feasible); best feasible: {best}"]
+    out += [f"  {e['episode_id']} infeasible: {'; '.join(e['infeasible_because'])}" for e in final["episodes"]
+            if e.get("feasible") is False]
+    return "\n".join(out)
 
 
 COLUMNS = ("episode", "status", "pareto", *OBJECTIVES, "accuracy_stderr", "accuracy_n", "perplexity", "strategy")
@@ -68,7 +87,7 @@ def markdown(exp_dir: Path) -> str:
     def num(v, fmt=".4g"):
         return "-" if v is None else format(v, fmt)
 
-    lines = ["| episode | status | Pareto | accuracy | decode ms/token | peak memory GB | size GB | eval CO2 g | "
+    lines = ["| episode | status | Pareto | accuracy | decode ms/token | peak memory GB | size GB | CO2 g/1k tokens | "
              "perplexity | strategy |", "|---|---|:-:|---:|---:|---:|---:|---:|---:|---|"]
     for r in records(exp_dir):
         acc = num(r["accuracy"], ".3f") + (f" ± {r['accuracy_stderr']:.3f}" if r["accuracy_stderr"] else "")
@@ -78,6 +97,8 @@ def markdown(exp_dir: Path) -> str:
     lines.append("")
     lines.append(f"Stopped: {final['termination_reason']}. Recommended (balanced): {final['balanced']}. "
                  f"Hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}.")
+    if goal := goal_line(final):
+        lines += ["", *goal.splitlines()]
     return "\n".join(lines)
 
 
@@ -105,9 +126,11 @@ DRIFT = 0.15  # control workload slower or faster than at the baseline by more t
 
 def drifted(final: dict) -> str | None:
     """A warning naming the episodes timed while the machine itself ran at another speed than for the baseline
-    (measure.control_ms), whose latency and CO2 therefore do not compare with the baseline's."""
+    (measure.control_ms), whose latency and CO2 therefore do not compare with the baseline's. An episode whose
+    latency was paired with the baseline's (timed in turn with it) is exempt: the drift moved both alike."""
     off = {e["episode_id"]: e["relative"]["machine_speed"] for e in final["episodes"]
-           if (e.get("relative") or {}).get("machine_speed") and abs(e["relative"]["machine_speed"] - 1) > DRIFT}
+           if (e.get("relative") or {}).get("machine_speed") and abs(e["relative"]["machine_speed"] - 1) > DRIFT
+           and "latency_ms" not in (e.get("intervals") or {})}
     if not off:
         return None
     return ("warning: the machine's own speed drifted: a fixed control workload took "
@@ -147,8 +170,9 @@ def write_visualization(exp_dir: Path) -> Path:
         f"<tr><td>{html.escape(r['id'])}</td><td>{r['status']}</td><td>{'yes' if r['id'] in front else ''}</td>"
         + "".join(f"<td>{r['objectives'][k]:.4g}</td>" if r["objectives"] else "<td>-</td>" for k in OBJECTIVES)
         + f"<td>{html.escape(r['label'])}</td></tr>" for r in _rows(final))
-    drift = drifted(final)
-    warning = f"<p style='color:crimson'>{html.escape(drift)}</p>" if drift else ""
+    drift, goal = drifted(final), goal_line(final)
+    warning = (f"<p style='color:crimson'>{html.escape(drift)}</p>" if drift else "") + \
+        (f"<pre>{html.escape(goal)}</pre>" if goal else "")
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>acf: "
         f"{html.escape(final['experiment'])}</title></head><body style='font-family:sans-serif'>"

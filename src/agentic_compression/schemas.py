@@ -67,21 +67,30 @@ class EvaluationResult(BaseModel):
     accuracy_detail: dict[str, Any] = Field(default_factory=dict)
     perplexity: float | None = None
     perplexity_tokens: int | None = None
-    latency_ms: float = Field(description="median per-token decode latency")
+    latency_ms: float = Field(description="per-token decode latency: the baseline's median times the candidate's "
+                              "ratio to the baseline, timed in turn with it (paired); the raw median is in latency")
     latency: dict[str, Any] = Field(default_factory=dict)
     memory_gb: float = Field(description="peak RSS of load + inference, minus the runtime's RSS before loading")
     memory: dict[str, Any] = Field(default_factory=dict)
     model_size_gb: float = Field(description="bytes on disk of the saved checkpoint / 1e9")
     size_bytes: int
     num_params: int
-    co2_grams: float
-    energy_kwh: float
+    co2_grams: float = Field(description="CO2 per 1,000 generated tokens (the evaluation's own is in energy)")
+    energy_kwh: float = Field(description="energy per 1,000 generated tokens")
     energy: dict[str, Any] = Field(default_factory=dict)
     eval_seconds: float
     relative: dict[str, float] = Field(default_factory=dict, description="each objective / the baseline's")
+    intervals: dict[str, list[float] | None] = Field(
+        default_factory=dict, description="objective -> [low, high], the confidence interval that decides ties in "
+        "dominance; None: this measurement cannot tell values apart (an estimate derived from latency)")
 
     def objectives(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in OBJECTIVES}
+
+    @property
+    def eval_co2_grams(self) -> float:
+        """CO2 of the evaluation itself (what a run spends), as codecarbon measured it."""
+        return self.energy.get("eval_co2_grams", self.co2_grams)
 
 
 # name -> +1 maximise, -1 minimise (the seed's 5 objectives)
@@ -111,6 +120,8 @@ class Episode(BaseModel):
     compress_seconds: float = 0.0
     compress_energy: dict[str, Any] = Field(default_factory=dict, description="codecarbon, around the workers")
     step_log: list[dict[str, Any]] = Field(default_factory=list, description="per step: ran or skipped, and why")
+    feasible: bool | None = Field(default=None, description="meets the run's goals (None: failed, or no goals)")
+    infeasible_because: list[str] = Field(default_factory=list)
     started_at: str
     finished_at: str
 
@@ -119,5 +130,6 @@ class ParetoSolution(BaseModel):
     episode_id: str
     strategy: Strategy
     objectives: dict[str, float]
+    intervals: dict[str, list[float] | None] = Field(default_factory=dict, description="as EvaluationResult's")
     dominates: list[str] = Field(default_factory=list)
     checkpoint: str | None = None

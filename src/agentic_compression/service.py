@@ -35,6 +35,7 @@ from .config import NAME, EvalSettings, RunConfig, brief
 from .errors import UserError
 from .experiment import CANCEL, FAILED, PROGRESS, finished
 from .files import read_json
+from .goals import Goals
 from .models import ALIASES
 
 TOKEN_FILE = ".api-token"
@@ -104,6 +105,7 @@ class RunRequest(BaseModel):
     seed: int = 1234
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     force: bool = Field(default=False, description="run even when the baseline looks broken")
+    goals: Goals = Field(default_factory=Goals, description="constraints every episode is judged against")
 
 
 def token(output_dir: Path) -> str:
@@ -224,7 +226,7 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
                             output_dir=output_dir, experiment=req.experiment, max_episodes=req.max_episodes,
                             budget_hours=req.budget_hours,
                             patience=req.patience, policy=req.policy, threads=req.threads,
-                            method_overrides=req.method_overrides, force=req.force,
+                            method_overrides=req.method_overrides, force=req.force, goals=req.goals,
                             eval=EvalSettings(benchmark=req.benchmarks, limit=req.limit, ppl_tokens=req.ppl_tokens,
                                               repeats=req.repeats, threads=req.threads, device=req.device,
                                               seed=req.seed))

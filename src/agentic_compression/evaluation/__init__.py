@@ -89,11 +89,16 @@ class Evaluator:
                "tasks": [{k: v for k, v in t.items() if k != "task"} for t in tasks], "include_path": None}
         self.request_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self.baseline: EvaluationResult | None = None
+        self.baseline_checkpoint: Path | None = None  # timed in turn with every later candidate (paired latency)
+        self.baseline_fp: str | None = None
 
     def evaluate(self, checkpoint: Path) -> EvaluationResult:
         t0 = time.perf_counter()
-        # hashing the checkpoint costs a read of every byte: only when the cache is on
-        entry = cache_dir() / f"{fingerprint(checkpoint)[:32]}-{self.request_key}.json" if self.s.cache else None
+        # hashing the checkpoint costs a read of every byte: only when the cache is on. A candidate's latency is
+        # paired with the baseline's, so its entry names the baseline it was timed against.
+        fp = fingerprint(checkpoint) if self.s.cache else None
+        vs = f"-vs{self.baseline_fp[:12]}" if fp and self.baseline_fp and fp != self.baseline_fp else ""
+        entry = cache_dir() / f"{fp[:32]}-{self.request_key}{vs}.json" if fp else None
         raw = None
         if entry is not None and entry.is_file():
             try:
@@ -110,14 +115,19 @@ class Evaluator:
             raw["cached_from"] = str(entry)
         result = self._result(raw, time.perf_counter() - t0)
         if self.baseline is None:
-            self.baseline = result
+            self.set_baseline(result, checkpoint, fp)
         result.relative = relative(result, self.baseline)
         return result
+
+    def set_baseline(self, result: EvaluationResult, checkpoint: Path, fp: str | None = None) -> None:
+        self.baseline, self.baseline_checkpoint = result, checkpoint
+        self.baseline_fp = fp or (fingerprint(checkpoint) if self.s.cache else None)
 
     def _measure(self, checkpoint: Path) -> dict:
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
-            req.write_text(json.dumps({**self.request, "checkpoint": str(checkpoint)}))
+            base = str(self.baseline_checkpoint) if self.baseline_checkpoint else None
+            req.write_text(json.dumps({**self.request, "checkpoint": str(checkpoint), "baseline_checkpoint": base}))
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
                    "HF_DATASETS_OFFLINE": "0" if self.s.source == "hub" else "1",
                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
@@ -132,16 +142,53 @@ class Evaluator:
             return json.loads(res.read_text())
 
     def _result(self, raw: dict, seconds: float) -> EvaluationResult:
-        acc, lat, mem, en = raw["accuracy"], raw["latency"], raw["memory"], raw["energy"]
+        acc, lat, mem = raw["accuracy"], raw["latency"], raw["memory"]
         detail = {**acc, **{k: raw[k] for k in ("measured_at", "cached_from") if k in raw}}
+        latency_ms, intervals = paired(lat, self.baseline)
+        en = energy_per_1k_tokens(raw["energy"], latency_ms)
+        if en["source"] == "estimated":  # a function of the latency: it must not decide what the latency did not
+            intervals["co2_grams"] = None
         return EvaluationResult(
             accuracy=acc["value"], accuracy_stderr=acc["stderr"], accuracy_n=acc["n"],
             benchmark=self.s.benchmark, accuracy_detail=detail,
             perplexity=raw["perplexity"]["perplexity"], perplexity_tokens=raw["perplexity"]["tokens"],
-            latency_ms=lat["decode_ms_per_token"]["median"], latency=lat,
-            memory_gb=mem["model_peak_bytes"] / 1e9, memory=mem,
+            latency_ms=latency_ms, latency=lat, memory_gb=mem["model_peak_bytes"] / 1e9, memory=mem,
             model_size_gb=raw["size_bytes"] / 1e9, size_bytes=raw["size_bytes"], num_params=raw["num_params"],
-            co2_grams=en["co2_grams"], energy_kwh=en["energy_kwh"], energy=en, eval_seconds=seconds)
+            co2_grams=en["per_1k_tokens_co2_grams"], energy_kwh=en["per_1k_tokens_kwh"], energy=en,
+            intervals=intervals, eval_seconds=seconds)
+
+
+def paired(lat: dict, baseline: EvaluationResult | None) -> tuple[float, dict]:
+    """The latency objective and its interval: the candidate's paired ratio to the baseline (timed in turn with it,
+    measure.paired_latency) times the baseline's own first median, so a machine that was slower while this
+    candidate was measured slowed its baseline rounds too and cancels out. Without a pairing (the baseline itself,
+    or an older cached result) the raw median, with no interval."""
+    raw = lat["decode_ms_per_token"]["median"]
+    p = lat.get("paired")
+    if not p or baseline is None:
+        return raw, {}
+    base = baseline.latency_ms
+    return p["ratio"] * base, {"latency_ms": [p["ci"][0] * base, p["ci"][1] * base] if p.get("ci") else None}
+
+
+def rapl_readable() -> bool:
+    return any(os.access(f, os.R_OK) for f in Path("/sys/class/powercap").glob("intel-rapl:*/energy_uj"))
+
+
+def energy_per_1k_tokens(eval_energy: dict, latency_ms: float) -> dict:
+    """Energy and CO2 per 1,000 generated tokens, the unit deployers compare: the mean power codecarbon attributed
+    to the evaluation, times the time 1,000 tokens take at this (paired) latency, at the evaluation's grid
+    intensity. Where RAPL is readable the power was measured; otherwise it is codecarbon's power model (a TDP
+    share) and the energy is labelled estimated, a function of the latency that never decides dominance."""
+    kwh, seconds = eval_energy["energy_kwh"], eval_energy.get("duration_s") or 0.0
+    power_w = kwh * 3.6e6 / seconds if seconds > 0 else 0.0
+    per_1k_kwh = power_w * latency_ms / 3.6e6  # W x (latency_ms / 1000 s per token x 1000 tokens) -> kWh
+    intensity = eval_energy["co2_grams"] / kwh if kwh > 0 else 0.0  # g per kWh
+    eval_side = {k: v for k, v in eval_energy.items() if k not in ("co2_grams", "energy_kwh")}
+    return {**eval_side, "eval_co2_grams": eval_energy["co2_grams"], "eval_energy_kwh": kwh, "mean_power_w": power_w,
+            "grid_g_per_kwh": intensity, "per_1k_tokens_kwh": per_1k_kwh,
+            "per_1k_tokens_co2_grams": per_1k_kwh * intensity,
+            "source": "measured" if rapl_readable() else "estimated"}
 
 
 def relative(result: EvaluationResult, baseline: EvaluationResult) -> dict[str, float]:

@@ -39,32 +39,97 @@ class Clock:
         return t0.elapsed_time(e)
 
 
+class Decode:
+    """One greedy generation with the KV cache, advanced a step at a time, so that several models can be timed in
+    turn step by step."""
+
+    def __init__(self, model, prompt_ids: list[int], clock: Clock):
+        self.model, self.clock = model, clock
+        self.ids = torch.tensor([prompt_ids], device=model.device)
+
+    def prefill(self) -> float:
+        t0 = self.clock.start()
+        out = self.model(input_ids=self.ids, use_cache=True)
+        ms = self.clock.ms(t0)
+        self.past, self.nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        self.generated = [int(self.nxt)]
+        return ms
+
+    def step(self) -> float:
+        t0 = self.clock.start()
+        out = self.model(input_ids=self.nxt, past_key_values=self.past, use_cache=True)
+        self.past, self.nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        ms = self.clock.ms(t0)
+        self.generated.append(int(self.nxt))
+        return ms
+
+
 @torch.no_grad()
-def latency(model, prompt_ids: list[int], decode_tokens: int, warmup: int, repeats: int) -> dict[str, Any]:
-    """Prefill time of the prompt and per-token greedy decode time with the KV cache: warm-up runs are discarded,
-    then ``repeats`` runs; medians and quartiles in milliseconds (CUDA events on a GPU)."""
-    ids = torch.tensor([prompt_ids], device=model.device)
-    clock = Clock(model.device)
-    prefill, decode = [], []
+def timed_runs(models: list, prompt_ids: list[int], decode_tokens: int, warmup: int,
+               repeats: int) -> list[dict[str, Any]]:
+    """Prefill time of the prompt and per-token greedy decode time with the KV cache, for each model: warm-up runs
+    are discarded, then ``repeats`` runs; medians and quartiles in milliseconds (CUDA events on a GPU). With several
+    models, they are timed in turn step by step (each prefill, then each model's first decode step, and so on), the
+    order reversed every other run: a machine whose speed changes over seconds slows every model alike."""
+    clock = Clock(models[0].device)
+    prefill, decode, medians = ([[] for _ in models] for _ in range(3))
+    busy = [0.0] * len(models)  # ms each model was timed, warm-up included
+    gens = []
     for run in range(warmup + repeats):
-        t0 = clock.start()
-        out = model(input_ids=ids, use_cache=True)
-        p = clock.ms(t0)
-        past, nxt, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), []
-        generated = [int(nxt)]
+        order = list(range(len(models)))[:: 1 if run % 2 == 0 else -1]
+        gens = [Decode(m, prompt_ids, clock) for m in models]
+        p = {i: gens[i].prefill() for i in order}
+        steps = [[] for _ in models]
         for _ in range(decode_tokens):
-            s = clock.start()
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            steps.append(clock.ms(s))
-            generated.append(int(nxt))
+            for i in order:
+                steps[i].append(gens[i].step())
+        for i in range(len(models)):
+            busy[i] += p[i] + sum(steps[i])
         if run >= warmup:
-            prefill.append(p)
-            decode.extend(steps)
-    d = _spread(decode)
-    return {"prefill_ms": _spread(prefill), "decode_ms_per_token": d, "prompt_tokens": len(prompt_ids),
-            "decode_tokens": decode_tokens, "warmup": warmup, "repeats": repeats, "generated": generated,
-            "decode_tokens_per_s": 1e3 / d["median"], "timer": "cuda events" if clock.cuda else "perf_counter"}
+            for i in range(len(models)):
+                prefill[i].append(p[i])
+                decode[i].extend(steps[i])
+                medians[i].append(statistics.median(steps[i]))
+    out = []
+    for i in range(len(models)):
+        d = _spread(decode[i])
+        out.append({"prefill_ms": _spread(prefill[i]), "decode_ms_per_token": d, "prompt_tokens": len(prompt_ids),
+                    "decode_tokens": decode_tokens, "warmup": warmup, "repeats": repeats,
+                    "generated": gens[i].generated, "run_medians": medians[i], "busy_s": busy[i] / 1e3,
+                    "decode_tokens_per_s": 1e3 / d["median"], "timer": "cuda events" if clock.cuda else "perf_counter"})
+    return out
+
+
+def latency(model, prompt_ids: list[int], decode_tokens: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """One model's prefill and decode times (timed_runs)."""
+    return timed_runs([model], prompt_ids, decode_tokens, warmup, repeats)[0]
+
+
+def paired_latency(model, baseline, prompt_ids: list[int], decode_tokens: int, warmup: int,
+                   repeats: int) -> dict[str, Any]:
+    """The candidate's latency timed in turn with the baseline's, step by step, in one process, window and thread
+    setting, on the same prompt and decode length (timed_runs); its ``paired`` entry is the ratio of each run's
+    median decode step to the baseline's in that run (pair_stats)."""
+    cand, base = timed_runs([model, baseline], prompt_ids, decode_tokens, warmup, repeats)
+    return {**cand, "paired": {**pair_stats(list(zip(cand["run_medians"], base["run_medians"]))),
+                               "baseline_busy_s": base["busy_s"]},
+            "baseline_in_pairing": {k: base[k] for k in ("prefill_ms", "decode_ms_per_token")}}
+
+
+def pair_stats(rounds: list[tuple[float, float]], level: float = 0.95) -> dict[str, Any]:
+    """Paired (candidate ms, baseline ms) rounds -> the candidate's time as a ratio to the baseline's: the geometric
+    mean of the per-round ratios, with a Student-t confidence interval on their logarithms (ratios multiply, and
+    their logs are near-normal). One round gives no interval (None): it cannot tell anything apart."""
+    from scipy.stats import t as student_t
+
+    logs = [math.log(c / b) for c, b in rounds]
+    n, mean = len(logs), statistics.fmean(logs)
+    half = student_t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(logs) / math.sqrt(n) if n > 1 else None
+    ci = [math.exp(mean - half), math.exp(mean + half)] if half is not None else None
+    return {"ratio": math.exp(mean), "ci": ci, "level": level, "n": n,
+            "candidate_ms": statistics.median(c for c, _ in rounds),
+            "baseline_ms": statistics.median(b for _, b in rounds), "rounds": [list(x) for x in rounds],
+            "order": "step by step, reversed every other run"}
 
 
 CONTROL_SHAPE = (1024, 4096)  # fp32, 16 MB: out of cache, so memory-bound like a decode step

@@ -57,10 +57,23 @@ def main(request: Path, result: Path) -> None:
 
     bos = req.get("bos_id")  # the tokenizer starts every text with BOS: so do the prompt and each window
     prompt = ([bos] if bos is not None else []) + req["prompt_ids"][: s.prompt_tokens - (bos is not None)]
+    base_ckpt = req.get("baseline_checkpoint")
+    pair = bool(base_ckpt) and Path(base_ckpt).resolve() != ckpt.resolve()
     before = measure.control_ms(model.device)
-    lat = measure.latency(model, prompt, s.decode_tokens, s.warmup, s.repeats)
-    lat["control_ms"] = (before + measure.control_ms(model.device)) / 2
+    # paired: one run of the candidate alone, so the memory peak holds its inference (KV cache, activations) and
+    # not the baseline's; its timing runs are then the paired ones
+    lat = measure.latency(model, prompt, s.decode_tokens, 0 if pair else s.warmup, 1 if pair else s.repeats)
+    control = (before + measure.control_ms(model.device)) / 2
     peak = peak_rss_bytes()
+    if pair:
+        t1 = time.perf_counter()
+        baseline, _ = load(Path(base_ckpt), device=s.device)
+        load_s = time.perf_counter() - t1
+        lat = measure.paired_latency(model, baseline, prompt, s.decode_tokens, s.warmup, s.repeats)
+        # what pairing adds to the evaluation: the baseline's load and its own timed steps
+        lat["paired"].update(baseline_load_s=load_s, extra_s=load_s + lat["paired"]["baseline_busy_s"])
+        del baseline
+    lat["control_ms"] = control
     # on a GPU the model's memory is the allocator's peak since before loading (weights, KV cache, activations)
     memory = {"peak_rss_bytes": peak, "runtime_rss_bytes": rss_runtime, "loaded_rss_bytes": rss_loaded,
               "model_peak_bytes": peak - rss_runtime, "source": "VmHWM - runtime RSS"}

@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..goals import Goals
 from ..methods import Method
 from ..reward import RewardSettings
 from ..schemas import EvaluationResult, ModelSpec, Step, Strategy
@@ -26,7 +27,7 @@ class PolicyView:
     skill_recommendations: list[dict] = field(default_factory=list)
     overrides: dict[str, dict] = field(default_factory=dict)
     reward: RewardSettings = field(default_factory=RewardSettings)
-
+    goals: Goals = field(default_factory=Goals)  # the run's constraints; history entries say which were met
 
     def step(self, method: str, chosen: dict[str, Any] | None = None) -> Step:
         """A step of ``method``: its defaults, then ``chosen``, then the user's overrides (which always win)."""

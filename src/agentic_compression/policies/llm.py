@@ -225,6 +225,9 @@ def context(view: PolicyView) -> dict:
                   "size_class": view.spec.size_class, "fp16_gb": view.spec.model_size_gb,
                   "preferred_methods": view.spec.preferred_methods},
         "objectives": {k: "maximise" if v > 0 else "minimise" for k, v in OBJECTIVES.items()},
+        **({"goals": {**view.goals.model_dump(exclude_none=True), "note": "the user's constraints: steer to "
+                      "candidates that meet them (each recent episode says whether it did, and why not)"}}
+           if view.goals.active() else {}),
         "baseline": None if b is None else {**base_obj, "accuracy_stderr": b.accuracy_stderr, "n": b.accuracy_n,
                                             "benchmark": b.benchmark, "perplexity": b.perplexity},
         "pareto_frontier": [{"episode_id": f["episode_id"], "strategy": summarize(f) if f["steps"] else "baseline",
@@ -233,7 +236,9 @@ def context(view: PolicyView) -> dict:
                              "status": h["status"], "entered_frontier": h.get("entered_frontier"),
                              **({"relative_to_baseline": rel(h["objectives"]),
                                  "accuracy": h["objectives"]["accuracy"]} if h["objectives"] else {}),
-                             **({"error": (h.get("error") or "")[-300:]} if h["status"] == "failed" else {})}
+                             **({"error": (h.get("error") or "")[-300:]} if h["status"] == "failed" else {}),
+                             **({"feasible": h["feasible"], "infeasible_because": h["infeasible_because"]}
+                                if h.get("feasible") is not None else {})}
                             for h in recent],
         "already_tried": [summarize(h["strategy"]) for h in view.history],
         "skill_recommendations": view.skill_recommendations,

@@ -16,7 +16,10 @@ Rules:
   baseline's): its other settings are no milder by enough to matter;
 - the skill memory's recommendations move a (method, bits) family up or down by its learned reward;
 - the seed's pipeline templates compete too, scored by their compressing steps; a template with a recovery step
-  (LoRA, distillation) ranks up once its compressing family was tried and quality was not kept.
+  (LoRA, distillation) ranks up once its compressing family was tried and quality was not kept;
+- with goals (goals.py): while no feasible candidate meets a size goal (max_size_gb, target_size_ratio), 4-bit
+  options rank up as when quality is kept; a (method, bits) family whose candidate broke the accuracy goal ranks
+  down like a failed one, and 8-bit options rank up (the accuracy goal binds first).
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ class RulePolicy:
                 tried_runtimes[rt] = tried_runtimes.get(rt, 0) + 1
                 if h["status"] == "failed" or (h.get("relative") or {}).get("perplexity", 1.0) > WRECKED:
                     dropped_methods.add(st.method)
+        size_unmet, accuracy_broken = self._goal_pressure(view)
         pref = view.spec.preferred_methods
         # skill memory: a family that worked on similar experiments ranks up, one that failed ranks down
         learned = {(r["method"], r["bits"]): max(-1.0, min(1.0, r["mean_reward"])) * r["confidence"]
@@ -87,6 +91,8 @@ class RulePolicy:
                 s += {"mlp": 0.0, "head": 0.3, "layer": 0.6}[step.params["granularity"]]
                 s += 0.3 * abs(math.log2(step.params["ratio"] / 0.1))
             s += (0.25 if not quality_kept else 1.5) if b >= 8 else (0.0 if not quality_kept else -0.5)
+            s += (1.5 if b >= 8 else -0.5) if size_unmet else 0.0
+            s += (5.0 if _family(step) in accuracy_broken else 0.0) + (-1.0 if accuracy_broken and b >= 8 else 0.0)
             s += view.methods[step.method].cost * (1.0 if b == 8 else 0.1)
             g = step.params.get("group_size", "absent")
             if g != "absent":
@@ -111,6 +117,21 @@ class RulePolicy:
                             if quality_kept else "no compressed candidate keeps baseline accuracy yet, so quality "
                             "is favoured") + f"; {len(candidates)} untried strategies left")
         return best.model_copy(update={"reasoning": why, "policy": self.name})
+
+    @staticmethod
+    def _goal_pressure(view: PolicyView) -> tuple[bool, set[tuple[str, int]]]:
+        """(no feasible candidate meets the size goal yet, the families whose candidate broke the accuracy goal)."""
+        g = view.goals
+        if not g.active():
+            return False, set()
+        size_goal = g.max_size_gb is not None or g.target_size_ratio is not None
+        size_met = any(h.get("feasible") and (g.target_size_ratio is None or (h.get("relative") or {}).get(
+            "model_size_gb", 1.0) <= g.target_size_ratio) for h in view.history)
+        broken = {_family(Step(**st)) for h in view.history if any(w.startswith("accuracy drop") for w in
+                                                                   h.get("infeasible_because") or ())
+                  for st in h["strategy"]["steps"] if view.methods.get(st["method"]) is None
+                  or view.methods[st["method"]].standalone}
+        return size_goal and not size_met, broken
 
     @staticmethod
     def _quality_kept(view: PolicyView) -> bool:

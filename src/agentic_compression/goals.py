@@ -1,0 +1,94 @@
+"""Goals: the constraints a practitioner states ("the smallest model within 1% accuracy"), as INC's
+tolerable_loss, Olive's stop_when_goals_met and ModelOpt's constraints do. Every measured episode is judged
+feasible or not, with the reasons; the summary names the best feasible candidate per objective and a recommended
+one (the smallest, then the fastest, among the feasible); ``stop_when_met`` ends a run once a feasible candidate
+reaches the stated size target.
+
+The accuracy rule, with the measured standard errors: a candidate breaks ``max_accuracy_drop`` when its drop below
+the baseline exceeds the allowance by more than the standard error of that difference, sqrt(se_base^2 +
+se_candidate^2). Within one standard error the data cannot say the allowance was broken, so it is not held
+against the candidate; the margin is reported. (The items are the same for every candidate, so the true error of
+the difference is smaller: the rule errs towards feasible.)"""
+from __future__ import annotations
+
+import math
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .schemas import EvaluationResult
+
+_DROP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
+
+
+class Goals(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+    max_accuracy_drop: str | None = Field(default=None, description="'0.01': at most 0.01 below the baseline's "
+                                          "accuracy (absolute); '1%': at most 1% of it (relative)")
+    max_size_gb: float | None = Field(default=None, gt=0, description="bytes on disk / 1e9")
+    max_latency_ratio: float | None = Field(default=None, gt=0, description="decode latency / the baseline's")
+    max_memory_gb: float | None = Field(default=None, gt=0, description="peak memory")
+    target_size_ratio: float | None = Field(default=None, gt=0, description="with stop_when_met: the size / the "
+                                            "baseline's a feasible candidate must reach to end the run")
+    stop_when_met: bool = Field(default=False, description="end the run once a feasible candidate reaches "
+                                "target_size_ratio (or, without one, once any candidate is feasible)")
+
+    @field_validator("max_accuracy_drop", mode="before")
+    @classmethod
+    def _drop(cls, v):
+        if v is None:
+            return None
+        m = _DROP.match(str(v))
+        if not m or (m.group(2) and float(m.group(1)) >= 100) or (not m.group(2) and float(m.group(1)) >= 1):
+            raise ValueError(f"'{v}' is not an accuracy drop: give an absolute one below 1 (0.01) or a relative "
+                             "one below 100% (1%)")
+        return f"{m.group(1)}{m.group(2)}"
+
+    def active(self) -> bool:
+        return any(v is not None for v in (self.max_accuracy_drop, self.max_size_gb, self.max_latency_ratio,
+                                           self.max_memory_gb, self.target_size_ratio))
+
+    def allowed_drop(self, baseline_accuracy: float) -> float:
+        value, pct = _DROP.match(self.max_accuracy_drop).groups()
+        return float(value) / 100 * baseline_accuracy if pct else float(value)
+
+
+def judge(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) -> list[str]:
+    """Why ``result`` breaks the goals: empty when it is feasible."""
+    why = []
+    if goals.max_accuracy_drop is not None:
+        allowed, drop = goals.allowed_drop(baseline.accuracy), baseline.accuracy - result.accuracy
+        se = math.hypot(baseline.accuracy_stderr, result.accuracy_stderr)
+        if drop - allowed > se:
+            why.append(f"accuracy drop {drop:.3f} exceeds the allowed {allowed:.3f} by more than its standard "
+                       f"error {se:.3f}")
+    if goals.max_size_gb is not None and result.model_size_gb > goals.max_size_gb:
+        why.append(f"size {result.model_size_gb:.3f} GB > {goals.max_size_gb:g} GB")
+    ratio = result.latency_ms / baseline.latency_ms if baseline.latency_ms else math.inf
+    if goals.max_latency_ratio is not None and ratio > goals.max_latency_ratio:
+        why.append(f"latency {ratio:.2f}x the baseline's > {goals.max_latency_ratio:g}x")
+    if goals.max_memory_gb is not None and result.memory_gb > goals.max_memory_gb:
+        why.append(f"peak memory {result.memory_gb:.3f} GB > {goals.max_memory_gb:g} GB")
+    return why
+
+
+def met(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) -> bool:
+    """A feasible candidate that reaches the stated size target: what stop_when_met waits for."""
+    if judge(result, baseline, goals):
+        return False
+    return goals.target_size_ratio is None or result.model_size_gb <= goals.target_size_ratio * \
+        baseline.model_size_gb
+
+
+def pick(results: dict[str, EvaluationResult], baseline: EvaluationResult, goals: Goals) -> dict:
+    """Among the measured candidates (the baseline included, by its id): which are feasible, the best feasible for
+    each objective, and the recommended one: the smallest, then the fastest, then the most accurate."""
+    from .schemas import OBJECTIVES
+
+    feasible = {k: r for k, r in results.items() if not judge(r, baseline, goals)}
+    best = {obj: (max if sign > 0 else min)(feasible, key=lambda k, o=obj: getattr(feasible[k], o))
+            for obj, sign in OBJECTIVES.items()} if feasible else {}
+    rec = min(feasible, key=lambda k: (feasible[k].model_size_gb, feasible[k].latency_ms,
+                                       -feasible[k].accuracy)) if feasible else None
+    return {"goals": goals.model_dump(exclude_none=True), "feasible": sorted(feasible), "best_feasible": best,
+            "recommended": rec}

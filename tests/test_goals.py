@@ -1,0 +1,133 @@
+"""Goals: constraints every episode is judged against, the best feasible candidates, the recommended one, a run
+that stops once its goal is met, and the rule policy steering toward the feasible region."""
+import json
+
+import pytest
+
+from agentic_compression.goals import Goals, judge, met, pick
+from agentic_compression.schemas import EvaluationResult, Strategy
+
+
+def _r(acc=0.5, se=0.02, size=0.5, lat=40.0, mem=0.9):
+    return EvaluationResult(accuracy=acc, accuracy_stderr=se, accuracy_n=500, benchmark="hellaswag", latency_ms=lat,
+                            memory_gb=mem, model_size_gb=size, size_bytes=int(size * 1e9), num_params=1,
+                            co2_grams=0.1, energy_kwh=1e-4, eval_seconds=1.0)
+
+
+BASE = _r()
+
+
+@pytest.mark.parametrize("given,allowed", [("0.01", 0.01), (0.02, 0.02), ("1%", 0.005), (" 10 % ", 0.05)])
+def test_an_accuracy_drop_is_absolute_or_relative(given, allowed):
+    assert Goals(max_accuracy_drop=given).allowed_drop(0.5) == pytest.approx(allowed)
+
+
+@pytest.mark.parametrize("bad", ["2", "1.0", "100%", "-0.01", "one percent", "1e-2"])
+def test_a_wrong_accuracy_drop_is_refused_with_what_to_give(bad):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="absolute one below 1 .* relative one below 100%"):
+        Goals(max_accuracy_drop=bad)
+
+
+def test_the_accuracy_goal_is_judged_with_the_standard_error_of_the_difference():
+    g = Goals(max_accuracy_drop="0.01")  # se of the difference: hypot(0.02, 0.02) = 0.0283
+    assert judge(_r(acc=0.465), BASE, g) == []  # drop 0.035: over 0.01 by 0.025 < 0.0283, not shown to break it
+    why = judge(_r(acc=0.45), BASE, g)  # drop 0.05: over by 0.04 > 0.0283
+    assert why == ["accuracy drop 0.050 exceeds the allowed 0.010 by more than its standard error 0.028"]
+    assert judge(_r(acc=0.45, se=0.001), _r(se=0.001), Goals(max_accuracy_drop="10%")) == []  # 0.05 allowed
+
+
+def test_size_latency_and_memory_goals_name_what_broke():
+    g = Goals(max_size_gb=0.3, max_latency_ratio=1.1, max_memory_gb=0.5)
+    assert judge(_r(size=0.29, lat=44.0, mem=0.5), BASE, g) == []
+    assert judge(_r(size=0.31, lat=48.0, mem=0.6), BASE, g) == [
+        "size 0.310 GB > 0.3 GB", "latency 1.20x the baseline's > 1.1x", "peak memory 0.600 GB > 0.5 GB"]
+
+
+def test_the_recommended_candidate_is_the_smallest_then_the_fastest_feasible():
+    g = Goals(max_accuracy_drop="0.01")
+    results = {"baseline": BASE, "a": _r(acc=0.49, size=0.2, lat=50.0, mem=0.5), "b": _r(acc=0.495, size=0.2, lat=30.0),
+               "c": _r(acc=0.40, size=0.1, lat=20.0), "d": _r(acc=0.51, size=0.3, lat=35.0)}
+    out = pick(results, BASE, g)
+    assert out["feasible"] == ["a", "b", "baseline", "d"]  # c dropped 0.10: infeasible
+    assert out["recommended"] == "b"  # a and b are the smallest; b is faster
+    assert out["best_feasible"] == {"accuracy": "d", "latency_ms": "b", "memory_gb": "a", "model_size_gb": "a",
+                                    "co2_grams": "baseline"}  # all equal: the first
+    assert pick({"baseline": BASE, "c": results["c"]}, BASE, Goals(max_size_gb=0.01))["recommended"] is None
+
+
+def test_met_waits_for_a_feasible_candidate_at_the_size_target():
+    g = Goals(max_accuracy_drop="0.01", target_size_ratio=0.35, stop_when_met=True)
+    assert not met(_r(size=0.2, acc=0.40), BASE, g)  # small enough, not accurate enough
+    assert not met(_r(size=0.2, acc=0.5), BASE, g)  # 0.4 of the baseline's 0.5 GB
+    assert met(_r(size=0.17, acc=0.5), BASE, g)
+
+
+def _view(env, history, goals):
+    from agentic_compression.policies import PolicyView
+
+    spec, config, avail = env
+    return PolicyView(spec=spec, model_config=config, methods=avail, baseline=BASE, frontier=[], history=history,
+                      tried={Strategy(**h["strategy"]).key() for h in history}, episodes_left=10, seconds_left=1e6,
+                      goals=goals)
+
+
+@pytest.fixture(scope="module")
+def env(tiny_dir):
+    from agentic_compression.methods import available_methods
+    from agentic_compression.spec import infer_spec
+
+    return infer_spec("tiny", tiny_dir, online=False), json.loads((tiny_dir / "config.json").read_text()), \
+        available_methods()
+
+
+def test_the_rule_policy_steers_toward_the_feasible_region(env):
+    from agentic_compression.policies import RulePolicy
+    from agentic_compression.policies.rule import bits
+
+    first = RulePolicy().decide(_view(env, [], Goals(max_accuracy_drop="0.01")))
+    assert bits(first.steps[0]) == 4  # the plain rule starts at 4 bits (autoround)
+    broke = {"episode_id": "episode_000", "strategy": first.model_dump(), "status": "success",
+             "objectives": BASE.objectives(), "error": None, "relative": {"perplexity": 1.1},
+             "feasible": False, "infeasible_because": ["accuracy drop 0.050 exceeds the allowed 0.010 by ..."]}
+    after = RulePolicy().decide(_view(env, [broke], Goals(max_accuracy_drop="0.01")))
+    assert bits(after.steps[0]) == 8, after  # the accuracy goal binds: 8-bit next
+    eight = Strategy(action="quantization", steps=[_view(env, [], Goals()).step("rtn", {"scheme": "W8A16",
+                                                                                        "group_size": 64})])
+    feasible_but_big = {"episode_id": "episode_000", "strategy": eight.model_dump(), "status": "success",
+                        "objectives": BASE.objectives(), "error": None,
+                        "relative": {"perplexity": 1.0, "model_size_gb": 0.6}, "feasible": True,
+                        "infeasible_because": []}
+    g = Goals(max_accuracy_drop="0.01", target_size_ratio=0.35)
+    assert bits(RulePolicy().decide(_view(env, [feasible_but_big], g)).steps[0]) == 4  # size unmet: 4-bit next
+
+
+def test_a_run_stops_when_its_goal_is_met_and_recommends_the_feasible_candidate(tiny_dir, data_dir, tmp_path,
+                                                                                capsys):
+    from agentic_compression.cli import main
+    from agentic_compression.report import render
+
+    args = ["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
+            "--experiment", "goal", "--max-episodes", "4", "--limit", "8", "--ppl-tokens", "256", "--repeats", "2",
+            "--threads", "1", "--no-skills", "--force", "--max-size-gb", "0.05", "--stop-when-met"]
+    assert main(args) == 0
+    final = json.loads((tmp_path / "goal" / "final_results.json").read_text())
+    assert final["termination_reason"].startswith("goal met: episode_000 is feasible"), final["termination_reason"]
+    assert final["episodes_run"] == 1 and final["episodes"][0]["feasible"] is True
+    g = final["goals"]
+    assert g["goals"] == {"max_size_gb": 0.05, "stop_when_met": True} and g["recommended"] == "episode_000"
+    assert "baseline" in g["feasible"]  # the tiny model itself is under 0.05 GB
+    text = render(tmp_path / "goal")
+    assert "goals (max_size_gb 0.05, stop_when_met True): recommended episode_000" in text
+    assert "goals (" in (tmp_path / "goal" / "pareto_visualization.html").read_text()
+
+
+def test_a_wrong_goal_on_the_command_line_is_one_line_and_exit_2(tiny_dir, data_dir, tmp_path, capsys):
+    from agentic_compression.cli import main
+
+    assert main(["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
+                 "--max-accuracy-drop", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and "goals.max_accuracy_drop" in err[0] and "below 1" in err[0], err
+    assert not any(tmp_path.iterdir())
