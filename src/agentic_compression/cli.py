@@ -295,11 +295,11 @@ def _methods(model: str | None = None) -> int:
         from .models import resolve
         from .spec import read_config
 
-        folder, _ = resolve(model)
-        arch = of_config(read_config(folder))
+        config = read_config(resolve(model)[0])
+        arch = of_config(config)
         if arch is None:
             raise UserError(f"transformers cannot build the architecture of {model} (model_type "
-                            f"{read_config(folder)['model_type']!r})", "give a model of a family transformers knows")
+                            f"{config['model_type']!r})", "give a model of a family transformers knows")
         print(describe(arch))
     print(f"{'method':<11} {'action':<13} {'here':<5} {'needs':<46} parameters (choices or [low, high]) / why not")
     for name, m in sorted(REGISTRY.items()):

@@ -16,7 +16,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .schemas import EvaluationResult
+from .schemas import OBJECTIVES, EvaluationResult
 
 _DROP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 
@@ -83,8 +83,6 @@ def met(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) -> b
 def pick(results: dict[str, EvaluationResult], baseline: EvaluationResult, goals: Goals) -> dict:
     """Among the measured candidates (the baseline included, by its id): which are feasible, the best feasible for
     each objective, and the recommended one: the smallest, then the fastest, then the most accurate."""
-    from .schemas import OBJECTIVES
-
     feasible = {k: r for k, r in results.items() if not judge(r, baseline, goals)}
     best = {obj: (max if sign > 0 else min)(feasible, key=lambda k, o=obj: getattr(feasible[k], o))
             for obj, sign in OBJECTIVES.items()} if feasible else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 
+from ..architecture import of_model
 from .base import Context, Method, Param, register
 
 
@@ -23,8 +24,6 @@ def bnb_config(mode: str, double_quant: bool = True, skip: list[str] = ()):
 def load_quantized(model, tokenizer, mode: str, double_quant: bool = True):
     import torch
     from transformers import AutoModelForCausalLM
-
-    from ..architecture import of_model
 
     config = bnb_config(mode, double_quant, of_model(model).ignore())
     with tempfile.TemporaryDirectory() as tmp:
