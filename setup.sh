@@ -15,6 +15,10 @@ PY=${PYTHON:-python3}
 # archive, so the first install builds it (about 10 minutes on 2 cores); pip's wheel cache makes later ones instant.
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   .venv/bin/pip install -q -c constraints.txt llama-cpp-python==0.3.36
+# llama.cpp's converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/) and its llama-quantize and
+# llama-imatrix tools, from the same source archive, into .venv/share/llama.cpp: the llamacpp target exports and
+# quantizes with llama.cpp's own code. The tools build in about 3 minutes on 2 cores (static, CPU only).
+bash scripts/llama_cpp_tools.sh .venv
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0') and not torch.version.cuda, torch.__version__"
 # Debian packages: bubblewrap (HumanEval's sandbox: without it HumanEval is unavailable), Chromium (the report's
 # browser test) and Redis (the Celery worker test, `acf worker`)

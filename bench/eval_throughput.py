@@ -61,7 +61,7 @@ def main() -> None:
         scored = sum(len(r) for r in rows)
 
         t0 = time.perf_counter()
-        res = measure.accuracy(model, tok, Path(tmp), [task], a.batch_size, 1234)
+        res = measure.accuracy(lm, Path(tmp), [task], 1234)
         t_eval = time.perf_counter() - t0
 
         rows.sort(key=len, reverse=True)  # as lm-eval's collator does: longest first, similar lengths batched

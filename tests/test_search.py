@@ -28,7 +28,9 @@ def env(tiny_dir):
 
     spec = infer_spec("tiny", tiny_dir, online=False)
     config = json.loads((tiny_dir / "config.json").read_text())
-    avail = available_methods()
+    from agentic_compression.targets import get
+
+    avail = {n: m for n, m in available_methods().items() if get("transformers").offers(m)}  # a transformers run's
     return spec, config, avail
 
 

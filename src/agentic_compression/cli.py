@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, help="torch threads (under load, 1 can beat 2)")
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where candidates are measured (cuda: CUDA-event latency, CUDA peak memory)")
+    r.add_argument("--target", "--targets", dest="target", default="transformers", metavar="RUNTIME[,RUNTIME]",
+                   help="where candidates are exported to and measured: transformers, llamacpp (GGUF), ortgenai "
+                        "(ONNX), each with its own quantization as methods; several, comma-separated, give one "
+                        "frontier across runtimes (the transformers fp32 baseline is always measured too)")
     r.add_argument("--calibration", default="wikitext2-first-half",
                    help="calibration/training text: the default, or a .txt / .jsonl file (never evaluation text)")
     r.add_argument("--noise-tolerance", type=float, default=0.05,
@@ -141,7 +145,7 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "llm_temperature": ("llm.temperature",), "llm_timeout": ("llm.timeout_s",), "llm_retries": ("llm.retries",),
     "eval_source": ("eval.source",), "no_eval_cache": ("eval.cache",), "limit": ("eval.limit",),
     "ppl_tokens": ("eval.ppl_tokens",), "ppl_text": ("eval.ppl_text",), "country": ("eval.country_iso_code",),
-    "repeats": ("eval.repeats",), "device": ("eval.device",), "seed": ("eval.seed",),
+    "repeats": ("eval.repeats",), "device": ("eval.device",), "target": ("eval.target",), "seed": ("eval.seed",),
     "overrides": ("method_overrides",), "force": ("force",),
     **{f: (f"goals.{f}",) for f in ("max_accuracy_drop", "max_size_gb", "max_latency_ratio", "max_memory_gb",
                                     "target_size_ratio", "stop_when_met")}}
@@ -288,6 +292,7 @@ def _report(a) -> int:
 def _methods(model: str | None = None) -> int:
     from .errors import UserError
     from .methods import REGISTRY
+    from .targets import TARGETS
 
     arch = None
     if model is not None:
@@ -307,9 +312,10 @@ def _methods(model: str | None = None) -> int:
         if ok and arch is not None and (why := m.supports(arch)):
             ok, why = False, f"not for this model: {why}"
         needs = ", ".join(m.requires) or "torch (our code)"
-        params = ", ".join(f"{p.name}={p.choices}" if p.choices is not None else f"{p.name}=[{p.low:g}, {p.high:g}]"
-                           for p in m.params)
+        params = ", ".join(f"{p.name}={p.choices if p.choices is not None else p.domain()}" for p in m.params)
         role = "" if m.standalone else " (recovery step: in pipelines)"
+        where = [t for t, target in TARGETS.items() if target.offers(m)]
+        role += f" [{'last step on --target ' if m.final else 'targets: '}{', '.join(where)}]"
         print(f"{name:<11} {m.action:<13} {'yes' if ok else 'no':<5} {needs:<46} {(params + role) if ok else why}")
     return 0
 

@@ -47,8 +47,37 @@ class EvalSettings(BaseModel):
     threads: int | None = Field(default=None, description="torch threads in the evaluation process (None = torch's)")
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="where the candidate is measured: on cuda, "
                                            "latency is timed with CUDA events and memory is the CUDA peak")
+    target: str = Field(default="transformers", description="the runtime(s) candidates are exported to and measured "
+                        "in (targets/): transformers, llamacpp (GGUF), ortgenai (ONNX), or several, comma-separated, "
+                        "for one frontier across runtimes")
     country_iso_code: str = "USA"
     timeout_s: int = Field(default=3600, gt=0)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        from .targets import TARGETS
+
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        unknown = [n for n in names if n not in TARGETS]
+        if not names or unknown:
+            raise ValueError(f"unknown target '{', '.join(unknown) or v}' (known: {', '.join(TARGETS)})")
+        if len(set(names)) < len(names):
+            raise ValueError(f"target '{v}' names a runtime twice")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _humaneval_target(self):
+        from . import benchmarks
+
+        try:
+            names = benchmarks.names(self.benchmark)
+        except Exception:  # an unknown benchmark is reported where benchmarks are built
+            names = []
+        if self.target != "transformers" and benchmarks.HUMANEVAL in names:
+            raise ValueError(f"HumanEval runs in the transformers target only, not in {self.target}: leave it out "
+                             "of --dataset, or use --target transformers")
+        return self
 
     @field_validator("country_iso_code")
     @classmethod

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import benchmarks, console, data, goals, methods, models, policies, resources, sanity
+from . import benchmarks, console, data, goals, methods, models, policies, resources, sanity, targets
 from .card import write_card
 from .config import RunConfig
 from .errors import UserError
@@ -135,6 +135,11 @@ class Experiment:
         self.model_path, canonical = models.resolve(cfg.model)
         self.spec: ModelSpec = infer_spec(canonical, self.model_path, online=cfg.online)
         self.model_config = read_config(self.model_path)
+        # the runtimes candidates are measured in; the first one's baseline normalises the frontier
+        self.targets = {n: targets.ready(n) for n in cfg.eval.target.split(",")}
+        self.target = next(iter(self.targets.values()))
+        self.reference: EvaluationResult | None = None  # transformers fp32, when candidates run in another target
+        self.baselines: dict[str, EvaluationResult] = {}  # per target: its uncompressed export, measured there
         self.created = False  # this process made the folder: only then may a failed run remove it
         if resume_dir is not None:
             self.dir, name = resume_dir, resume_dir.name
@@ -195,7 +200,17 @@ class Experiment:
         """The methods that run here and apply to this model's architecture (architecture.py)."""
         from .architecture import of_config
 
-        return methods.available_methods(of_config(self.model_config))
+        return {n: m for n, m in methods.available_methods(of_config(self.model_config)).items()
+                if any(t.offers(m) for t in self.targets.values())}
+
+    def target_for(self, strategy: Strategy):
+        """The target a strategy's result runs in: the first of the experiment's targets that runs every step's
+        format (llama.cpp for a GGUF type, ONNX Runtime GenAI for its own quantization; a PyTorch-only strategy
+        goes to the first target listed)."""
+        for t in self.targets.values():
+            if all(m in methods.REGISTRY and t.offers(methods.get(m)) for m in (s.method for s in strategy.steps)):
+                return t
+        return self.target  # apply_strategy's validation then says which step this target cannot run
 
     # ---- the loop ----
     def _graph(self):
@@ -231,8 +246,9 @@ class Experiment:
         entered = [self.entered.get(e.episode_id, False) for e in episodes]
         history = [self._history_entry(e, x) for e, x in zip(episodes, entered)][-self.cfg.history_limit:]
         stale = len(entered) - (max((i for i, x in enumerate(entered) if x), default=-1) + 1)
-        co2 = self.baseline.eval_co2_grams + sum((e.result.eval_co2_grams if e.result else 0.0) +
-                                            e.compress_energy.get("co2_grams", 0.0) for e in episodes)
+        measured = {id(b): b for b in [self.baseline, self.reference, *self.baselines.values()] if b}.values()
+        co2 = sum(b.eval_co2_grams for b in measured) + sum((e.result.eval_co2_grams if e.result else 0.0) +
+                                                            e.compress_energy.get("co2_grams", 0.0) for e in episodes)
         return {"model_name": self.cfg.model, "dataset": self.cfg.dataset, "model_spec": self.spec.model_dump(),
                 "max_episodes": self.cfg.max_episodes, "budget_hours": self.cfg.budget_hours,
                 "current_episode": len(episodes), "history": history, "pareto_frontier": self.frontier.summary(),
@@ -350,42 +366,98 @@ class Experiment:
         raw = read_json(path, "the baseline's results")
         try:
             self.baseline = EvaluationResult(**raw["result"])
+            others = {n: EvaluationResult(**r["result"]) for n, r in raw.get("other_targets", {}).items()}
         except Exception as e:
             raise UserError(f"{path} is not a baseline result ({type(e).__name__})",
                             "move the baseline folder away: the resume measures it again") from None
-        self._make_evaluator()
-        self.evaluator.set_baseline(self.baseline, self.model_path)
+        self._make_evaluators()
+        if (self.dir / "baseline" / "reference.json").is_file():
+            self.reference = EvaluationResult(**read_json(self.dir / "baseline" / "reference.json",
+                                                          "the transformers baseline's results")["result"])
+        self.baselines = {self.target.name: self.baseline, **others}
+        for name, result in self.baselines.items():
+            self.evaluators[name].set_baseline(result, self.baseline_checkpoint(name))
         self._add_baseline()
 
-    def _make_evaluator(self) -> None:
+    def baseline_checkpoint(self, target: str) -> Path:
+        """The uncompressed model in a target's own format (the model folder itself on transformers)."""
+        return self.model_path if target == "transformers" else self.dir / "baseline" / target
+
+    def _make_evaluators(self) -> None:
         tok = models.load_tokenizer(self.model_path)  # the model itself is loaded in the evaluation process
         self.work_dir.mkdir(exist_ok=True)
-        self.evaluator = Evaluator(self.cfg.eval, self.cfg.data_dir, tok, self.work_dir)
+        self.evaluators = {n: Evaluator(self.cfg.eval.model_copy(update={"target": n}), self.cfg.data_dir, tok,
+                                        self.work_dir) for n in self.targets}
+        self.evaluator = self.evaluators[self.target.name]
+
+    def _evaluate_reference(self) -> None:
+        """The transformers fp32 model the practitioner starts from, measured in full: each other target's own
+        baseline (its f32 export) is timed beside it, so "N x faster than what you started from" is a ratio
+        measured side by side, and every target's latencies share its scale."""
+        ev = self.evaluators.get("transformers") or Evaluator(
+            self.cfg.eval.model_copy(update={"target": "transformers"}), self.cfg.data_dir,
+            models.load_tokenizer(self.model_path), self.work_dir)
+        self.reference = ev.evaluate(self.model_path)
+        (self.dir / "baseline").mkdir(exist_ok=True)
+        write_json(self.dir / "baseline" / "reference.json", {"checkpoint": str(self.model_path),
+                                                              "result": self.reference.model_dump()})
+
+    def _export_baseline(self, t) -> Path:
+        ckpt = self.baseline_checkpoint(t.name)
+        if not (ckpt / "acf_format.json").is_file():
+            shutil.rmtree(ckpt, ignore_errors=True)  # a killed export's leftovers (acf's own folder)
+            try:
+                t.export(self.model_path, ckpt)
+            except RuntimeError as e:
+                raise UserError(f"{self.cfg.model} could not be exported to {t.name}: {e}",
+                                "leave that target out, or report the converter's message") from None
+        return ckpt
 
     def _evaluate_baseline(self) -> None:
         console.route(self.dir / "baseline" / console.LOG)  # other libraries' output, off the terminal
-        self._make_evaluator()
+        self._make_evaluators()
         try:
-            self.baseline = self.evaluator.evaluate(self.model_path)
+            if set(self.targets) != {"transformers"}:
+                self._evaluate_reference()
+            for name, t in self.targets.items():
+                ev = self.evaluators[name]
+                if name == "transformers":
+                    if self.reference is None:
+                        self.reference = ev.evaluate(self.model_path)
+                    self.baselines[name] = self.reference
+                    continue
+                ckpt = self._export_baseline(t)
+                ev.pair_first_with(self.model_path, "transformers", self.reference)
+                self.baselines[name] = ev.evaluate(ckpt)
+            self.baseline = self.baselines[self.target.name]
         except EvaluationError as e:  # the model itself does not load or run: the user's input, one line
             last = (str(e).strip().splitlines() or [""])[-1][:300]
             raise UserError(f"the baseline {self.model_path} could not be measured: {last}",
                             "check that the model loads with transformers, or choose another --model") from None
+        if set(self.targets) == {"transformers"}:
+            self.reference = None  # the baseline itself
         broken = sanity.problems(self.baseline)
         if broken and not self.cfg.force:
             raise UserError(f"the baseline {self.model_path} looks broken: {'; '.join(broken)}",
                             "check the model's conversion and tokenizer, or pass --force to compress it anyway")
         (self.dir / "baseline").mkdir(exist_ok=True)
+        others = {n: {"checkpoint": str(self.baseline_checkpoint(n)), "result": r.model_dump()}
+                  for n, r in self.baselines.items() if n != self.target.name}
         write_json(self.dir / "baseline" / "results.json",
-                   {"checkpoint": str(self.model_path), "result": self.baseline.model_dump(),
-                    "sanity": {"problems": broken, "forced": bool(broken)}})
+                   {"checkpoint": str(self.baseline_checkpoint(self.target.name)), "result": self.baseline.model_dump(),
+                    "sanity": {"problems": broken, "forced": bool(broken)},
+                    **({"other_targets": others} if others else {})})
         self._add_baseline()
 
     def _add_baseline(self) -> None:
+        """The first target's baseline normalises the frontier; every other target's joins it as a candidate."""
         self.frontier.baseline = self.baseline.objectives()
-        self.frontier.add(ParetoSolution(episode_id="baseline", objectives=self.baseline.objectives(),
-                                         intervals=self.baseline.intervals, checkpoint=str(self.model_path),
-                                         strategy=Strategy(action="pipeline", reasoning="uncompressed baseline")))
+        for name, result in self.baselines.items():
+            first = name == self.target.name
+            self.frontier.add(ParetoSolution(
+                episode_id="baseline" if first else f"baseline-{name}", objectives=result.objectives(),
+                intervals=result.intervals, checkpoint=str(self.baseline_checkpoint(name)),
+                strategy=Strategy(action="pipeline", reasoning=f"uncompressed baseline in {name}")))
         self._record_hv("baseline")
 
     def _recommendations(self) -> list[dict]:
@@ -476,11 +548,13 @@ class Experiment:
                               extras={"teacher": self.model_path})
         started, t = _now(), time.perf_counter()
         with Energy(self.cfg.eval.country_iso_code) as energy:
-            res = apply_strategy(strategy, base, ep_dir / "checkpoint", ctx, self.cfg.threads)
+            target = self.target_for(strategy)
+            res = apply_strategy(strategy, base, ep_dir / "checkpoint", ctx, self.cfg.threads, target)
         return {"compressed_model_path": str(res.checkpoint) if res.checkpoint else None,
                 "current_error": res.error, "failed_step": res.failed_step, "current_result": None,
                 "compress_info": {"seconds": time.perf_counter() - t, "energy": energy.result, "steps": res.steps,
-                                  "started_at": started}}
+                                  "started_at": started, "target": target.name,
+                                  **({"export": res.export} if res.export else {})}}
 
     def _checkpoint_of(self, episode_id: str) -> Path:
         ep = next((e for e in self.episodes if e.episode_id == episode_id and e.checkpoint), None)
@@ -493,7 +567,8 @@ class Experiment:
             return {}
         self.progress("evaluation", state["current_episode"])
         try:
-            result = self.evaluator.evaluate(Path(state["compressed_model_path"]))
+            target = (state.get("compress_info") or {}).get("target", self.target.name)
+            result = self.evaluators[target].evaluate(Path(state["compressed_model_path"]))
         except Exception as e:  # recorded: the episode fails and stays out of the frontier
             return {"current_error": f"evaluation failed: {type(e).__name__}: {e}", "current_result": None}
         return {"current_result": result.model_dump(),
@@ -559,6 +634,20 @@ class Experiment:
         return goals.pick(measured, self.baseline, self.cfg.goals)
 
     # ---- artifacts ----
+    def _reference_summary(self) -> dict | None:
+        """The transformers fp32 model beside each target's baseline: its own numbers, and each baseline's decode
+        time as a ratio to it, timed side by side (a candidate's is that times its ratio to its target's baseline)."""
+        if self.reference is None or not self.baselines:
+            return None
+        out = {"result": self.reference.model_dump(), "targets": {}}
+        for name, b in self.baselines.items():
+            pair = b.latency.get("paired") or {}
+            out["targets"][name] = {
+                "latency_ratio": pair.get("ratio", 1.0), "latency_ci": pair.get("ci"),
+                "size_ratio": b.size_bytes / self.reference.size_bytes,
+                "memory_ratio": b.memory_gb / self.reference.memory_gb if self.reference.memory_gb > 0 else None}
+        return out
+
     def _write_summary(self, state: dict, complete: bool) -> dict:
         frontier = [s.model_dump() for s in self.frontier.solutions]
         write_json(self.dir / "pareto_frontier.json", {
@@ -578,6 +667,9 @@ class Experiment:
             "elapsed_seconds": time.monotonic() - self.t0,
             "co2_grams_total": state.get("co2_grams_total"),
             "baseline": self.baseline.model_dump() if self.baseline else None,
+            "targets": list(self.targets), "reference": self._reference_summary(),
+            "baselines": {n: {"checkpoint": str(self.baseline_checkpoint(n)), "objectives": r.objectives(),
+                              "runtime": r.runtime} for n, r in self.baselines.items()},
             "pareto_frontier": [s.episode_id for s in self.frontier.solutions],
             "balanced": balanced.episode_id if balanced else None,
             "hypervolume_history": self.hv_history,
@@ -593,7 +685,8 @@ class Experiment:
                           "relative": e.result.relative if e.result else None,
                           "intervals": e.result.intervals if e.result else None, "error": e.error,
                           "feasible": e.feasible, "infeasible_because": e.infeasible_because,
-                          "checkpoint": e.checkpoint, "compress_seconds": e.compress_seconds}
+                          "checkpoint": e.checkpoint, "compress_seconds": e.compress_seconds,
+                          "runtime": e.result.runtime if e.result else None}
                          for e in self.episodes],
         }
         write_json(self.dir / "final_results.json", summary)

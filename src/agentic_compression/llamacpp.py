@@ -37,49 +37,84 @@ def available() -> bool:
 
 
 class LlamaCpp:
-    """A GGUF model in llama.cpp, scoring every position of the sequence it is given."""
+    """A GGUF model in llama.cpp, called like a transformers model. Two modes:
+    - scoring (``logits_all=True``): the logits of every position of the sequence given, for perplexity and lm-eval;
+      a sequence that starts like the one before reuses its KV cache for the common prefix (``logits``);
+    - serving (``logits_all=False``): only the last position's logits, as a server computes them, and the KV cache
+      carried from one call to the next (``past_key_values`` is the number of cached tokens), so that
+      evaluation.measure's Decode times llama.cpp exactly as it times a transformers model."""
 
-    def __init__(self, gguf: Path, n_ctx: int = 1024, threads: int | None = None):
+    def __init__(self, gguf: Path, n_ctx: int = 1024, threads: int | None = None, logits_all: bool = True):
         import torch
 
         if not available():
-            raise UserError(f"checking {gguf.name} needs llama.cpp, and llama-cpp-python is not installed",
+            raise UserError(f"running {gguf.name} needs llama.cpp, and llama-cpp-python is not installed",
                             "run setup.sh, or: pip install llama-cpp-python==0.3.36 (it builds from source, ~10 min)")
         from llama_cpp import Llama
 
-        self.device = torch.device("cpu")
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                         n_threads=threads or os.cpu_count())
+        self.device, self.logits_all, self.path = torch.device("cpu"), logits_all, gguf
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=logits_all, verbose=False,
+                         n_threads=threads or os.cpu_count(), n_threads_batch=threads or os.cpu_count())
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids as llama.cpp makes them, with BOS where the GGUF's vocabulary asks for one."""
         return self.llm.tokenize(text.encode(), add_bos=True, special=False)
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, past_key_values: int | None = None, **_):
         import numpy as np
         import torch
 
         ids = input_ids[0].tolist()
-        self.llm.reset()
+        self.llm.n_tokens = past_key_values or 0  # eval() drops whatever the cache holds beyond this
         self.llm.eval(ids)
-        return SimpleNamespace(logits=torch.from_numpy(np.array(self.llm.scores[: len(ids)]))[None])
+        if self.logits_all:
+            logits = np.array(self.llm.scores[self.llm.n_tokens - len(ids): self.llm.n_tokens])
+        else:
+            logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(1, self.llm.n_vocab())).copy()
+        return SimpleNamespace(logits=torch.from_numpy(logits)[None], past_key_values=self.llm.n_tokens)
+
+    def logits(self, ids: list[int]):
+        """Scoring mode: the logits of every position of ``ids`` (numpy, a view), evaluating only what follows the
+        longest prefix it shares with the tokens already in the cache (lm-eval's choices share their context)."""
+        held = self.llm.input_ids[: self.llm.n_tokens]
+        common = 0
+        for a, b in zip(held, ids[:-1]):
+            if a != b:
+                break
+            common += 1
+        self.llm.n_tokens = common
+        self.llm.eval(ids[common:])
+        return self.llm.scores[: len(ids)]
 
     def close(self) -> None:
         self.llm.close()
 
 
-def compare(model, tokenizer, gguf: Path) -> dict:
+def next_token_stats(ours, ref, ids: list[int]) -> dict:
+    """Two models' logits over the same ids: each one's mean next-token NLL, the mean KL divergence of ``ref``'s
+    next-token distribution from ``ours``, and how often their top tokens agree."""
+    import torch
+
+    lp, lq = torch.log_softmax(ours[:-1].float(), -1), torch.log_softmax(ref[:-1].float(), -1)
+    nxt = torch.tensor(ids[1:])[:, None]
+    return {"nll_ours": -lp.gather(1, nxt).mean().item(), "nll_ref": -lq.gather(1, nxt).mean().item(),
+            "kl": (lq.exp() * (lq - lp)).sum(-1).mean().item(),
+            "top1": (lp.argmax(-1) == lq.argmax(-1)).float().mean().item()}
+
+
+def compare(model, tokenizer, gguf: Path, kl_tolerance: float = KL_TOLERANCE) -> dict:
     """The converted model against llama.cpp running the GGUF itself, on CHECK_TEXT: whether both tokenize it to
     the same ids, both perplexities, their ratio, the mean KL divergence of llama.cpp's next-token distribution
     from the converted model's, and how often their top tokens agree (reported, not judged: a 0.04 logit gap
-    flips at any precision). ``ok`` is False, with ``why``, on any mismatch."""
+    flips at any precision). ``ok`` is False, with ``why``, on any mismatch; an f32 export is held to a tighter
+    ``kl_tolerance`` than a dequantized file."""
     import torch
 
     cpp = LlamaCpp(gguf)
     try:
         ids, theirs = tokenizer(CHECK_TEXT)["input_ids"], cpp.tokenize(CHECK_TEXT)
         out = {"tokens": len(ids), "text_chars": len(CHECK_TEXT), "ppl_tolerance": PPL_TOLERANCE,
-               "kl_tolerance": KL_TOLERANCE}
+               "kl_tolerance": kl_tolerance}
         if ids != theirs:
             at = next((i for i, (a, b) in enumerate(zip(ids, theirs)) if a != b), min(len(ids), len(theirs)))
             return {**out, "ok": False, "why": f"the tokenizers differ from token {at} on ({len(ids)} tokens here, "
@@ -92,18 +127,14 @@ def compare(model, tokenizer, gguf: Path) -> dict:
     if ours.shape != ref.shape:
         return {**out, "ok": False, "why": f"the vocabularies differ ({ours.shape[-1]} logits here, "
                 f"{ref.shape[-1]} in llama.cpp)"}
-    lp, lq = torch.log_softmax(ours[:-1], -1), torch.log_softmax(ref[:-1], -1)
-    nxt = torch.tensor(ids[1:])[:, None]
-    nll_ours, nll_ref = -lp.gather(1, nxt).mean().item(), -lq.gather(1, nxt).mean().item()
-    kl = (lq.exp() * (lq - lp)).sum(-1).mean().item()
-    ppl_ours, ppl_ref = math.exp(nll_ours), math.exp(nll_ref)
+    st = next_token_stats(ours, ref, ids)
+    kl, ppl_ours, ppl_ref = st["kl"], math.exp(st["nll_ours"]), math.exp(st["nll_ref"])
     out |= {"perplexity": round(ppl_ours, 4), "perplexity_llama_cpp": round(ppl_ref, 4),
-            "ratio": round(ppl_ours / ppl_ref, 5), "kl": round(kl, 6),
-            "top1_agreement": round((lp.argmax(-1) == lq.argmax(-1)).float().mean().item(), 4)}
+            "ratio": round(ppl_ours / ppl_ref, 5), "kl": round(kl, 6), "top1_agreement": round(st["top1"], 4)}
     bad = []
     if not abs(out["ratio"] - 1) <= PPL_TOLERANCE:  # NaN fails too
         bad.append(f"perplexity {ppl_ours:.2f} here against {ppl_ref:.2f} in llama.cpp "
                    f"({out['ratio'] - 1:+.1%}, tolerance ±{PPL_TOLERANCE:.0%})")
-    if not kl <= KL_TOLERANCE:
-        bad.append(f"next-token KL divergence {kl:.4f} nats (tolerance {KL_TOLERANCE})")
+    if not kl <= kl_tolerance:
+        bad.append(f"next-token KL divergence {kl:.6f} nats (tolerance {kl_tolerance})")
     return {**out, "ok": not bad, **({"why": "; ".join(bad)} if bad else {})}

@@ -71,15 +71,21 @@ def instantiate(name: str, config: dict[str, Any], available: dict, overrides: d
     return Strategy(action="pipeline", steps=steps, reasoning=f"template {name}")
 
 
-def validate(strategy: Strategy) -> tuple[int, str] | None:
-    """(step index, why) when a strategy cannot run as written (unknown method, bad condition), else None."""
+def validate(strategy: Strategy, target=None) -> tuple[int, str] | None:
+    """(step index, why) when a strategy cannot run as written (unknown method, bad condition, a format the target
+    does not run, a target's file-level step before the end), else None."""
     for i, st in enumerate(strategy.steps):
         try:
-            get(st.method)
+            m = get(st.method)
             if st.condition:
                 parse_condition(st.condition)
         except (KeyError, ValueError) as e:
             return i, f"step {i}: {e}"
+        if m.final and i != len(strategy.steps) - 1:
+            return i, f"step {i}: {st.method} writes the deployed file, so it must be the last step"
+        if target is not None and not target.offers(m):
+            return i, (f"step {i}: {st.method} produces {m.runtime} checkpoints, which the {target.name} target does "
+                       f"not run (it runs {', '.join(sorted(target.runs))})")
     return None
 
 

@@ -12,16 +12,48 @@ _LABELS = {"accuracy": "accuracy (mean benchmark score)", "latency_ms": "decode 
            "model_size_gb": "size on disk GB", "co2_grams": "CO2 g per 1k tokens"}
 
 
+def _where(runtime: dict | None) -> str:
+    """' @ llama.cpp Q4_K_M' for a candidate measured outside transformers, else ''."""
+    if not runtime or runtime.get("target", "transformers") == "transformers":
+        return ""
+    return f" @ {runtime.get('runtime')} {runtime.get('type', '')}".rstrip()
+
+
 def _rows(final: dict) -> list[dict]:
-    rows = [{"id": "baseline", "label": "baseline (uncompressed)", "objectives": final["baseline"]
-             and {k: final["baseline"][k] for k in OBJECTIVES}, "status": "success", "perplexity":
-             final["baseline"]["perplexity"] if final["baseline"] else None}]
+    b = final["baseline"]
+    rows = []
+    if ref := final.get("reference"):
+        r = ref["result"]
+        rows.append({"id": "reference", "label": "transformers fp32, what you started from (timed beside each "
+                     "target's baseline)", "objectives": {k: r[k] for k in OBJECTIVES}, "status": "success",
+                     "perplexity": r["perplexity"]})
+    rows.append({"id": "baseline", "label": "baseline (uncompressed)" + _where(b and b.get("runtime")),
+                 "objectives": b and {k: b[k] for k in OBJECTIVES}, "status": "success",
+                 "perplexity": b["perplexity"] if b else None})
+    for name, other in list((final.get("baselines") or {}).items())[1:]:
+        rows.append({"id": f"baseline-{name}", "label": "baseline (uncompressed)" + _where(other["runtime"]),
+                     "objectives": other["objectives"], "status": "success", "perplexity": None})
     for e in final["episodes"]:
         label = " -> ".join(f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})"
-                            for s in e["steps"])
+                            for s in e["steps"]) + _where(e.get("runtime"))
         rows.append({"id": e["episode_id"], "label": label, "objectives": e["objectives"], "status": e["status"],
                      "perplexity": e["perplexity"], "error": e["error"]})
     return rows
+
+
+def reference_line(final: dict) -> str | None:
+    """How much faster than transformers fp32 each target's baseline and the fastest candidate decode: ratios
+    timed side by side (the candidate's through its paired ratio to its target's baseline)."""
+    ref = final.get("reference")
+    if not ref:
+        return None
+    base_ms = ref["result"]["latency_ms"]
+    parts = [f"{n} f32 {1 / t['latency_ratio']:.1f}x" for n, t in ref["targets"].items() if t["latency_ratio"]]
+    done = [e for e in final["episodes"] if e["status"] == "success" and e["objectives"]]
+    if done:
+        fast = min(done, key=lambda e: e["objectives"]["latency_ms"])
+        parts.append(f"fastest candidate {fast['episode_id']} {base_ms / fast['objectives']['latency_ms']:.1f}x")
+    return "faster than transformers fp32 (what you started from): " + ", ".join(parts)
 
 
 def read_final(exp_dir: Path) -> dict:
@@ -42,6 +74,8 @@ def table(exp_dir: Path) -> str:
         lines.append(f"{r['id']:<12} {r['status']:<8} {'*' if r['id'] in front else '':<6} {vals} {ppl}  {r['label']}")
     lines.append(f"termination: {final['termination_reason']}; balanced pick: {final['balanced']}; "
                  f"hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}")
+    if ref := reference_line(final):
+        lines.append(ref)
     if goal := goal_line(final):
         lines.append(goal)
     if drift := drifted(final):
@@ -74,9 +108,12 @@ def records(exp_dir: Path) -> list[dict]:
     final = read_final(exp_dir)
     front, base = set(final["pareto_frontier"]), final.get("baseline") or {}
     spread = {"baseline": base} | {e["episode_id"]: e for e in final["episodes"]}  # older summaries lack it
+    if ref := final.get("reference"):
+        spread["reference"] = ref["result"]
     return [{"episode": r["id"], "status": r["status"], "pareto": r["id"] in front,
              **{k: (r["objectives"] or {}).get(k) for k in OBJECTIVES},
-             "accuracy_stderr": spread[r["id"]].get("accuracy_stderr"), "accuracy_n": spread[r["id"]].get("accuracy_n"),
+             "accuracy_stderr": spread.get(r["id"], {}).get("accuracy_stderr"),
+             "accuracy_n": spread.get(r["id"], {}).get("accuracy_n"),
              "perplexity": r.get("perplexity"), "strategy": r["label"]} for r in _rows(final)]
 
 
@@ -97,6 +134,8 @@ def markdown(exp_dir: Path) -> str:
     lines.append("")
     lines.append(f"Stopped: {final['termination_reason']}. Recommended (balanced): {final['balanced']}. "
                  f"Hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}.")
+    if ref := reference_line(final):
+        lines += ["", ref[0].upper() + ref[1:] + "."]
     if goal := goal_line(final):
         lines += ["", *goal.splitlines()]
     return "\n".join(lines)

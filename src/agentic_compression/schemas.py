@@ -80,6 +80,8 @@ class EvaluationResult(BaseModel):
     energy: dict[str, Any] = Field(default_factory=dict)
     eval_seconds: float
     relative: dict[str, float] = Field(default_factory=dict, description="each objective / the baseline's")
+    runtime: dict[str, Any] = Field(default_factory=dict, description="where it was measured: target, runtime and "
+                                    "its version, the checkpoint's format (type, real bits per weight)")
     intervals: dict[str, list[float] | None] = Field(
         default_factory=dict, description="objective -> [low, high], the confidence interval that decides ties in "
         "dominance; None: this measurement cannot tell values apart (an estimate derived from latency)")

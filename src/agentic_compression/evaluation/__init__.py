@@ -91,6 +91,8 @@ class Evaluator:
         self.baseline: EvaluationResult | None = None
         self.baseline_checkpoint: Path | None = None  # timed in turn with every later candidate (paired latency)
         self.baseline_fp: str | None = None
+        self.baseline_target: str | None = None  # the runtime it is loaded in (None: this evaluator's own)
+        self.reference: EvaluationResult | None = None  # transformers fp32, which the baseline was timed beside
 
     def evaluate(self, checkpoint: Path) -> EvaluationResult:
         t0 = time.perf_counter()
@@ -120,14 +122,23 @@ class Evaluator:
         return result
 
     def set_baseline(self, result: EvaluationResult, checkpoint: Path, fp: str | None = None) -> None:
-        self.baseline, self.baseline_checkpoint = result, checkpoint
+        self.baseline, self.baseline_checkpoint, self.baseline_target = result, checkpoint, None
         self.baseline_fp = fp or (fingerprint(checkpoint) if self.s.cache else None)
+
+    def pair_first_with(self, checkpoint: Path, target: str, reference: EvaluationResult | None = None) -> None:
+        """Time the next evaluation (this target's own baseline) beside ``checkpoint`` running in ``target``: the
+        transformers fp32 model a practitioner starts from, so "N x faster" is a ratio measured side by side. With
+        its ``reference`` result, the baseline's latency is that ratio times the reference's, the scale every
+        target of an experiment then shares."""
+        self.baseline_checkpoint, self.baseline_target, self.reference = checkpoint, target, reference
+        self.baseline_fp = fingerprint(checkpoint) if self.s.cache else None
 
     def _measure(self, checkpoint: Path) -> dict:
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
             base = str(self.baseline_checkpoint) if self.baseline_checkpoint else None
-            req.write_text(json.dumps({**self.request, "checkpoint": str(checkpoint), "baseline_checkpoint": base}))
+            req.write_text(json.dumps({**self.request, "checkpoint": str(checkpoint), "baseline_checkpoint": base,
+                                       "baseline_target": self.baseline_target}))
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
                    "HF_DATASETS_OFFLINE": "0" if self.s.source == "hub" else "1",
                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
@@ -144,7 +155,7 @@ class Evaluator:
     def _result(self, raw: dict, seconds: float) -> EvaluationResult:
         acc, lat, mem = raw["accuracy"], raw["latency"], raw["memory"]
         detail = {**acc, **{k: raw[k] for k in ("measured_at", "cached_from") if k in raw}}
-        latency_ms, intervals = paired(lat, self.baseline)
+        latency_ms, intervals = paired(lat, self.baseline or self.reference)
         en = energy_per_1k_tokens(raw["energy"], latency_ms)
         if en["source"] == "estimated":  # a function of the latency: it must not decide what the latency did not
             intervals["co2_grams"] = None
@@ -154,6 +165,7 @@ class Evaluator:
             perplexity=raw["perplexity"]["perplexity"], perplexity_tokens=raw["perplexity"]["tokens"],
             latency_ms=latency_ms, latency=lat, memory_gb=mem["model_peak_bytes"] / 1e9, memory=mem,
             model_size_gb=raw["size_bytes"] / 1e9, size_bytes=raw["size_bytes"], num_params=raw["num_params"],
+            runtime=raw.get("runtime", {"target": "transformers"}),
             co2_grams=en["per_1k_tokens_co2_grams"], energy_kwh=en["per_1k_tokens_kwh"], energy=en,
             intervals=intervals, eval_seconds=seconds)
 

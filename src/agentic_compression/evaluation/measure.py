@@ -176,16 +176,14 @@ def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None 
             "bos": bos is not None}
 
 
-def accuracy(model, tokenizer, include_path: Path | None, tasks: list[dict], batch_size: int, seed: int,
-             limit: int | None = None, add_bos: bool | None = None) -> dict[str, dict]:
-    """Benchmark scores through lm-eval on the in-memory model: per benchmark the headline metric with its stderr
-    and n (groups aggregated by lm-eval, weighted by size) and every other metric lm-eval reported.
-    ``tasks``: {name, task, metric}."""
+def accuracy(lm, include_path: Path | None, tasks: list[dict], seed: int,
+             limit: int | None = None) -> dict[str, dict]:
+    """Benchmark scores through lm-eval on the in-memory model (``lm``: the target's lm-eval model over it): per
+    benchmark the headline metric with its stderr and n (groups aggregated by lm-eval, weighted by size) and every
+    other metric lm-eval reported. ``tasks``: {name, task, metric}."""
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos)
     tm = TaskManager(include_path=str(include_path), include_defaults=False) if include_path else TaskManager()
     res = simple_evaluate(model=lm, tasks=[t["task"] for t in tasks], task_manager=tm, num_fewshot=None,
                           limit=limit, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,

@@ -1,9 +1,10 @@
 """One candidate's evaluation in a fresh process, so that its peak memory, latency and energy are its own.
 
 Usage (internal): python -m agentic_compression.evaluation.worker REQUEST.json RESULT.json
-Order matters: runtime RSS is read before the checkpoint is loaded from disk; the peak (VmHWM, or on a GPU the CUDA
-allocator's peak) is read after load + latency and before lm-eval, whose own buffers would otherwise count as the
-model's."""
+Order matters: runtime RSS is read after the tokenizer is loaded and before the checkpoint is; the peak (VmHWM, or on
+a GPU the CUDA allocator's peak) is read after load + latency and before lm-eval, whose own buffers would otherwise
+count as the model's. The checkpoint is loaded by its target (targets/): transformers, llama.cpp, ONNX Runtime
+GenAI."""
 from __future__ import annotations
 
 import json
@@ -27,20 +28,18 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def main(request: Path, result: Path) -> None:
     req = json.loads(request.read_text())
     import torch
     import transformers  # noqa: F401  (part of the runtime, not of the model)
 
+    from .. import targets
     from ..config import EvalSettings
-    from ..models import load
+    from ..models import load_tokenizer
     from . import measure
 
     s = EvalSettings(**req["settings"])
+    target = targets.get(s.target)
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
@@ -48,17 +47,20 @@ def main(request: Path, result: Path) -> None:
     if cuda:
         torch.cuda.init()  # the context is the runtime's, not the model's
         torch.cuda.reset_peak_memory_stats()
+    ckpt = Path(req["checkpoint"])
+    tok = load_tokenizer(ckpt)  # the tokenizer (and the code it imports: about 290 MB) is not the model's memory
     rss_runtime = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
-    ckpt = Path(req["checkpoint"])
-    model, tok = load(ckpt, device=s.device)
+    model = target.load(ckpt, s)
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss
 
     bos = req.get("bos_id")  # the tokenizer starts every text with BOS: so do the prompt and each window
     prompt = ([bos] if bos is not None else []) + req["prompt_ids"][: s.prompt_tokens - (bos is not None)]
     base_ckpt = req.get("baseline_checkpoint")
-    pair = bool(base_ckpt) and Path(base_ckpt).resolve() != ckpt.resolve()
+    # the baseline may run in another runtime: a target's own baseline is timed beside transformers fp32
+    base_target = targets.get(req.get("baseline_target") or s.target)
+    pair = bool(base_ckpt) and (Path(base_ckpt).resolve() != ckpt.resolve() or base_target is not target)
     before = measure.control_ms(model.device)
     # paired: one run of the candidate alone, so the memory peak holds its inference (KV cache, activations) and
     # not the baseline's; its timing runs are then the paired ones
@@ -67,11 +69,13 @@ def main(request: Path, result: Path) -> None:
     peak = peak_rss_bytes()
     if pair:
         t1 = time.perf_counter()
-        baseline, _ = load(Path(base_ckpt), device=s.device)
+        baseline = base_target.load(Path(base_ckpt), s)
         load_s = time.perf_counter() - t1
         lat = measure.paired_latency(model, baseline, prompt, s.decode_tokens, s.warmup, s.repeats)
         # what pairing adds to the evaluation: the baseline's load and its own timed steps
         lat["paired"].update(baseline_load_s=load_s, extra_s=load_s + lat["paired"]["baseline_busy_s"])
+        lat["paired"]["baseline_runtime"] = base_target.runtime
+        getattr(baseline, "close", lambda: None)()
         del baseline
     lat["control_ms"] = control
     # on a GPU the model's memory is the allocator's peak since before loading (weights, KV cache, activations)
@@ -83,12 +87,13 @@ def main(request: Path, result: Path) -> None:
                       cuda_device=torch.cuda.get_device_name())
 
     with measure.Energy(s.country_iso_code) as energy:
+        model = target.scoring(model, s)
         ppl = measure.perplexity(model, req["ppl_ids"][: s.ppl_tokens], s.ppl_window, s.ppl_stride, bos)
         include = Path(req["include_path"]) if req["include_path"] else None
         lm_tasks = [t for t in req["tasks"] if t["name"] != "humaneval"]
-        per = measure.accuracy(model, tok, include, lm_tasks, s.batch_size, s.seed,
-                               limit=s.limit if s.source == "hub" else None,
-                               add_bos=True if bos is not None else None) if lm_tasks else {}
+        lm = target.lm(model, tok, s, True if bos is not None else None) if lm_tasks else None
+        per = measure.accuracy(lm, include, lm_tasks, s.seed,
+                               limit=s.limit if s.source == "hub" else None) if lm_tasks else {}
         if len(lm_tasks) < len(req["tasks"]):
             from .humaneval import evaluate as humaneval
 
@@ -98,8 +103,10 @@ def main(request: Path, result: Path) -> None:
     out = {
         "accuracy": acc, "perplexity": ppl, "latency": lat, "energy": energy.result,
         "memory": {**memory, "load_seconds": load_s, "threads": torch.get_num_threads(), "device": s.device},
-        "size_bytes": _dir_bytes(ckpt),
-        "num_params": logical_params(model),
+        "size_bytes": target.size_bytes(ckpt),
+        "num_params": target.num_params(model),
+        "runtime": {"target": target.name, "runtime": target.runtime, "version": target.version(),
+                    **target.describe(ckpt, model)},
     }
     result.write_text(json.dumps(out, indent=1))
 

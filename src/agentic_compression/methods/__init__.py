@@ -1,4 +1,5 @@
-from . import asvd, bnb, llmcompressor_quant, pruning, structured, training  # noqa: F401  (each registers its methods)
+# each registers its methods
+from . import asvd, bnb, gguf, llmcompressor_quant, ort, pruning, structured, training  # noqa: F401
 from .base import REGISTRY, Context, Method, Param, available_methods, get, register, registered
 
 __all__ = ["REGISTRY", "Context", "Method", "Param", "available_methods", "get", "register", "registered"]

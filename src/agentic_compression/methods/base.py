@@ -24,6 +24,12 @@ class Param(BaseModel):
         """The discrete values a policy enumerates: the choices, else the grid, else None (keep the default)."""
         return self.choices if self.choices is not None else self.grid
 
+    def domain(self) -> str:
+        """What values it takes, in words: choices, a range, or (a free-form parameter) its help."""
+        if self.choices is not None:
+            return f"one of {self.choices}"
+        return f"[{self.low:g}, {self.high:g}]" if self.low is not None else f"free-form: {self.help}"
+
 
 @dataclass
 class Context:
@@ -94,6 +100,9 @@ class Method:
 
     # a method that only makes sense after another (LoRA recovery, distillation) is offered in pipelines only
     standalone: ClassVar[bool] = True
+    # True for a target's own file-level method (llama.cpp quantization): it runs last, in the target's export of
+    # the PyTorch-side result, never on a model in memory
+    final: ClassVar[bool] = False
     # True when apply() never changes the weights it is given (an adapter beside them, or a merge into float weights
     # only, which a compressed-tensors model never has)
     keeps_base_weights: ClassVar[bool] = False

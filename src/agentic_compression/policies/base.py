@@ -35,6 +35,15 @@ class PolicyView:
         return Step(method=method, params=params)
 
 
+def chainable(entry: dict) -> bool:
+    """Whether PyTorch-side steps can start from a history entry's checkpoint: a successful episode that did not end
+    in a runtime's deployed file (a GGUF or ONNX export is served, never loaded back into PyTorch)."""
+    from ..methods import REGISTRY
+
+    return entry["status"] == "success" and not any(
+        getattr(REGISTRY.get(s["method"]), "final", False) for s in entry["strategy"]["steps"])
+
+
 class Policy(Protocol):
     name: str
 

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..methods import REGISTRY
 from ..pipelines import AUTO, TEMPLATES, fit_group_size, parse_condition
 from ..schemas import ACTIONS, OBJECTIVES, Action, Step, Strategy
-from .base import Policy, PolicyView
+from .base import Policy, PolicyView, chainable
 from .rule import RulePolicy
 from .search import SEARCHERS
 
@@ -168,9 +168,10 @@ def to_strategy(obj: Any, view: PolicyView) -> Strategy:
         if st.action == "end":
             raise DecisionError(f"every configuration of {req.method or 'the methods'} was tried; choose another")
         return st.model_copy(update={"reasoning": f"{d.reasoning} | {st.reasoning}".strip(" |")})
-    ok_bases = {"base"} | {h["episode_id"] for h in view.history if h["status"] == "success"}
+    ok_bases = {"base"} | {h["episode_id"] for h in view.history if chainable(h)}
     if d.base not in ok_bases:
-        raise DecisionError(f"base '{d.base}' is not 'base' or a successful episode ({', '.join(sorted(ok_bases))})")
+        raise DecisionError(f"base '{d.base}' is not 'base' or a successful episode with a PyTorch checkpoint "
+                            f"({', '.join(sorted(ok_bases))})")
     if d.action == "pipeline":
         if not d.steps:
             raise DecisionError("action 'pipeline' needs a non-empty 'steps' list")
@@ -202,11 +203,13 @@ def method_catalog(methods: dict) -> dict:
     """The available methods as the registry declares them: never a list kept by hand."""
     out = {}
     for name, m in sorted(methods.items()):
-        params = {p.name: (f"one of {json.dumps(p.choices)}" if p.choices is not None else f"{p.low:g}..{p.high:g}")
+        params = {p.name: (f"one of {json.dumps(p.choices)}" if p.choices is not None else
+                            f"{p.low:g}..{p.high:g}" if p.low is not None else p.domain())
                   + f", default {json.dumps(p.default)}" + (f" ({p.help})" if p.help else "") for p in m.params}
         out[name] = {"action": m.action, "params": params, "lowers": list(m.reduces),
                      "cost": ["seconds", "about a minute", "several minutes"][min(m.cost, 2)],
-                     **({} if m.standalone else {"role": "recovery step: only inside a pipeline"})}
+                     **({} if m.standalone else {"role": "recovery step: only inside a pipeline"}),
+                     **({"role": "writes the deployed file: only as a strategy's last step"} if m.final else {})}
     return out
 
 

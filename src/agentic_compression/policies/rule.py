@@ -34,10 +34,14 @@ WRECKED = 2.0  # perplexity over the baseline's beyond which a method's result i
 
 
 def bits(step: Step) -> int:
-    """Weight bits a step stores: W4A16 -> 4, bitsandbytes int8 -> 8 and nf4/fp4 -> 4, QLoRA 4, else 16."""
+    """Weight bits a step stores: W4A16 -> 4, bitsandbytes int8 -> 8 and nf4/fp4 -> 4, QLoRA 4, llama.cpp's
+    Q4_K_M / IQ4_XS and ONNX Runtime's int4 -> 4 (their first digit), else 16."""
     scheme, mode = step.params.get("scheme"), step.params.get("mode")
+    qtype = step.params.get("type") or step.params.get("precision")
     if isinstance(scheme, str) and scheme[:1] == "W":
         return int(scheme[1])
+    if isinstance(qtype, str) and any(c.isdigit() for c in qtype):
+        return int(next(c for c in qtype if c.isdigit()))
     if mode is not None:
         return 8 if mode == "int8" else 4
     return 4 if step.method == "qlora" else 16

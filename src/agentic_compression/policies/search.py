@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from ..reward import reward
 from ..schemas import OBJECTIVES, Strategy
-from .base import PolicyView, candidate_steps, m_action, single
+from .base import PolicyView, candidate_steps, chainable, m_action, single
 
 
 def _rule(view: PolicyView, method: str | None = None) -> Strategy:
@@ -223,7 +223,7 @@ class PBTPolicy:
 
     def _target(self, view: PolicyView) -> dict | None:
         scored = [(h, r) for h, r in _rewards(view)
-                  if h["status"] == "success" and len(h["strategy"]["steps"]) == 1
+                  if chainable(h) and len(h["strategy"]["steps"]) == 1
                   and h["strategy"].get("base", "base") == "base" and view.baseline
                   and h["objectives"]["accuracy"] < view.baseline.accuracy]
         return max(scored, key=lambda x: x[1])[0] if scored else None

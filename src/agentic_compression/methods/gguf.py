@@ -1,0 +1,50 @@
+"""llama.cpp's quantization types, applied by llama.cpp to the f32 GGUF of the model in hand (targets.llamacpp):
+the last step of a strategy on the llamacpp target, after any PyTorch-side steps (structured pruning, distillation,
+LoRA merged). Optionally with an importance matrix computed by llama.cpp from the experiment's calibration text."""
+from __future__ import annotations
+
+from .base import Method, Param, register
+
+
+@register
+class GGUFQuant(Method):
+    name = "gguf"
+    action = "quantization"
+    runtime = "gguf"
+    final = True
+    cost = 0
+    memory_factor = 3.0  # the PyTorch model for the export check, plus llama.cpp's f32 file being quantized
+    reduces = ("model_size_gb", "latency_ms", "memory_gb", "co2_grams")
+    requires = ("llama_cpp", "gguf")
+    params = (Param(name="type", choices=["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS"], default="Q4_K_M",
+                    help="llama.cpp's quantization type (a width that is no multiple of 256 falls back per tensor)"),
+              Param(name="imatrix", choices=[False, True], default=False,
+                    help="weight the rounding error by llama.cpp's importance matrix over the calibration text"),
+              Param(name="imatrix_samples", low=4, high=512, default=32, grid=[32],
+                    help="512-token calibration windows the importance matrix is computed on"),
+              Param(name="tensor_types", default=None,
+                    help="per-tensor overrides, {tensor name or pattern: ggml type}, e.g. {\"attn_v\": \"q8_0\"} "
+                         "(mixed precision; set by a person or an allocation, never enumerated by a policy)"))
+
+    @classmethod
+    def available(cls):
+        from ..targets import get
+
+        ok, why = super().available()
+        return get("llamacpp").available() if ok else (ok, why)
+
+    @classmethod
+    def check(cls, params, config):
+        from ..targets.llamacpp import tool
+
+        if params.get("imatrix") and not (tool("llama-imatrix") and tool("llama-quantize")):
+            return "gguf.imatrix needs llama.cpp's llama-imatrix and llama-quantize tools, which setup.sh builds"
+        types = params.get("tensor_types")
+        if types is not None and not (isinstance(types, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                                      for k, v in types.items())):
+            return "gguf.tensor_types must map tensor names to ggml types, e.g. {\"attn_v\": \"q8_0\"}"
+        return super().check(params, config)
+
+    def apply(self, model, tokenizer, params, ctx):
+        raise TypeError("gguf quantizes a file, not a model in memory: it runs as a strategy's last step, in the "
+                        "llamacpp target's export")

@@ -1,0 +1,107 @@
+"""Deployment targets: the runtime a candidate is measured in, as it would be served.
+
+A target declares the checkpoint formats it runs (``Method.runtime`` values), how a PyTorch-side checkpoint is
+exported to it, and how the evaluation process loads what it exported: in serving mode for latency and memory, in
+scoring mode for perplexity and lm-eval. A new runtime is one module here plus its methods."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import UserError
+
+
+class Target:
+    name: ClassVar[str]
+    runtime: ClassVar[str]  # what results record as the runtime
+    runs: ClassVar[frozenset[str]]  # the Method.runtime values whose checkpoints it serves
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def available(self) -> tuple[bool, str]:
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        return (False, f"missing package(s): {', '.join(missing)}") if missing else (True, "")
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return version(self.requires[0])
+
+    def offers(self, method) -> bool:
+        """Whether a method's result runs here (alone, or chained into this target's own export)."""
+        return method.runtime in self.runs
+
+    def exported(self, checkpoint: Path) -> bool:
+        """Whether ``checkpoint`` is already in this target's format (the PyTorch side needs no export)."""
+        return True
+
+    def export(self, dense: Path, out: Path, final=None, ctx=None) -> dict:
+        """Write ``out`` from a dense PyTorch-side checkpoint, applying ``final`` (a Step of this target's own
+        file-level method) on the way; returns what the export measured (conversion check, bits per weight)."""
+        raise NotImplementedError
+
+    # ---- in the evaluation process ----
+    def load(self, checkpoint: Path, settings) -> Any:
+        """The model in serving mode, called like a transformers model."""
+        raise NotImplementedError
+
+    def scoring(self, model, settings):
+        """The model as perplexity and lm-eval need it (every position's logits)."""
+        return model
+
+    def lm(self, model, tokenizer, settings, add_bos: bool | None):
+        """An lm-eval ``LM`` over the loaded model."""
+        raise NotImplementedError
+
+    def size_bytes(self, checkpoint: Path) -> int:
+        return sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+
+    def num_params(self, model) -> int:
+        raise NotImplementedError
+
+    def describe(self, checkpoint: Path, model) -> dict:
+        """The format facts a result records beside runtime and version."""
+        return {}
+
+
+# what besides the weights an exported checkpoint keeps: the tokenizer the evaluation scores with, the config the model
+# card reads (acf's own bookkeeping files excluded)
+SIDE_FILES = ("*.json", "*.jinja", "*.model", "*.txt")
+NOT_SIDE = ("model.safetensors.index.json", "acf_format.json", "acf_conversion.json", "acf_lowrank.json")
+
+
+def copy_side_files(dense: Path, out: Path) -> None:
+    import shutil
+
+    for pattern in SIDE_FILES:
+        for f in dense.glob(pattern):
+            if f.name not in NOT_SIDE:
+                shutil.copy2(f, out / f.name)
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register(target: type[Target]) -> type[Target]:
+    if target.name in TARGETS and type(TARGETS[target.name]) is not target:
+        raise ValueError(f"target name '{target.name}' is taken by {type(TARGETS[target.name]).__qualname__}")
+    TARGETS[target.name] = target()
+    return target
+
+
+def get(name: str) -> Target:
+    if name not in TARGETS:
+        raise UserError(f"unknown target '{name}'", f"choose one of: {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def ready(name: str) -> Target:
+    """The target, or a one-line error saying what to install."""
+    t = get(name)
+    ok, why = t.available()
+    if not ok:
+        raise UserError(f"target '{name}' cannot run here: {why}", "run setup.sh, which installs every CPU runtime")
+    return t
+
+
+from . import llamacpp, ortgenai, transformers  # noqa: E402,F401  (registration)

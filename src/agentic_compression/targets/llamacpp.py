@@ -1,0 +1,197 @@
+"""llama.cpp on the CPU (GGUF files: what Ollama and LM Studio serve).
+
+Export: llama.cpp's own converter (convert_hf_to_gguf.py, from the llama-cpp-python source archive that setup.sh
+unpacks into ``<venv>/share/llama.cpp``) writes an f32 GGUF, which is checked against the PyTorch model it came from
+(llamacpp.compare: the same tokens, next-token KL below F32_KL) and then quantized by llama.cpp itself
+(``llama_model_quantize``, or the ``llama-quantize`` tool where an importance matrix or per-tensor types are asked
+for). Measurement: llama-cpp-python in the evaluation process, serving mode for latency and memory, scoring mode
+for perplexity and lm-eval (``RuntimeLM``, over llama.cpp's logits with the checkpoint's own tokenizer, which the export
+check proved tokenizes as the GGUF does)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import Target, copy_side_files, register
+
+GGUF = "model.gguf"
+FORMAT_FILE = "acf_format.json"
+F32_KL = 1e-3  # next-token KL (nats) allowed between an f32 export and the PyTorch model (seen: 1e-6)
+QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS")
+
+
+def tools_dir() -> Path:
+    return Path(os.environ.get("ACF_LLAMA_CPP_DIR", Path(sys.prefix) / "share" / "llama.cpp"))
+
+
+def tool(name: str) -> Path | None:
+    """A llama.cpp command-line tool setup.sh built (llama-quantize, llama-imatrix), or None."""
+    p = tools_dir() / "bin" / name
+    return p if p.is_file() and os.access(p, os.X_OK) else None
+
+
+def convert(dense: Path, out: Path) -> None:
+    """HF folder -> f32 GGUF with llama.cpp's converter. A byte-level BPE tokenizer that claims byte fallback (how
+    transformers writes one it rebuilt from a GGUF) would be taken for a SentencePiece vocabulary: the converter
+    gets a copy of the folder with that flag cleared, the weights linked, not copied."""
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".convert-") as tmp:
+        stage = Path(tmp)
+        for f in dense.iterdir():
+            if f.is_file():
+                (stage / f.name).symlink_to(f.resolve())
+        tj = dense / "tokenizer.json"
+        if tj.is_file():
+            j = json.loads(tj.read_text(encoding="utf-8"))
+            pre = json.dumps(j.get("pre_tokenizer"))
+            if j.get("model", {}).get("byte_fallback") and "ByteLevel" in pre:
+                j["model"]["byte_fallback"] = False
+                (stage / "tokenizer.json").unlink()
+                (stage / "tokenizer.json").write_text(json.dumps(j), encoding="utf-8")
+        proc = subprocess.run([sys.executable, str(tools_dir() / "convert_hf_to_gguf.py"), str(stage),
+                               "--outtype", "f32", "--outfile", str(out)], capture_output=True, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-3:]
+        raise RuntimeError(f"llama.cpp's converter failed (exit {proc.returncode}): {' | '.join(last)}")
+
+
+def quantize(f32: Path, out: Path, qtype: str, imatrix: Path | None = None, threads: int | None = None,
+             tensor_types: dict[str, str] | None = None) -> None:
+    """llama.cpp's own quantizer: through the library, or through its tool where an importance matrix or per-tensor
+    types (``{"blk.0.ffn_down": "q8_0"}``: a tensor name or pattern -> a ggml type) are asked for."""
+    if imatrix is not None or tensor_types:
+        exe = tool("llama-quantize")
+        if exe is None:
+            raise RuntimeError("an importance matrix or per-tensor types need llama.cpp's llama-quantize (setup.sh "
+                               "builds it)")
+        cmd = [str(exe), *(["--imatrix", str(imatrix)] if imatrix else [])]
+        for name, ggml_type in (tensor_types or {}).items():
+            cmd += ["--tensor-type", f"{name}={ggml_type}"]
+        proc = subprocess.run([*cmd, str(f32), str(out), qtype, str(threads or os.cpu_count())],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"llama-quantize failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+        return
+    import ctypes
+
+    import llama_cpp
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    p.nthread = threads or os.cpu_count()
+    rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(out).encode(), ctypes.byref(p))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize to {qtype} failed (return code {rc})")
+
+
+def importance_matrix(f32: Path, text: str, out: Path, ctx_len: int, threads: int | None = None) -> None:
+    """llama.cpp's importance matrix (llama-imatrix): the mean squared activations entering each weight matrix,
+    over the experiment's calibration text."""
+    exe = tool("llama-imatrix")
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=out.parent, delete=False) as fh:
+        fh.write(text)
+    try:
+        proc = subprocess.run([str(exe), "-m", str(f32), "-f", fh.name, "-o", str(out), "-c", str(ctx_len),
+                               "-t", str(threads or os.cpu_count()), "--no-ppl"], capture_output=True, text=True)
+    finally:
+        os.unlink(fh.name)
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"llama-imatrix failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+
+
+def tensor_facts(gguf: Path) -> dict:
+    """What the file really stores: bits per weight over all tensors (bytes x 8 / elements), the parameter count,
+    and how many tensors of each llama.cpp type (SmolLM2's width 576 is no multiple of 256: most "Q4_K_M" tensors
+    fall back to Q5_0/Q8_0, and this says so)."""
+    from gguf import GGUFReader
+
+    tensors = GGUFReader(str(gguf)).tensors
+    elements = sum(int(t.n_elements) for t in tensors)
+    types: dict[str, int] = {}
+    for t in tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    return {"bits_per_weight": 8 * sum(int(t.n_bytes) for t in tensors) / elements, "num_params": elements,
+            "tensor_types": types}
+
+
+@register
+class LlamaCppTarget(Target):
+    name = "llamacpp"
+    runtime = "llama.cpp"
+    runs = frozenset({"dense", "dense-smaller", "gguf"})
+    requires = ("llama_cpp", "gguf")
+
+    def available(self) -> tuple[bool, str]:
+        ok, why = super().available()
+        if ok and not (tools_dir() / "convert_hf_to_gguf.py").is_file():
+            return False, (f"llama.cpp's converter is not in {tools_dir()} "
+                           "(setup.sh unpacks it there; or set ACF_LLAMA_CPP_DIR)")
+        return ok, why
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return f"llama-cpp-python {version('llama_cpp_python')}"
+
+    def export(self, dense: Path, out: Path, final=None, ctx=None) -> dict:
+        from .. import llamacpp
+        from ..models import load
+
+        out.mkdir(parents=True, exist_ok=True)
+        f32 = out / ".f32.gguf"
+        try:
+            convert(dense, f32)
+            model, tok = load(dense)
+            check = llamacpp.compare(model, tok, f32, kl_tolerance=F32_KL)
+            del model
+            if not check["ok"]:
+                raise RuntimeError(f"the f32 GGUF does not match the PyTorch model: {check['why']}")
+            info: dict = {"format": "gguf", "type": "F32", "conversion_check": check}
+            if final is None:
+                f32.rename(out / GGUF)
+            else:
+                p = final.params
+                imat = None
+                if p.get("imatrix"):
+                    imat = out / ".imatrix.gguf"
+                    texts = ctx.calibration(tok, int(p.get("imatrix_samples", 32)), 512)
+                    importance_matrix(f32, "\n".join(tok.decode(s) for s in texts), imat, 512)
+                quantize(f32, out / GGUF, p["type"], imat, tensor_types=p.get("tensor_types"))
+                info.update(type=p["type"], imatrix=bool(imat), tensor_overrides=p.get("tensor_types") or {})
+        finally:
+            for tmp in (f32, out / ".imatrix.gguf"):
+                tmp.unlink(missing_ok=True)
+        copy_side_files(dense, out)
+        info |= tensor_facts(out / GGUF) | {"runtime": self.runtime, "runtime_version": self.version()}
+        (out / FORMAT_FILE).write_text(json.dumps(info, indent=1))
+        return info
+
+    def load(self, checkpoint: Path, settings):
+        from ..llamacpp import LlamaCpp
+
+        n_ctx = settings.prompt_tokens + settings.decode_tokens + 8  # what serving this prompt holds in KV cache
+        return LlamaCpp(checkpoint / GGUF, n_ctx=n_ctx, threads=settings.threads, logits_all=False)
+
+    def scoring(self, model, settings):
+        from ..llamacpp import LlamaCpp
+
+        model.close()
+        return LlamaCpp(model.path, n_ctx=max(settings.ppl_window, 2048), threads=settings.threads)
+
+    def lm(self, model, tokenizer, settings, add_bos):
+        from .runtime_lm import RuntimeLM
+
+        return RuntimeLM(model, tokenizer, add_bos, max_length=model.llm.n_ctx())
+
+    def size_bytes(self, checkpoint: Path) -> int:
+        return (checkpoint / GGUF).stat().st_size
+
+    def num_params(self, model) -> int:
+        return tensor_facts(model.path)["num_params"]
+
+    def describe(self, checkpoint: Path, model) -> dict:
+        f = checkpoint / FORMAT_FILE
+        return json.loads(f.read_text()) if f.is_file() else {"format": "gguf", **tensor_facts(checkpoint / GGUF)}

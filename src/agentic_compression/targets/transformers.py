@@ -1,0 +1,29 @@
+"""transformers on PyTorch: every PyTorch-side format, measured as acf always has."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import Target, register
+
+
+@register
+class Transformers(Target):
+    name = "transformers"
+    runtime = "transformers"
+    runs = frozenset({"dense", "dense-smaller", "compressed-tensors", "bitsandbytes", "low-rank"})
+    requires = ("transformers",)
+
+    def load(self, checkpoint: Path, settings):
+        from ..models import load
+
+        return load(checkpoint, device=settings.device)[0]
+
+    def lm(self, model, tokenizer, settings, add_bos):
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, add_bos_token=add_bos)
+
+    def num_params(self, model) -> int:
+        from ..evaluation.worker import logical_params
+
+        return logical_params(model)

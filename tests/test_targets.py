@@ -1,0 +1,283 @@
+"""Deployment targets: llama.cpp (GGUF) export, quantization types, measurement in the runtime, and a run there."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentic_compression import methods, targets
+from agentic_compression.schemas import Step, Strategy
+from agentic_compression.workers import apply_strategy
+
+LLAMACPP, ORT = targets.get("llamacpp"), targets.get("ortgenai")
+# setup.sh installs every CPU target: CI runs these, and skips none
+needs_cpp = pytest.mark.skipif(not LLAMACPP.available()[0], reason=LLAMACPP.available()[1])
+needs_ort = pytest.mark.skipif(not ORT.available()[0], reason=ORT.available()[1])
+
+
+def _ctx(data_dir=None):
+    from agentic_compression.data import calibration_samples
+
+    return methods.Context(calibration=lambda tok, n, L: calibration_samples(tok, data_dir, n, L, seed=0))
+
+
+def _runtime(target, out, n_ctx, logits_all=True):
+    from agentic_compression.llamacpp import LlamaCpp
+    from agentic_compression.targets.ortgenai import OrtGenAI
+
+    if target is LLAMACPP:
+        return LlamaCpp(out / "model.gguf", n_ctx=n_ctx, logits_all=logits_all)
+    return OrtGenAI(out, n_ctx, logits_all=logits_all)
+
+
+@pytest.mark.parametrize("target", [pytest.param(LLAMACPP, marks=needs_cpp, id="llamacpp"),
+                                    pytest.param(ORT, marks=needs_ort, id="ortgenai")])
+def test_the_f32_export_scores_every_token_as_transformers_does(tmp_path, tiny_dir, target):
+    """lm-eval's log-likelihoods through the runtime (RuntimeLM) against lm-eval's HFLM on the PyTorch model: within
+    1e-3 per token; and serving mode decodes the same greedy tokens as transformers (what latency is timed on)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from agentic_compression.evaluation import measure
+    from agentic_compression.models import load
+    from agentic_compression.targets.runtime_lm import RuntimeLM
+
+    out = tmp_path / "f32"
+    info = target.export(tiny_dir, out)
+    assert info["conversion_check"]["ok"] and info["conversion_check"]["kl"] < 1e-3
+    assert info["type"].lower() in ("f32", "fp32") and abs(info["bits_per_weight"] - 32) < 0.5
+    model, tok = load(tiny_dir)
+    cpp = _runtime(target, out, 256)
+    reqs = [("The lighthouse keeper wrote", " that the storm had passed."), ("In 1874 the", " light was built"),
+            ("A", " long answer with several tokens in it, to score")]
+    hf, cl = HFLM(pretrained=model, tokenizer=tok, batch_size=1), RuntimeLM(cpp, tok, None, 256)
+    for (ctx, cont) in reqs:
+        c_ids, t_ids = hf._encode_pair(ctx, cont)
+        assert cl._encode_pair(ctx, cont) == (c_ids, t_ids)
+        (a, ga), = hf._loglikelihood_tokens([((ctx, cont), c_ids, t_ids)])
+        (b, gb), = cl._loglikelihood_tokens([((ctx, cont), c_ids, t_ids)])
+        assert abs(a - b) / len(t_ids) < 1e-3 and ga == gb
+    cpp.close()
+    serving = _runtime(target, out, 64, logits_all=False)
+    prompt = tok("The lighthouse on the northern cape")["input_ids"]
+    ours = measure.latency(serving, prompt, 8, 0, 1)["generated"]
+    assert ours == measure.latency(model, prompt, 8, 0, 1)["generated"]
+
+
+@needs_cpp
+def test_a_quantization_type_chains_after_structured_pruning(tmp_path, tiny_dir, data_dir):
+    """structured MLP pruning in PyTorch, then llama.cpp's Q8_0 on the exported result: a smaller GGUF that
+    llama.cpp loads, whose recorded bits per weight are what its tensors hold."""
+    from agentic_compression.llamacpp import LlamaCpp
+    from agentic_compression.targets.llamacpp import tensor_facts
+
+    s = Strategy(action="pipeline", steps=[Step(method="structured", params={"granularity": "mlp", "ratio": 0.25}),
+                                           Step(method="gguf", params={"type": "Q8_0"})])
+    res = apply_strategy(s, tiny_dir, tmp_path / "ckpt", _ctx(data_dir), target=LLAMACPP)
+    assert res.error is None, res.error
+    fmt = json.loads((tmp_path / "ckpt" / "acf_format.json").read_text())
+    assert fmt["type"] == "Q8_0" and fmt["conversion_check"]["ok"]
+    assert fmt == {**fmt, **tensor_facts(tmp_path / "ckpt" / "model.gguf")}
+    assert fmt["tensor_types"].get("Q8_0", 0) > 0 and 8 < fmt["bits_per_weight"] < 32
+    from agentic_compression.models import load
+
+    dense = sum(p.numel() for p in load(tiny_dir)[0].parameters())
+    assert fmt["num_params"] < dense  # the MLP lost a quarter of its channels
+    cpp = LlamaCpp(tmp_path / "ckpt" / "model.gguf", n_ctx=64)
+    assert torch.isfinite(cpp(torch.tensor([[1, 2, 3]])).logits).all()
+    cpp.close()
+    assert [s["method"] for s in res.steps] == ["structured", "gguf"] and res.export["type"] == "Q8_0"
+
+
+@needs_cpp
+def test_per_tensor_types_override_the_quantization_type(tmp_path, tiny_dir):
+    """gguf.tensor_types (what a mixed-precision allocation sets): the named tensors hold the type asked for, every
+    other weight matrix the strategy's type."""
+    from gguf import GGUFReader
+
+    step = Step(method="gguf", params={"type": "Q8_0", "tensor_types": {"ffn_down": "q4_0"}})
+    res = apply_strategy(Strategy(action="quantization", steps=[step]), tiny_dir, tmp_path / "ckpt", _ctx(),
+                         target=LLAMACPP)
+    assert res.error is None, res.error
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(tmp_path / "ckpt" / "model.gguf")).tensors}
+    assert {v for k, v in types.items() if "ffn_down" in k} == {"Q4_0"}
+    assert {v for k, v in types.items() if k.endswith(("ffn_up.weight", "attn_q.weight"))} == {"Q8_0"}
+    assert res.export["tensor_overrides"] == {"ffn_down": "q4_0"}
+
+
+@needs_ort
+def test_int4_onnx_chains_after_structured_pruning(tmp_path, tiny_dir, data_dir):
+    s = Strategy(action="pipeline", steps=[Step(method="structured", params={"granularity": "mlp", "ratio": 0.25}),
+                                           Step(method="ort", params={"precision": "int4", "block_size": 32})])
+    res = apply_strategy(s, tiny_dir, tmp_path / "ckpt", _ctx(data_dir), target=ORT)
+    assert res.error is None, res.error
+    fmt = json.loads((tmp_path / "ckpt" / "acf_format.json").read_text())
+    weights = sum((tmp_path / "ckpt" / f).stat().st_size for f in ("model.onnx", "model.onnx.data")
+                  if (tmp_path / "ckpt" / f).exists())
+    assert fmt["type"] == "int4" and fmt["bits_per_weight"] == pytest.approx(8 * weights / fmt["num_params"])
+    assert fmt["bits_per_weight"] < 16  # int4 blocks with scales, embeddings in fp32: far under fp32's 32
+    out = _runtime(ORT, tmp_path / "ckpt", 64)
+    assert torch.isfinite(torch.from_numpy(out.logits([1, 2, 3]))).all()
+
+
+@pytest.mark.parametrize("target,method,params,says", [
+    pytest.param(LLAMACPP, "gguf", {"type": "Q4_0"}, ("llama.cpp's converter failed", "NoSuchModelForCausalLM"),
+                 marks=needs_cpp, id="llamacpp"),
+    pytest.param(ORT, "ort", {"precision": "int4"}, ("model builder failed", "model is not currently supported"),
+                 marks=needs_ort, id="ortgenai")])
+def test_a_failed_conversion_fails_the_episode_with_the_converters_error(tmp_path, tiny_dir, target, method,
+                                                                         params, says):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**cfg, "architectures": ["NoSuchModelForCausalLM"]}))
+    res = apply_strategy(Strategy(action="quantization", steps=[Step(method=method, params=params)]),
+                         broken, tmp_path / "ckpt", _ctx(), target=target)
+    assert res.checkpoint is None and res.failed_step == 0
+    assert all(x in res.error for x in says), res.error
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("steps,target,why", [
+    ([("gguf", {"type": "Q4_0"}), ("structured", {})], "llamacpp", "must be the last step"),
+    ([("gptq", {})], "llamacpp", "produces compressed-tensors checkpoints, which the llamacpp target does not run"),
+    ([("gguf", {"type": "Q4_0"})], "transformers", "produces gguf checkpoints, which the transformers target"),
+])
+def test_a_strategy_the_target_cannot_run_is_refused_before_any_work(tmp_path, steps, target, why):
+    s = Strategy(action="pipeline", steps=[Step(method=m, params=p) for m, p in steps])
+    res = apply_strategy(s, tmp_path / "never-loaded", tmp_path / "ckpt", _ctx(), target=targets.get(target))
+    assert res.checkpoint is None and why in res.error
+
+
+@pytest.mark.parametrize("base_file,content,target,why", [
+    ("acf_format.json", {"format": "gguf"}, "transformers", "is a runtime's deployed file"),
+    ("config.json", {"model_type": "llama", "quantization_config": {"quant_method": "compressed-tensors"}},
+     "llamacpp", "the llamacpp target exports dense checkpoints"),
+])
+def test_a_base_no_export_can_start_from_is_refused(tmp_path, base_file, content, target, why):
+    """Chaining on a GGUF/ONNX episode (never loaded back into PyTorch), or exporting a compressed checkpoint to a
+    runtime that converts dense ones: one line, before any work, and nothing written."""
+    base = tmp_path / "episode_001" / "checkpoint"
+    base.mkdir(parents=True)
+    (base / base_file).write_text(json.dumps(content))
+    step = Step(method="gguf", params={"type": "Q4_0"}) if target == "llamacpp" else Step(method="structured")
+    res = apply_strategy(Strategy(action="pipeline", steps=[step]), base, tmp_path / "ckpt", _ctx(),
+                         target=targets.get(target))
+    assert res.checkpoint is None and why in res.error and not (tmp_path / "ckpt").exists()
+
+
+def test_policies_never_chain_on_a_deployed_file():
+    from agentic_compression.policies.base import chainable
+
+    entry = {"status": "success", "strategy": {"steps": [{"method": "structured"}, {"method": "gguf"}]}}
+    assert not chainable(entry) and chainable({**entry, "strategy": {"steps": [{"method": "structured"}]}})
+    assert not chainable({"status": "failed", "strategy": {"steps": [{"method": "gptq"}]}})
+
+
+def test_the_rule_policy_reads_bits_from_runtime_types():
+    from agentic_compression.policies.rule import bits
+
+    assert [bits(Step(method="gguf", params={"type": t})) for t in ("Q8_0", "Q6_K", "Q4_K_M", "IQ4_XS")] == \
+        [8, 6, 4, 4]
+    assert [bits(Step(method="ort", params={"precision": p})) for p in ("int8", "int4")] == [8, 4]
+
+
+@pytest.fixture(scope="module")
+def smollm2_f32(tmp_path_factory, smollm2_dir):
+    out = tmp_path_factory.mktemp("smollm2-gguf") / "f32"
+    LLAMACPP.export(smollm2_dir, out)
+    return out
+
+
+@needs_cpp
+@pytest.mark.integration
+def test_each_type_reloads_and_stores_the_bits_it_claims(tmp_path, smollm2_dir, smollm2_f32):
+    """SmolLM2's width 576 is no multiple of 256, so K-types fall back per tensor: the recorded bits per weight are
+    the file's, each type's file is smaller than the one before, and each reloads with a sane perplexity."""
+    from agentic_compression import llamacpp
+    from agentic_compression.models import load
+    from agentic_compression.targets.llamacpp import QUANT_TYPES, quantize, tensor_facts
+
+    model, tok = load(smollm2_dir)
+    sizes, bands = [], {"Q8_0": (8, 9), "Q6_K": (6.5, 8.5), "Q5_K_M": (5.5, 7), "Q4_K_M": (5, 6.5),
+                        "Q4_0": (4, 5.5), "IQ4_XS": (4, 5.5)}
+    for t in QUANT_TYPES:
+        out = tmp_path / f"{t}.gguf"
+        quantize(smollm2_f32 / "model.gguf", out, t)
+        facts = tensor_facts(out)
+        lo, hi = bands[t]
+        assert lo <= facts["bits_per_weight"] <= hi, (t, facts)
+        assert facts["bits_per_weight"] * facts["num_params"] / 8 <= out.stat().st_size  # plus metadata
+        check = llamacpp.compare(model, tok, out)  # the fp32 model against llama.cpp running this file
+        assert "perplexity" in check and 1 / 1.5 < check["ratio"] < 1.02, (t, check)
+        sizes.append(out.stat().st_size)
+    assert sizes[:5] == sorted(sizes[:5], reverse=True)
+
+
+@needs_cpp
+@pytest.mark.integration
+def test_an_importance_matrix_changes_the_weights_and_lowers_the_calibration_error(tmp_path, smollm2_dir,
+                                                                                   smollm2_f32, data_dir):
+    from agentic_compression import data
+    from agentic_compression.llamacpp import LlamaCpp
+    from agentic_compression.models import load_tokenizer
+    from agentic_compression.targets.llamacpp import importance_matrix, quantize
+
+    tok = load_tokenizer(smollm2_dir)
+    windows = data.calibration_samples(tok, data_dir, 8, 512, 0, "wikitext2-first-half")
+    f32 = smollm2_f32 / "model.gguf"
+    importance_matrix(f32, "\n".join(tok.decode(w) for w in windows), tmp_path / "imatrix.gguf", 512)
+    quantize(f32, tmp_path / "plain.gguf", "Q4_0")
+    quantize(f32, tmp_path / "imat.gguf", "Q4_0", tmp_path / "imatrix.gguf")
+    assert (tmp_path / "plain.gguf").read_bytes() != (tmp_path / "imat.gguf").read_bytes()
+
+    def kl(path):  # mean next-token KL from the f32 model on two calibration windows
+        ref, q = LlamaCpp(f32, n_ctx=512), LlamaCpp(path, n_ctx=512)
+        total = 0.0
+        for w in windows[:2]:
+            lp = torch.log_softmax(torch.tensor(ref.logits(w)[: len(w)].copy()), -1)
+            lq = torch.log_softmax(torch.tensor(q.logits(w)[: len(w)].copy()), -1)
+            total += (lp.exp() * (lp - lq)).sum(-1).mean().item()
+        return total / 2
+
+    assert kl(tmp_path / "imat.gguf") < kl(tmp_path / "plain.gguf")
+
+
+RUNTIMES = {"llamacpp": ("llama.cpp", "gguf", "model.gguf"), "ortgenai": ("onnxruntime-genai", "ort", "model.onnx")}
+
+
+@needs_cpp
+@needs_ort
+@pytest.mark.integration
+def test_a_run_across_two_targets_measures_each_candidate_in_its_runtime(tmp_path, data_dir):
+    """Two episodes on SmolLM2 with --targets llamacpp,ortgenai: each target's baseline is its f32 export, timed
+    beside transformers fp32 (the reference) and scoring as it does; every candidate is measured in the runtime its
+    last step targets, on the reference's latency scale; a runtime's own quantization shrinks the file."""
+    from agentic_compression.cli import main
+
+    code = main(["run", "--model", "smollm2-135m", "--dataset", "hellaswag", "--data-dir", str(data_dir),
+                 "--output-dir", str(tmp_path), "--experiment", "t", "--targets", "llamacpp,ortgenai",
+                 "--max-episodes", "2", "--limit", "20", "--ppl-tokens", "512", "--repeats", "2", "--no-skills"])
+    assert code == 0
+    final = json.loads((tmp_path / "t" / "final_results.json").read_text())
+    ref = final["reference"]
+    assert final["targets"] == ["llamacpp", "ortgenai"] and ref["result"]["runtime"]["target"] == "transformers"
+    for name, (runtime, _, weights) in RUNTIMES.items():
+        b = final["baselines"][name]
+        assert b["runtime"]["runtime"] == runtime and b["runtime"]["type"].lower() in ("f32", "fp32")
+        assert Path(b["checkpoint"], weights).is_file()
+        side = ref["targets"][name]
+        assert 0 < side["latency_ratio"] and abs(side["size_ratio"] - 1) < 0.01
+        # on the reference's scale: the baseline's paired ratio times transformers' own median
+        assert b["objectives"]["latency_ms"] == pytest.approx(side["latency_ratio"] * ref["result"]["latency_ms"])
+    # the f32 GGUF scores as transformers fp32 does: the same items right, perplexity within 0.5%
+    assert final["baseline"]["accuracy"] == ref["result"]["accuracy"]
+    assert abs(final["baseline"]["perplexity"] / ref["result"]["perplexity"] - 1) < 0.005
+    ok = [e for e in final["episodes"] if e["status"] == "success"]
+    assert ok
+    for e in ok:  # a PyTorch-only strategy goes to the first target listed
+        name = next((n for n, (_, m, _) in RUNTIMES.items() if e["steps"][-1]["method"] == m), "llamacpp")
+        runtime, method, weights = RUNTIMES[name]
+        assert e["runtime"]["runtime"] == runtime and Path(e["checkpoint"], weights).is_file()
+        if e["steps"][-1]["method"] == method:
+            assert e["relative"]["model_size_gb"] < 0.35
