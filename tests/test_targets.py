@@ -105,6 +105,26 @@ def test_per_tensor_types_override_the_quantization_type(tmp_path, tiny_dir):
     assert res.export["tensor_overrides"] == {"ffn_down": "q4_0"}
 
 
+@needs_cpp
+def test_mixed_precision_becomes_llamacpp_per_tensor_types(tmp_path, tiny_dir, data_dir):
+    """gguf.avg_bits: every decoder weight's type chosen by measured sensitivity (methods/mixed.py), each pattern
+    naming exactly one tensor of the file, which holds that type."""
+    import re
+
+    from gguf import GGUFReader
+
+    step = Step(method="gguf", params={"type": "Q8_0", "avg_bits": 6.0})
+    res = apply_strategy(Strategy(action="quantization", steps=[step]), tiny_dir, tmp_path / "ckpt", _ctx(data_dir),
+                         target=LLAMACPP)
+    assert res.error is None, res.error
+    mixed, overrides = res.export["mixed"], res.export["tensor_overrides"]
+    assert len(overrides) == 2 * 7 and set(overrides.values()) == {"q4_0", "q8_0"} and mixed["avg_bits"] <= 6
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(tmp_path / "ckpt" / "model.gguf")).tensors}
+    for pattern, ggml_type in overrides.items():
+        (name,) = [n for n in types if re.search(pattern, n)]
+        assert types[name] == ggml_type.upper()
+
+
 @needs_ort
 def test_int4_onnx_chains_after_structured_pruning(tmp_path, tiny_dir, data_dir):
     s = Strategy(action="pipeline", steps=[Step(method="structured", params={"granularity": "mlp", "ratio": 0.25}),
@@ -180,6 +200,8 @@ def test_the_rule_policy_reads_bits_from_runtime_types():
     assert [bits(Step(method="gguf", params={"type": t})) for t in ("Q8_0", "Q6_K", "Q4_K_M", "IQ4_XS")] == \
         [8, 6, 4, 4]
     assert [bits(Step(method="ort", params={"precision": p})) for p in ("int8", "int4")] == [8, 4]
+    assert bits(Step(method="gguf", params={"type": "Q8_0", "avg_bits": 5.0})) == 5
+    assert bits(Step(method="mixed", params={"avg_bits": 4.5})) == 4
 
 
 @pytest.fixture(scope="module")

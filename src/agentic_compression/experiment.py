@@ -17,7 +17,7 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import benchmarks, console, data, goals, methods, models, policies, resources, sanity, targets
+from . import benchmarks, console, data, goals, methods, models, policies, resources, sanity, stats_cache, targets
 from .card import write_card
 from .config import RunConfig
 from .errors import UserError
@@ -38,6 +38,15 @@ from .workers import apply_strategy
 WORKER_NODES = {"quantization": "quantization", "asvd": "quantization", "lora": "quantization",
                 "qlora": "quantization", "pruning": "pruning", "distillation": "pipeline", "pipeline": "pipeline",
                 "search": "search"}
+
+
+def _allocation(e: Episode) -> dict | None:
+    """A mixed-precision episode's per-layer sensitivities and the formats allocated (methods/mixed.py): measured in
+    a PyTorch step, or in the llamacpp export (gguf.avg_bits)."""
+    for s in e.step_log:
+        if "mixed" in s.get("measured", {}):
+            return s["measured"]["mixed"]
+    return e.result.runtime.get("mixed") if e.result else None
 
 
 def _now() -> str:
@@ -90,7 +99,7 @@ CANCEL = "cancel"  # a file whose presence stops the loop at its next decision
 FAILED = "failed.json"  # why a run stopped with an error, and when (kept for the API; removed by a resume)
 # what a run writes at the top of its folder: all that a failed brand-new run may remove (never anything else)
 OWN_FILES = ("config.json", "model_spec.json", "baseline", PROGRESS, STATE_DB, f"{STATE_DB}-wal", f"{STATE_DB}-shm",
-             ".work", FAILED)
+             ".work", FAILED, stats_cache.FOLDER)
 STRATEGY_SCHEMA = 1  # strategy.json's layout: schemas.Strategy's fields; raise it when they change meaning
 EPISODE_FILES = ("checkpoint", "strategy.json")  # what a killed, unfinished attempt at an episode leaves
 
@@ -545,6 +554,7 @@ class Experiment:
         write_json(ep_dir / "strategy.json", {"schema_version": STRATEGY_SCHEMA, **strategy.model_dump()})
         base = self.model_path if strategy.base == "base" else self._checkpoint_of(strategy.base)
         ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed, probe=self.probe,
+                              stats=self.dir / stats_cache.FOLDER,
                               extras={"teacher": self.model_path})
         started, t = _now(), time.perf_counter()
         with Energy(self.cfg.eval.country_iso_code) as energy:
@@ -686,7 +696,7 @@ class Experiment:
                           "intervals": e.result.intervals if e.result else None, "error": e.error,
                           "feasible": e.feasible, "infeasible_because": e.infeasible_because,
                           "checkpoint": e.checkpoint, "compress_seconds": e.compress_seconds,
-                          "runtime": e.result.runtime if e.result else None}
+                          "runtime": e.result.runtime if e.result else None, "mixed": _allocation(e)}
                          for e in self.episodes],
         }
         write_json(self.dir / "final_results.json", summary)

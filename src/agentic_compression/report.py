@@ -178,6 +178,23 @@ def drifted(final: dict) -> str | None:
               "re-run on a quiet machine, or with fewer --threads")
 
 
+def sensitivity_chart(episode: dict):
+    """A mixed-precision episode's measured per-layer sensitivity to its lowest format, coloured by the format each
+    layer was given."""
+    import plotly.graph_objects as go
+
+    m = episode["mixed"]
+    low = min(m["formats"], key=m["formats"].get)
+    layers = list(m["sensitivity"])
+    fig = go.Figure([go.Bar(name=f"given {fmt}", x=[n for n in layers if m["assignment"][n] == fmt],
+                            y=[m["sensitivity"][n][low] for n in layers if m["assignment"][n] == fmt])
+                     for fmt in dict.fromkeys(m["assignment"].values())])
+    fig.update_layout(title=f"{episode['episode_id']}: each layer's sensitivity to {low} (next-token KL, nats) and "
+                      f"the format it was given ({m['avg_bits']:.2f} bits on average, budget {m['budget_bits']:g})",
+                      height=400, xaxis={"categoryorder": "array", "categoryarray": layers})
+    return fig
+
+
 def write_visualization(exp_dir: Path) -> Path:
     import plotly.graph_objects as go
 
@@ -205,6 +222,7 @@ def write_visualization(exp_dir: Path) -> Path:
     hv = final["hypervolume_history"]
     hv_fig = go.Figure(go.Scatter(x=[h["after"] for h in hv], y=[h["hypervolume"] for h in hv], mode="lines+markers"))
     hv_fig.update_layout(title="Hypervolume of the frontier after each episode (baseline-normalised)", height=350)
+    bars = [sensitivity_chart(e) for e in final["episodes"] if e.get("mixed")]
     cells = "".join(
         f"<tr><td>{html.escape(r['id'])}</td><td>{r['status']}</td><td>{'yes' if r['id'] in front else ''}</td>"
         + "".join(f"<td>{r['objectives'][k]:.4g}</td>" if r["objectives"] else "<td>-</td>" for k in OBJECTIVES)
@@ -221,7 +239,7 @@ def write_visualization(exp_dir: Path) -> Path:
         "<table border=1 cellpadding=4><tr><th>episode</th><th>status</th><th>Pareto</th>"
         + "".join(f"<th>{_LABELS[k]}</th>" for k in OBJECTIVES) + "<th>strategy</th></tr>" + cells + "</table>"
         + splom.to_html(full_html=False, include_plotlyjs=True)
-        + "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in (cube, par, hv_fig))
+        + "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in (cube, par, hv_fig, *bars))
         + "</body></html>")
     out = exp_dir / "pareto_visualization.html"
     out.write_text(page, encoding="utf-8")

@@ -88,7 +88,10 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
             if step_i and ct_quantized(model):  # only a save + reload gives peft/training float Linears
                 model = roundtrip(model, tok, out.parent)
             method = get(step.method)()
+            ctx.measured.clear()
             model = method.apply(model, tok, dict(step.params), ctx)
+            if ctx.measured:
+                log[-1]["measured"] = dict(ctx.measured)
             if not method.keeps_base_weights:
                 base_of(model)._acf_source = None  # the weights changed: the copy is stale
         if target.name == "transformers":

@@ -39,6 +39,9 @@ class Context:
     seed: int = 0
     extras: dict[str, Any] = field(default_factory=dict)  # "teacher": the base model's folder (distillation)
     probe: Callable[[Any, Any], dict[str, float]] | None = None  # (model, tokenizer) -> facts for step conditions
+    # what a step measured on the way that its episode keeps (mixed precision: each layer's sensitivity)
+    measured: dict[str, Any] = field(default_factory=dict)
+    stats: Path | None = None  # the experiment's statistics cache (stats_cache.py); None: nothing is reused
 
 
 class Method:

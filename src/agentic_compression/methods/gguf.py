@@ -22,6 +22,9 @@ class GGUFQuant(Method):
                     help="weight the rounding error by llama.cpp's importance matrix over the calibration text"),
               Param(name="imatrix_samples", low=4, high=512, default=32, grid=[32],
                     help="512-token calibration windows the importance matrix is computed on"),
+              Param(name="avg_bits", low=4.0, high=8.0, default=None,
+                    help="mixed precision: q4_0 or q8_0 per decoder weight, allocated by measured sensitivity so that "
+                         "they average at most this many bits (methods/mixed.py); the rest keeps the type"),
               Param(name="tensor_types", default=None,
                     help="per-tensor overrides, {tensor name or pattern: ggml type}, e.g. {\"attn_v\": \"q8_0\"} "
                          "(mixed precision; set by a person or an allocation, never enumerated by a policy)"))

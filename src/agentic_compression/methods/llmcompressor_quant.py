@@ -37,6 +37,11 @@ def linear_in_features(config: dict[str, Any]) -> set[int]:
     return {w for w in widths if w}
 
 
+def group_problem(group_size: int | None, config: dict[str, Any]) -> str | None:
+    bad = sorted(w for w in linear_in_features(config) if group_size and w % group_size)
+    return f"group_size {group_size} does not divide the layer width(s) {bad}" if bad else None
+
+
 def calibration_dataset(tokenizer, p: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """oneshot() keyword arguments for ``num_samples`` seeded windows of ``seq_len`` calibration tokens."""
     from datasets import Dataset
@@ -63,10 +68,7 @@ class _LLMCompressorQuant(Method):
         p = {**cls.defaults(), **params}
         if p["scheme"] == "W8A8" and p["group_size"]:
             return "W8A8 uses per-channel weights: group_size must be None"
-        bad = sorted(w for w in linear_in_features(config) if p["group_size"] and w % p["group_size"])
-        if bad:
-            return f"group_size {p['group_size']} does not divide the layer width(s) {bad}"
-        return None
+        return group_problem(p["group_size"], config)
 
     def modifier(self, p: dict[str, Any], ignore: list[str]):
         raise NotImplementedError

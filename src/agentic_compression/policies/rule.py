@@ -35,9 +35,12 @@ WRECKED = 2.0  # perplexity over the baseline's beyond which a method's result i
 
 def bits(step: Step) -> int:
     """Weight bits a step stores: W4A16 -> 4, bitsandbytes int8 -> 8 and nf4/fp4 -> 4, QLoRA 4, llama.cpp's
-    Q4_K_M / IQ4_XS and ONNX Runtime's int4 -> 4 (their first digit), else 16."""
+    Q4_K_M / IQ4_XS and ONNX Runtime's int4 -> 4 (their first digit), mixed precision's average (4.5 -> 4), else
+    16."""
     scheme, mode = step.params.get("scheme"), step.params.get("mode")
-    qtype = step.params.get("type") or step.params.get("precision")
+    qtype, avg = step.params.get("type") or step.params.get("precision"), step.params.get("avg_bits")
+    if isinstance(avg, (int, float)) and not isinstance(avg, bool):
+        return int(avg)
     if isinstance(scheme, str) and scheme[:1] == "W":
         return int(scheme[1])
     if isinstance(qtype, str) and any(c.isdigit() for c in qtype):

@@ -117,6 +117,33 @@ def tensor_facts(gguf: Path) -> dict:
             "tensor_types": types}
 
 
+def allocation(model, windows: list[list[int]], avg_bits: float, f32: Path, stats: Path | None = None) -> dict:
+    """Mixed precision in llama.cpp's types: each decoder weight's sensitivity to q4_0 and q8_0 (blocks of 32)
+    measured on the PyTorch model, allocated under ``avg_bits`` (methods/mixed.py), and named as the GGUF names the
+    tensor (llama-quantize's --tensor-type patterns)."""
+    import re
+
+    import gguf
+
+    from ..architecture import of_model
+    from ..methods.mixed import plan
+
+    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[architecture_of(f32)]
+    names = gguf.get_tensor_name_map(arch, of_model(model).n_layers)
+    out = plan(model, windows, avg_bits, 32, {"q4_0": 4, "q8_0": 8}, stats)
+    out["tensor_types"] = {re.escape(names.get_name(f"{n}.weight", try_suffixes=(".weight",))): t
+                           for n, t in out["assignment"].items()}
+    return out
+
+
+def architecture_of(path: Path) -> str:
+    """A GGUF file's general.architecture ("llama", "gemma3")."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields["general.architecture"]
+    return bytes(field.parts[field.data[0]]).decode()
+
+
 @register
 class LlamaCppTarget(Target):
     name = "llamacpp"
@@ -146,7 +173,6 @@ class LlamaCppTarget(Target):
             convert(dense, f32)
             model, tok = load(dense)
             check = llamacpp.compare(model, tok, f32, kl_tolerance=F32_KL)
-            del model
             if not check["ok"]:
                 raise RuntimeError(f"the f32 GGUF does not match the PyTorch model: {check['why']}")
             info: dict = {"format": "gguf", "type": "F32", "conversion_check": check}
@@ -159,8 +185,13 @@ class LlamaCppTarget(Target):
                     imat = out / ".imatrix.gguf"
                     texts = ctx.calibration(tok, int(p.get("imatrix_samples", 32)), 512)
                     importance_matrix(f32, "\n".join(tok.decode(s) for s in texts), imat, 512)
-                quantize(f32, out / GGUF, p["type"], imat, tensor_types=p.get("tensor_types"))
-                info.update(type=p["type"], imatrix=bool(imat), tensor_overrides=p.get("tensor_types") or {})
+                types = dict(p.get("tensor_types") or {})
+                if p.get("avg_bits") is not None:
+                    mixed = allocation(model, ctx.calibration(tok, 4, 128), float(p["avg_bits"]), f32, ctx.stats)
+                    types = {**mixed.pop("tensor_types"), **types}  # a person's own overrides win
+                    info["mixed"] = mixed
+                quantize(f32, out / GGUF, p["type"], imat, tensor_types=types)
+                info.update(type=p["type"], imatrix=bool(imat), tensor_overrides=types)
         finally:
             for tmp in (f32, out / ".imatrix.gguf"):
                 tmp.unlink(missing_ok=True)
