@@ -251,12 +251,14 @@ def test_structured_mlp_pruning_keeps_the_channels_that_matter(tiny_dir, ctx):
     """A channel whose down-projection column is zero contributes nothing: it must be among the first removed."""
     from agentic_compression.architecture import of_model
     from agentic_compression.methods.structured import prune_mlp
+    from agentic_compression.stats_cache import input_stats
 
     model, tok = load(tiny_dir)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[:, :8] = 0
         gate_before = model.model.layers[0].mlp.gate_proj.weight[8:].clone()
-    prune_mlp(model, of_model(model), ctx.calibration(tok, 4, 32), ratio=0.0625)  # 128 -> 120 channels: exactly 8 go
+    inputs = input_stats(model, ctx.calibration(tok, 4, 32), None)
+    prune_mlp(model, of_model(model), inputs, ratio=0.0625)  # 128 -> 120 channels: exactly 8 go
     kept_gate = model.model.layers[0].mlp.gate_proj.weight
     assert kept_gate.shape == (120, 64) and torch.equal(kept_gate, gate_before)
 

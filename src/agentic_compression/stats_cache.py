@@ -1,11 +1,17 @@
 """Calibration statistics computed once per experiment: what a calibration pass measures that a later episode can
-reuse (today: mixed precision's per-layer sensitivities) is stored in the experiment folder (``statistics/``), keyed
-by the weights it was measured on (a digest of every tensor), the calibration windows and the settings. A second
-mixed-precision episode at another budget, on the same model, measures nothing again."""
+reuse is stored in the experiment folder (``statistics/``), keyed by the weights it was measured on (a digest of
+every tensor), the calibration windows and the settings:
+- each block Linear's input activation sums (|x| and x^2 per channel: ASVD's scales, structured pruning's channel
+  and head scores), ``input_stats``;
+- mixed precision's per-layer sensitivities (methods/mixed.py).
+A second episode on the same model (another ASVD rank, another pruning ratio, another bit budget) measures nothing
+again. Wanda, SparseGPT, AWQ and GPTQ collect their statistics inside llm-compressor, which offers no way to hand
+them in: those are computed each time."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -27,21 +33,69 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def cached(folder: Path | None, kind: str, key: dict[str, Any], compute: Callable[[], T]) -> tuple[T, bool]:
-    """``compute()``'s JSON value, from ``folder`` when an earlier call stored it under the same key; returns
-    (value, reused). With no folder (a method run outside an experiment) it always computes. A torn or unreadable
-    file is computed again and rewritten."""
+def cached(folder: Path | None, kind: str, key: dict[str, Any], compute: Callable[[], T],
+           tensors: bool = False) -> tuple[T, bool]:
+    """``compute()``'s value (JSON, or with ``tensors`` a dict of tensors saved by torch), from ``folder`` when an
+    earlier call stored it under the same key; returns (value, reused). With no folder (a method run outside an
+    experiment) it always computes. A torn or unreadable file is computed again and rewritten."""
     if folder is None:
         return compute(), False
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    path = folder / f"{kind}-{digest}.json"
+    key = json.loads(json.dumps(key, default=str))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = folder / f"{kind}-{digest}.{'pt' if tensors else 'json'}"
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("key") == json.loads(json.dumps(key, default=str)):
+        if tensors:
+            import torch
+
+            stored = torch.load(path, weights_only=True)
+        else:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
             return stored["value"], True
-    except (OSError, ValueError, KeyError, AttributeError):
+    except Exception:  # missing, torn or foreign: measured again
         pass
     value = compute()
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"kind": kind, "key": key, "value": value})
+    if tensors:
+        import torch
+
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        torch.save({"kind": kind, "key": key, "value": value}, tmp)
+        os.replace(tmp, path)
+    else:
+        write_json(path, {"kind": kind, "key": key, "value": value})
     return value, False
+
+
+def windows_digest(samples: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps(samples).encode()).hexdigest()
+
+
+def input_stats(model, samples: list[list[int]], folder: Path | None) -> dict[str, dict[str, Any]]:
+    """Per block Linear (architecture.block_linears' names), over the calibration tokens: ``abs_sum`` and ``sq_sum``,
+    the sums of |x| and of x^2 of each input channel, and ``tokens``. One forward pass serves every method that
+    weighs weights by their inputs, once per weights and windows."""
+    from .architecture import of_model
+
+    def compute():
+        import torch
+
+        from .methods.base import forward_with_hooks
+
+        linears = of_model(model).block_linears(model)
+        out = {n: {"abs_sum": torch.zeros(m.in_features), "sq_sum": torch.zeros(m.in_features),
+                   "tokens": torch.tensor(0)} for n, m in linears.items()}
+
+        def hook(name):
+            def accumulate(module, args):  # returns None: a pre-hook's return value would replace the input
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+                out[name]["abs_sum"].add_(x.abs().sum(0))
+                out[name]["sq_sum"].add_(x.pow(2).sum(0))
+                out[name]["tokens"] += x.shape[0]
+            return accumulate
+
+        forward_with_hooks(model, samples, [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()])
+        return out
+
+    key = {"weights": weights_digest(model), "windows": windows_digest(samples), "stats": "abs_sum, sq_sum"}
+    return cached(folder, "inputs", key, compute, tensors=True)[0]

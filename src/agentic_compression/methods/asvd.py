@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..architecture import Architecture, of_model
-from .base import LOWRANK_FILE, Context, Method, Param, forward_with_hooks, register
+from ..stats_cache import input_stats
+from .base import LOWRANK_FILE, Context, Method, Param, register
 
 
 class LowRankLinear(nn.Module):
@@ -36,20 +37,6 @@ def rank_for(in_f: int, out_f: int, ratio: float) -> int:
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
-def input_scales(model, linears: dict[str, nn.Linear], samples: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Mean absolute input activation per channel of each Linear over the calibration tokens."""
-    sums = {n: torch.zeros(m.in_features) for n, m in linears.items()}
-
-    def hook(name):
-        def accumulate(module, args):  # returns None: a pre-hook's return value would replace the input
-            sums[name].add_(args[0].detach().abs().reshape(-1, args[0].shape[-1]).sum(0).float())
-        return accumulate
-
-    forward_with_hooks(model, samples, [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()])
-    tokens = sum(len(s) for s in samples)
-    return {n: v / tokens for n, v in sums.items()}
 
 
 @torch.no_grad()
@@ -89,8 +76,11 @@ class ASVD(Method):
         linears = arch.block_linears(model, None if p["targets"] == "all" else p["targets"])
         if not linears:
             raise ValueError(f"a {arch.family} model has no {p['targets']} Linear layers in its blocks to factorise")
-        scales = input_scales(model, linears, ctx.calibration(tokenizer, int(p["num_samples"]), int(p["seq_len"]))) \
-            if p["alpha"] > 0 else {}
+        scales = {}
+        if p["alpha"] > 0:  # mean |x| per input channel, from the experiment's statistics when measured before
+            inputs = input_stats(model, ctx.calibration(tokenizer, int(p["num_samples"]), int(p["seq_len"])),
+                                 ctx.stats)
+            scales = {n: inputs[n]["abs_sum"] / inputs[n]["tokens"] for n in linears}
         ranks = {}
         for n, lin in linears.items():
             r = rank_for(lin.in_features, lin.out_features, p["rank_ratio"])

@@ -13,8 +13,6 @@ Summing per-layer KLs assumes their effects add up, which holds to first order (
 benchmark in bench/mixed.py says whether the result beats uniform precision at equal bytes."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from functools import reduce
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..architecture import of_model
-from ..stats_cache import cached, weights_digest
+from ..stats_cache import cached, weights_digest, windows_digest
 from .base import Context, Method, Param, register
 from .llmcompressor_quant import _scheme, group_problem
 
@@ -145,7 +143,7 @@ def plan(model, windows: list[list[int]], avg_bits: float, group_size: int | Non
     under the budget: {layer: format}, with its average bits."""
     layers = of_model(model).block_linears(model)
     t0 = time.perf_counter()
-    key = {"weights": weights_digest(model), "windows": hashlib.sha256(json.dumps(windows).encode()).hexdigest(),
+    key = {"weights": weights_digest(model), "windows": windows_digest(windows),
            "formats": formats, "group_size": group_size, "measure": "next-token KL, one layer rounded"}
     sens, reused = cached(stats, "sensitivity", key, lambda: sensitivities(model, windows, formats, group_size))
     seconds = time.perf_counter() - t0

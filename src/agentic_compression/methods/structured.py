@@ -14,25 +14,12 @@ import torch
 from torch import nn
 
 from ..architecture import Architecture, of_config, of_model
+from ..stats_cache import input_stats
 from .base import Context, Method, Param, forward_with_hooks, register
 
 
 def _keep(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     return scores.topk(n_keep).indices.sort().values
-
-
-def _collect(model, samples, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """Sum over calibration tokens of the squared input of each module, per input channel."""
-    acc: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def f(module, args):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            acc[name] = acc.get(name, 0) + x.pow(2).sum(0)
-        return f
-
-    forward_with_hooks(model, samples, [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()])
-    return acc
 
 
 def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -50,9 +37,10 @@ def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.
 
 
 @torch.no_grad()
-def prune_mlp(model, arch: Architecture, samples, ratio: float) -> int:
+def prune_mlp(model, arch: Architecture, inputs: dict, ratio: float) -> int:
+    """``inputs``: stats_cache.input_stats of the model (the down projections' x^2 sums are used)."""
     mlps = [layer.get_submodule(arch.mlp) for layer in arch.blocks(model)]
-    acts = _collect(model, samples, {str(i): mlp.down_proj for i, mlp in enumerate(mlps)})
+    acts = {str(i): inputs[f"{arch.layers}.{i}.{arch.mlp}.down_proj"]["sq_sum"] for i in range(len(mlps))}
     inter = mlps[0].down_proj.in_features
     n_keep = max(8, int(round(inter * (1 - ratio) / 8)) * 8)
     for i, mlp in enumerate(mlps):
@@ -67,7 +55,7 @@ def prune_mlp(model, arch: Architecture, samples, ratio: float) -> int:
 
 
 @torch.no_grad()
-def prune_heads(model, arch: Architecture, samples, ratio: float) -> int:
+def prune_heads(model, arch: Architecture, inputs: dict, ratio: float) -> int:
     cfg = model.config
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -76,7 +64,7 @@ def prune_heads(model, arch: Architecture, samples, ratio: float) -> int:
     if kv_keep == kv:
         raise ValueError(f"ratio {ratio} removes no key/value head group of {kv}")
     attns = [layer.get_submodule(arch.attention) for layer in arch.blocks(model)]
-    acts = _collect(model, samples, {str(i): att.o_proj for i, att in enumerate(attns)})
+    acts = {str(i): inputs[f"{arch.layers}.{i}.{arch.attention}.o_proj"]["sq_sum"] for i in range(len(attns))}
     for i, att in enumerate(attns):
         per_head = (acts[str(i)].reshape(heads, hd).sum(1).sqrt()
                     * att.o_proj.weight.reshape(-1, heads, hd).pow(2).sum((0, 2)).sqrt())
@@ -159,8 +147,11 @@ class Structured(Method):
         if why := _unsupported(arch, p["granularity"]):
             raise ValueError(why)
         samples = ctx.calibration(tokenizer, int(p["num_samples"]), int(p["seq_len"]))
-        prune = {"mlp": prune_mlp, "head": prune_heads, "layer": prune_layers}[p["granularity"]]
-        prune(model, arch, samples, p["ratio"])
+        if p["granularity"] == "layer":
+            prune_layers(model, arch, samples, p["ratio"])
+        else:  # the inputs' x^2 sums, from the experiment's statistics when measured before
+            prune = prune_mlp if p["granularity"] == "mlp" else prune_heads
+            prune(model, arch, input_stats(model, samples, ctx.stats), p["ratio"])
         return model
 
     @classmethod
