@@ -125,6 +125,28 @@ def test_mixed_precision_becomes_llamacpp_per_tensor_types(tmp_path, tiny_dir, d
         assert types[name] == ggml_type.upper()
 
 
+@needs_cpp
+def test_autoround_writes_a_gguf_that_llamacpp_runs_with_its_own_rounding(tmp_path, tiny_dir, data_dir):
+    """autoround_gguf: auto-round's GGUF writer, checked against the PyTorch model in llama.cpp (same tokens, a
+    perplexity ratio recorded), holding the type asked for, and rounded otherwise than llama.cpp's own Q4_0."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    def run(step, name):
+        res = apply_strategy(Strategy(action="quantization", steps=[step]), tiny_dir, tmp_path / name,
+                             _ctx(data_dir), target=LLAMACPP)
+        assert res.error is None, res.error
+        return res.export, {t.name: t for t in GGUFReader(str(tmp_path / name / "model.gguf")).tensors}
+
+    ar, ar_t = run(Step(method="autoround_gguf", params={"type": "q4_0", "num_samples": 4, "seq_len": 64}), "ar")
+    plain, plain_t = run(Step(method="gguf", params={"type": "Q4_0"}), "plain")
+    assert ar["quantizer"].startswith("auto-round") and "perplexity" in ar["check"], ar.get("check")
+    assert ar["tensor_types"].get("Q4_0", 0) > 0 and 4 < ar["bits_per_weight"] < 9
+    name = "blk.0.ffn_down.weight"
+    assert ar_t[name].tensor_type.name == plain_t[name].tensor_type.name == "Q4_0"
+    assert not np.array_equal(np.asarray(ar_t[name].data), np.asarray(plain_t[name].data))
+
+
 @needs_ort
 def test_int4_onnx_chains_after_structured_pruning(tmp_path, tiny_dir, data_dir):
     s = Strategy(action="pipeline", steps=[Step(method="structured", params={"granularity": "mlp", "ratio": 0.25}),
@@ -184,6 +206,14 @@ def test_a_base_no_export_can_start_from_is_refused(tmp_path, base_file, content
     res = apply_strategy(Strategy(action="pipeline", steps=[step]), base, tmp_path / "ckpt", _ctx(),
                          target=targets.get(target))
     assert res.checkpoint is None and why in res.error and not (tmp_path / "ckpt").exists()
+
+
+def test_ort_refuses_what_its_builder_cannot_build():
+    config = {"hidden_size": 576, "intermediate_size": 1536}
+    check = methods.get("ort").check
+    assert "block_size 32 only" in check({"algo_config": "k_quant", "block_size": 64}, config)
+    assert "does not divide" in check({"block_size": 128}, config)
+    assert check({"algo_config": "k_quant", "block_size": 32}, config) is None
 
 
 def test_policies_never_chain_on_a_deployed_file():
@@ -303,3 +333,100 @@ def test_a_run_across_two_targets_measures_each_candidate_in_its_runtime(tmp_pat
         assert e["runtime"]["runtime"] == runtime and Path(e["checkpoint"], weights).is_file()
         if e["steps"][-1]["method"] == method:
             assert e["relative"]["model_size_gb"] < 0.35
+
+
+# ---- vLLM (GPU): written, not run here; tested up to the engine call ----
+
+class _Logprob:
+    def __init__(self, logprob):
+        self.logprob = logprob
+
+
+def test_vllm_perplexity_uses_the_same_windows_as_every_runtime(tiny_dir):
+    """VLLMTarget.perplexity over a model whose prompt_nll reads the tiny PyTorch model's log-probabilities in vLLM's
+    prompt_logprobs layout equals evaluation.measure.perplexity on that model: the windows, the BOS context and the
+    tokens scored are the same."""
+    from types import SimpleNamespace
+
+    from agentic_compression.evaluation import measure
+    from agentic_compression.models import load
+    from agentic_compression.targets.vllm import VLLMTarget, prompt_nll
+
+    model, tok = load(tiny_dir)
+
+    class Scored:
+        def prompt_nll(self, ids, scored):
+            with torch.no_grad():
+                lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            layout = [None] + [{ids[i]: _Logprob(lp[i - 1, ids[i]].item()), 7: _Logprob(-1.0)}
+                               for i in range(1, len(ids))]
+            return prompt_nll(ids, layout, scored)
+
+    ids = tok("The lighthouse keeper wrote that the storm had passed. " * 12)["input_ids"][1:]
+    s = SimpleNamespace(ppl_window=48, ppl_stride=24)
+    ours = VLLMTarget().perplexity(Scored(), ids, s, tok.bos_token_id)
+    ref = measure.perplexity(model, ids, 48, 24, tok.bos_token_id)
+    assert ours["tokens"] == ref["tokens"] and ours["perplexity"] == pytest.approx(ref["perplexity"], rel=1e-5)
+
+
+def test_vllm_stepper_gives_decode_one_engine_step_per_token(monkeypatch):
+    """Decode (what every latency is timed with) through the Stepper: one greedy request per generation, the
+    engine's own tokens, steps without output for the request skipped, an unfinished request aborted."""
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    from agentic_compression.evaluation import measure
+    from agentic_compression.targets import vllm as target
+
+    fake = ModuleType("vllm")
+    fake.SamplingParams = lambda **k: k
+    fake.inputs = ModuleType("vllm.inputs")
+    fake.inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", fake.inputs)
+
+    class Engine:  # vLLM's LLMEngine as the Stepper drives it: add_request, step, abort_request
+        def __init__(self):
+            self.requests, self.aborted, self.calls = {}, [], 0
+
+        def add_request(self, rid, prompt, params):
+            assert params["temperature"] == 0.0 and params["ignore_eos"]
+            self.requests[rid] = [prompt["prompt_token_ids"], [], params["max_tokens"]]
+
+        def step(self):
+            self.calls += 1
+            if self.calls % 3 == 0:
+                return []  # a step that scheduled nothing for this request
+            outs = []
+            for rid, (prompt, toks, limit) in self.requests.items():
+                if len(toks) < limit:
+                    toks.append(100 + len(prompt) + len(toks))
+                    outs.append(SimpleNamespace(request_id=rid, outputs=[SimpleNamespace(token_ids=list(toks))]))
+            return outs
+
+        def has_unfinished_requests(self):
+            return any(len(t) < lim for _, t, lim in self.requests.values())
+
+        def abort_request(self, rids):
+            self.aborted += rids
+            for r in rids:
+                self.requests[r][2] = len(self.requests[r][1])
+
+    st = object.__new__(target.Stepper)
+    st.engine, st.request, st.count, st.tokens, st.max_tokens = Engine(), None, 0, 0, 6
+    st.device = torch.device("cpu")
+    first = measure.latency(st, [1, 2, 3], 4, 0, 1)["generated"]
+    assert first == [103, 104, 105, 106, 107]
+    second = measure.latency(st, [1, 2], 4, 0, 1)["generated"]
+    assert second == [102, 103, 104, 105, 106] and st.engine.aborted == ["acf-1"]
+
+
+def test_vllm_is_refused_in_one_line_where_it_cannot_run(tiny_dir, data_dir, tmp_path, capsys):
+    from agentic_compression.cli import main
+
+    assert not targets.get("vllm").available()[0]  # no vLLM, no GPU on this machine
+    code = main(["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
+                 "--target", "vllm", "--force"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and any("target 'vllm' cannot run here" in line for line in err)
+    assert not any("Traceback" in line for line in err)

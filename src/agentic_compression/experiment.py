@@ -389,8 +389,9 @@ class Experiment:
         self._add_baseline()
 
     def baseline_checkpoint(self, target: str) -> Path:
-        """The uncompressed model in a target's own format (the model folder itself on transformers)."""
-        return self.model_path if target == "transformers" else self.dir / "baseline" / target
+        """The uncompressed model in a target's own format (the model folder itself where a target serves it as it
+        is: transformers, vLLM)."""
+        return self.dir / "baseline" / target if targets.get(target).exports else self.model_path
 
     def _make_evaluators(self) -> None:
         tok = models.load_tokenizer(self.model_path)  # the model itself is loaded in the evaluation process
@@ -435,7 +436,7 @@ class Experiment:
                         self.reference = ev.evaluate(self.model_path)
                     self.baselines[name] = self.reference
                     continue
-                ckpt = self._export_baseline(t)
+                ckpt = self._export_baseline(t) if t.exports else self.model_path
                 ev.pair_first_with(self.model_path, "transformers", self.reference)
                 self.baselines[name] = ev.evaluate(ckpt)
             self.baseline = self.baselines[self.target.name]

@@ -62,7 +62,7 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
     if (Path(base) / "acf_format.json").is_file():  # a GGUF or ONNX export: served, never loaded back into PyTorch
         return WorkResult(None, f"the base {base} is a runtime's deployed file: chain on the model itself or on a "
                           "PyTorch checkpoint", 0)
-    if target.name != "transformers" and not plain(Path(base)):
+    if target.exports and not plain(Path(base)):
         return WorkResult(None, f"the {target.name} target exports dense checkpoints, and the base {base} is stored "
                           "compressed: chain on the model itself or on a dense checkpoint", 0)
     final = strategy.steps[-1] if get(strategy.steps[-1].method).final else None
@@ -94,7 +94,7 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
                 log[-1]["measured"] = dict(ctx.measured)
             if not method.keeps_base_weights:
                 base_of(model)._acf_source = None  # the weights changed: the copy is stale
-        if target.name == "transformers":
+        if not target.exports:  # the runtime serves the PyTorch-side checkpoint as it is saved
             save_model(model, tok, out)
         else:  # a runtime of its own: the PyTorch side's result (or the base itself) is exported to it
             dense = Path(base)

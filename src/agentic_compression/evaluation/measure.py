@@ -18,13 +18,18 @@ def _spread(xs: list[float]) -> dict[str, float]:
 
 class Clock:
     """Milliseconds between start() and ms(): perf_counter on the CPU; on CUDA, events recorded on the stream, so
-    the time is the device's and no host synchronisation sits inside the timed work."""
+    the time is the device's and no host synchronisation sits inside the timed work. Models timed side by side of
+    which some are not CUDA modules (vLLM's engine, which answers on the host) share perf_counter, with the CUDA
+    device synchronised at both ends when one of them is on it."""
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+    def __init__(self, *devices: torch.device):
+        self.cuda = all(d.type == "cuda" for d in devices)
+        self.sync = not self.cuda and any(d.type == "cuda" for d in devices)
 
     def start(self):
         if not self.cuda:
+            if self.sync:
+                torch.cuda.synchronize()
             return time.perf_counter()
         e = torch.cuda.Event(enable_timing=True)
         e.record()
@@ -32,11 +37,20 @@ class Clock:
 
     def ms(self, t0) -> float:
         if not self.cuda:
+            if self.sync:
+                torch.cuda.synchronize()
             return (time.perf_counter() - t0) * 1e3
         e = torch.cuda.Event(enable_timing=True)
         e.record()
         e.synchronize()
         return t0.elapsed_time(e)
+
+
+def greedy(out) -> torch.Tensor:
+    """The next token: the argmax of the last position's logits, or the token a runtime that decodes by itself
+    (vLLM, greedy) chose."""
+    nxt = getattr(out, "next_token", None)
+    return nxt if nxt is not None else out.logits[:, -1:].argmax(-1)
 
 
 class Decode:
@@ -51,14 +65,14 @@ class Decode:
         t0 = self.clock.start()
         out = self.model(input_ids=self.ids, use_cache=True)
         ms = self.clock.ms(t0)
-        self.past, self.nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        self.past, self.nxt = out.past_key_values, greedy(out)
         self.generated = [int(self.nxt)]
         return ms
 
     def step(self) -> float:
         t0 = self.clock.start()
         out = self.model(input_ids=self.nxt, past_key_values=self.past, use_cache=True)
-        self.past, self.nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        self.past, self.nxt = out.past_key_values, greedy(out)
         ms = self.clock.ms(t0)
         self.generated.append(int(self.nxt))
         return ms
@@ -71,7 +85,7 @@ def timed_runs(models: list, prompt_ids: list[int], decode_tokens: int, warmup: 
     are discarded, then ``repeats`` runs; medians and quartiles in milliseconds (CUDA events on a GPU). With several
     models, they are timed in turn step by step (each prefill, then each model's first decode step, and so on), the
     order reversed every other run: a machine whose speed changes over seconds slows every model alike."""
-    clock = Clock(models[0].device)
+    clock = Clock(*(m.device for m in models))
     prefill, decode, medians = ([[] for _ in models] for _ in range(3))
     busy = [0.0] * len(models)  # ms each model was timed, warm-up included
     gens = []

@@ -85,10 +85,11 @@ def main(request: Path, result: Path) -> None:
         memory.update(model_peak_bytes=torch.cuda.max_memory_allocated(), source="torch.cuda.max_memory_allocated",
                       cuda_reserved_peak_bytes=torch.cuda.max_memory_reserved(),
                       cuda_device=torch.cuda.get_device_name())
+    memory.update(target.memory(model) or {})
 
     with measure.Energy(s.country_iso_code) as energy:
         model = target.scoring(model, s)
-        ppl = measure.perplexity(model, req["ppl_ids"][: s.ppl_tokens], s.ppl_window, s.ppl_stride, bos)
+        ppl = target.perplexity(model, req["ppl_ids"][: s.ppl_tokens], s, bos)
         include = Path(req["include_path"]) if req["include_path"] else None
         lm_tasks = [t for t in req["tasks"] if t["name"] != "humaneval"]
         lm = target.lm(model, tok, s, True if bos is not None else None) if lm_tasks else None

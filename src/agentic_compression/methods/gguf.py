@@ -51,3 +51,17 @@ class GGUFQuant(Method):
     def apply(self, model, tokenizer, params, ctx):
         raise TypeError("gguf quantizes a file, not a model in memory: it runs as a strategy's last step, in the "
                         "llamacpp target's export")
+
+
+@register
+class AutoRoundGGUF(GGUFQuant):
+    """auto-round's rounding, written as GGUF by auto-round itself (``gguf:q4_k_m``), run by llama.cpp: the last step
+    of a strategy on the llamacpp target. iters=0, auto-round's optimised round-to-nearest over the calibration text
+    (what it recommends for today's GGUF types); its tuned rounding crashed inside auto-round 0.15.1 here."""
+
+    name = "autoround_gguf"
+    cost = 1
+    requires = ("auto_round", *GGUFQuant.requires)
+    params = (Param(name="type", choices=["q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k", "q8_0"], default="q4_k_m"),
+              Param(name="num_samples", low=4, high=512, default=32, grid=[32], help="calibration windows"),
+              Param(name="seq_len", low=64, high=2048, default=256, grid=[256], help="tokens per window"))

@@ -26,6 +26,8 @@ class OrtQuant(Method):
     @classmethod
     def check(cls, params, config):
         b = params.get("block_size", 32)
+        if params.get("algo_config") == "k_quant" and b != 32:  # 0.18's builder: "cannot reshape array" otherwise
+            return f"ort.algo_config=k_quant works with block_size 32 only in onnxruntime-genai's builder, not {b}"
         widths = [config.get(k) for k in ("hidden_size", "intermediate_size") if config.get(k)]
         if any(w % b for w in widths):
             return f"ort.block_size={b} does not divide the model's widths {widths}: use 32 or 64"

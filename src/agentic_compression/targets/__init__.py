@@ -2,10 +2,11 @@
 
 A target declares the checkpoint formats it runs (``Method.runtime`` values), how a PyTorch-side checkpoint is
 exported to it, and how the evaluation process loads what it exported: in serving mode for latency and memory, in
-scoring mode for perplexity and lm-eval. A new runtime is one module here plus its methods."""
+scoring mode for perplexity and lm-eval. A new runtime is one module here plus its methods. vLLM (vllm.py) is written
+but has not run: no GPU was lent to the sessions that wrote it."""
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,6 +18,8 @@ class Target:
     runtime: ClassVar[str]  # what results record as the runtime
     runs: ClassVar[frozenset[str]]  # the Method.runtime values whose checkpoints it serves
     requires: ClassVar[tuple[str, ...]] = ()
+    # False: it serves the PyTorch-side checkpoint as saved (transformers, vLLM); True: export() writes its own file
+    exports: ClassVar[bool] = True
 
     def available(self) -> tuple[bool, str]:
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -52,6 +55,17 @@ class Target:
     def lm(self, model, tokenizer, settings, add_bos: bool | None):
         """An lm-eval ``LM`` over the loaded model."""
         raise NotImplementedError
+
+    def perplexity(self, model, ids: list[int], settings, bos: int | None) -> dict:
+        """evaluation.measure.perplexity through the model's logits (a runtime without full logits overrides it)."""
+        from ..evaluation import measure
+
+        return measure.perplexity(model, ids, settings.ppl_window, settings.ppl_stride, bos)
+
+    def memory(self, model) -> dict | None:
+        """The model's memory where the process's own peak cannot see it (a runtime in a process of its own), or
+        None: the evaluation reads its VmHWM, or on CUDA the allocator's peak."""
+        return None
 
     def size_bytes(self, checkpoint: Path) -> int:
         return sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
@@ -104,4 +118,4 @@ def ready(name: str) -> Target:
     return t
 
 
-from . import llamacpp, ortgenai, transformers  # noqa: E402,F401  (registration)
+from . import llamacpp, ortgenai, transformers, vllm  # noqa: E402,F401  (registration)

@@ -9,11 +9,13 @@ for perplexity and lm-eval (``RuntimeLM``, over llama.cpp's logits with the chec
 check proved tokenizes as the GGUF does)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 from . import Target, copy_side_files, register
@@ -34,11 +36,12 @@ def tool(name: str) -> Path | None:
     return p if p.is_file() and os.access(p, os.X_OK) else None
 
 
-def convert(dense: Path, out: Path) -> None:
-    """HF folder -> f32 GGUF with llama.cpp's converter. A byte-level BPE tokenizer that claims byte fallback (how
-    transformers writes one it rebuilt from a GGUF) would be taken for a SentencePiece vocabulary: the converter
-    gets a copy of the folder with that flag cleared, the weights linked, not copied."""
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".convert-") as tmp:
+@contextlib.contextmanager
+def staged(dense: Path, parent: Path):
+    """The checkpoint as a GGUF writer must read it: a byte-level BPE tokenizer that claims byte fallback (how
+    transformers writes one it rebuilt from a GGUF) would be taken for a SentencePiece vocabulary, and llama.cpp
+    aborts on the file. Yields a copy of the folder with that flag cleared, the weights linked, not copied."""
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".stage-gguf-") as tmp:
         stage = Path(tmp)
         for f in dense.iterdir():
             if f.is_file():
@@ -51,6 +54,12 @@ def convert(dense: Path, out: Path) -> None:
                 j["model"]["byte_fallback"] = False
                 (stage / "tokenizer.json").unlink()
                 (stage / "tokenizer.json").write_text(json.dumps(j), encoding="utf-8")
+        yield stage
+
+
+def convert(dense: Path, out: Path) -> None:
+    """HF folder -> f32 GGUF with llama.cpp's converter (on the staged folder)."""
+    with staged(dense, out.parent) as stage:
         proc = subprocess.run([sys.executable, str(tools_dir() / "convert_hf_to_gguf.py"), str(stage),
                                "--outtype", "f32", "--outfile", str(out)], capture_output=True, text=True)
     if proc.returncode != 0 or not out.is_file():
@@ -100,6 +109,23 @@ def importance_matrix(f32: Path, text: str, out: Path, ctx_len: int, threads: in
         os.unlink(fh.name)
     if proc.returncode != 0 or not out.is_file():
         raise RuntimeError(f"llama-imatrix failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+
+
+def autoround(dense: Path, texts: list[str], seq_len: int, qtype: str, out: Path) -> None:
+    """auto-round's own GGUF writer on the dense checkpoint, with iters=0: auto-round's optimised round-to-nearest
+    over the calibration texts, which it recommends for today's GGUF types (its tuned rounding, iters > 0, crashed
+    inside auto-round 0.15.1 on this stack)."""
+    from auto_round import AutoRound
+
+    from ..models import load
+
+    with staged(dense, out.parent) as stage, tempfile.TemporaryDirectory(dir=out.parent, prefix=".autoround-") as tmp:
+        model, tok = load(stage)
+        ar = AutoRound(model, tok, scheme=f"gguf:{qtype}", iters=0, nsamples=len(texts), seqlen=seq_len,
+                       batch_size=1, dataset=texts)
+        ar.quantize_and_save(tmp, format=f"gguf:{qtype}")
+        (written,) = Path(tmp).rglob("*.gguf")
+        written.rename(out)
 
 
 def tensor_facts(gguf: Path) -> dict:
@@ -159,8 +185,6 @@ class LlamaCppTarget(Target):
         return ok, why
 
     def version(self) -> str:
-        from importlib.metadata import version
-
         return f"llama-cpp-python {version('llama_cpp_python')}"
 
     def export(self, dense: Path, out: Path, final=None, ctx=None) -> dict:
@@ -178,6 +202,12 @@ class LlamaCppTarget(Target):
             info: dict = {"format": "gguf", "type": "F32", "conversion_check": check}
             if final is None:
                 f32.rename(out / GGUF)
+            elif final.method == "autoround_gguf":
+                p = final.params
+                windows = ctx.calibration(tok, int(p["num_samples"]), int(p["seq_len"]) + 16)
+                autoround(dense, [tok.decode(w) for w in windows], int(p["seq_len"]), p["type"], out / GGUF)
+                info.update(type=p["type"], quantizer=f"auto-round {version('auto-round')}",
+                            check=llamacpp.compare(model, tok, out / GGUF))
             else:
                 p = final.params
                 imat = None

@@ -12,6 +12,7 @@ class Transformers(Target):
     runtime = "transformers"
     runs = frozenset({"dense", "dense-smaller", "compressed-tensors", "bitsandbytes", "low-rank"})
     requires = ("transformers",)
+    exports = False
 
     def load(self, checkpoint: Path, settings):
         from ..models import load
