@@ -451,6 +451,8 @@ def test_resume_without_its_state_rebuilds_from_the_results(crashed, tmp_path, d
     exp = _copy_with_user_files(crashed, tmp_path)
     first = (exp / "episode_000" / "results.json").read_bytes()
     state = exp / "state.sqlite"
+    for extra in ("state.sqlite-wal", "state.sqlite-shm"):  # a write-ahead log left by the crashed run's open
+        (exp / extra).unlink(missing_ok=True)  # connection could hold a valid first page: damage the state whole
     if damage == "deleted":
         state.unlink()
     elif damage == "truncated":

@@ -365,3 +365,16 @@ def test_real_endpoint_decides_two_episodes(served_smollm2, smollm2_dir, tiny_di
     answers = [a for i in range(2) for a in Strategy(**json.loads(
         (tmp_path / "out" / "exp" / f"episode_{i:03d}" / "strategy.json").read_text())).meta["attempts"]]
     assert "llm" in policies or all("no JSON object" not in a["error"] for a in answers), answers
+
+
+def test_a_batch_answer_is_validated_decision_by_decision(view_of):
+    gptq = '{"action": "quantization", "method": "gptq", "params": {"group_size": 64}}'
+    rtn = '{"action": "quantization", "method": "rtn", "params": {"scheme": "W8A16"}}'
+    srv = Script([(200, f'{{"decisions": [{gptq}, {gptq}]}}', 0), (200, f'{{"decisions": [{gptq}, {rtn}]}}', 0)])
+    try:
+        batch = LLMPolicy(_settings(srv.url)).propose(view_of(), 2)
+    finally:
+        srv.close()
+    assert [(st.policy, st.steps[0].method) for st in batch] == [("llm", "gptq"), ("llm", "rtn")]
+    assert "decisions[1]: this exact strategy was already tried" in srv.requests[1]["messages"][-1]["content"]
+    assert "choose up to 2 different strategies" in srv.requests[0]["messages"][1]["content"]

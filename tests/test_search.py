@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from agentic_compression.methods import available_methods
-from agentic_compression.policies import PolicyView, RulePolicy, make
+from agentic_compression.policies import PolicyView, RulePolicy, make, propose
 from agentic_compression.policies.search import PBT, SEARCHERS, BanditPolicy
 from agentic_compression.reward import RewardSettings, reward
 from agentic_compression.schemas import EvaluationResult, Strategy
@@ -197,3 +197,53 @@ def test_rule_policy_drops_a_method_that_wrecked_the_model(env):
         return out
 
     assert "asvd" not in order(50.0) and "asvd" in order(1.2)[:10]
+
+
+@pytest.mark.parametrize("name", ["rule", "tpe", "nsga2", "bandit", "random", "pbt"])
+def test_batch_proposals_never_repeat_a_tried_or_pending_strategy(env, name):
+    history = _run(env, make(name), 3)
+    tried = {Strategy(**h["strategy"]).key() for h in history}
+    view = _view(env, history, tried)
+    batch = propose(make(name), view, 4)
+    keys = [st.key() for st in batch]
+    assert len(set(keys)) == len(keys) and not set(keys) & tried
+    if name == "pbt":  # one generation at most: the rest of generation 0 on the candidate PBT recovers
+        members = [h for h in history if h["strategy"]["steps"][0]["method"] == "lora"]
+        assert members and len(batch) == 4 - len(members)
+        assert {st.base for st in batch} == {members[0]["strategy"]["base"]}
+    else:
+        assert len(batch) == 4
+    assert propose(make(name), view, 1) == [make(name).decide(view)]  # K=1 is the one-at-a-time decision
+
+
+def test_a_bandit_batch_pulls_each_arm_once_before_any_twice(env):
+    from agentic_compression.policies import candidate_steps
+
+    arms = {s.method for s in candidate_steps(_view(env))}
+    batch = propose(BanditPolicy(), _view(env), len(arms) + 1)
+    pulled = [st.steps[0].method for st in batch]
+    assert set(pulled[:len(arms)]) == arms  # pending pulls count: no arm twice while one was never pulled
+    assert "pending" in batch[-1].reasoning  # the extra pull's bound counts the batch's pending pulls
+
+
+def test_tpe_is_told_the_batch_as_running_trials(env, monkeypatch):
+    import optuna
+    from optuna.trial import TrialState
+
+    from agentic_compression.policies.base import with_pending
+
+    history = _run(env, make("tpe"), 5)
+    view = _view(env, history, {Strategy(**h["strategy"]).key() for h in history})
+    first = make("tpe").decide(view)
+    seen, sample = [], optuna.samplers.TPESampler.sample_relative
+
+    def spy(self, study, trial, space):
+        seen.append([t.params for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                     if t.number != trial.number])
+        return sample(self, study, trial, space)
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "sample_relative", spy)
+    make("tpe").decide(with_pending(view, [first]))
+    step = first.steps[0]
+    assert seen and len(seen[0]) == 1 and seen[0][0]["method"] == step.method  # the pending strategy, running
+    assert all(step.params[k.split(".", 1)[1]] == v for k, v in seen[0][0].items() if k != "method")

@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", default="rule", help="rule (built-in) | llm (GPT-4o or an OpenAI-compatible server) "
                    "| tpe | nsga2 | bandit | pbt | random")
     r.add_argument("--search-seed", type=int, default=0, help="seed of the search policies")
+    r.add_argument("--parallel", type=int, default=1, metavar="K", help="run up to K episodes at once, each a Ray "
+                   "task (an embedded local cluster unless --ray-address); use with --threads")
+    r.add_argument("--ray-address", help="a running Ray cluster to join, e.g. 10.0.0.5:6379 (default: "
+                   "ACF_RAY_ADDRESS, else an embedded local one); on several machines --output-dir must be a "
+                   "filesystem they share")
+    r.add_argument("--episode-retries", type=int, default=1,
+                   help="times an episode re-runs when its Ray worker or node dies, before it fails")
     r.add_argument("--skills", type=Path, help="skill memory file (default ACF_SKILLS or "
                    "~/.local/share/acf/skills.sqlite)")
     r.add_argument("--no-skills", action="store_true", help="neither read nor write the skill memory")
@@ -146,7 +153,8 @@ FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "eval_source": ("eval.source",), "no_eval_cache": ("eval.cache",), "limit": ("eval.limit",),
     "ppl_tokens": ("eval.ppl_tokens",), "ppl_text": ("eval.ppl_text",), "country": ("eval.country_iso_code",),
     "repeats": ("eval.repeats",), "device": ("eval.device",), "target": ("eval.target",), "seed": ("eval.seed",),
-    "overrides": ("method_overrides",), "force": ("force",),
+    "overrides": ("method_overrides",), "force": ("force",), "parallel": ("parallel",),
+    "ray_address": ("ray_address",), "episode_retries": ("episode_retries",),
     **{f: (f"goals.{f}",) for f in ("max_accuracy_drop", "max_size_gb", "max_latency_ratio", "max_memory_gb",
                                     "target_size_ratio", "stop_when_met")}}
 NEGATED = {"no_skills", "no_eval_cache"}

@@ -1,6 +1,7 @@
 """Run configuration (written to config.json): every limit of the loop and of the evaluation lives here."""
 from __future__ import annotations
 
+
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -152,6 +153,13 @@ class RunConfig(BaseModel):
     force: bool = Field(default=False, description="run even when the baseline looks broken (sanity.py); the "
                         "baseline's results record that it was forced")
     seed: int = Field(default=0, description="seed of the search policies")
+    parallel: int = Field(default=1, gt=0, le=256, description="episodes run at once, each a Ray task (episodes.py)"
+                          "; 1 = one after another in this process")
+    ray_address: str | None = Field(default=None, description="a running Ray cluster to join; None: the one "
+                                    "ACF_RAY_ADDRESS names where the run executes (an acf worker's), else an "
+                                    "embedded local one")
+    episode_retries: int = Field(default=1, ge=0, le=10, description="times an episode re-runs when its worker "
+                                 "process or node dies, before it fails")
     # method -> parameter overrides the policy applies (e.g. fewer GPTQ samples for a quick run)
     method_overrides: dict[str, dict] = Field(default_factory=dict)
 

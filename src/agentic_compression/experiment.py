@@ -2,38 +2,42 @@
 
 Graph: coordinator -> quantization | pruning | pipeline | search -> evaluation -> update_state -> coordinator,
 ending when the coordinator applies a stop rule (max episodes, wall-clock budget, patience) or the policy says end.
+With ``--parallel K`` (K > 1): coordinator -> episodes -> update_batch -> coordinator, where the coordinator
+proposes up to K strategies, ``episodes`` runs them at once on Ray and ``update_batch`` records them in episode
+order (episodes.py).
 """
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import logging
 import os
 import shutil
 import sqlite3
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import benchmarks, console, data, goals, methods, models, policies, resources, sanity, stats_cache, targets
+from . import (benchmarks, console, data, episodes, goals, methods, models, policies, resources, sanity, stats_cache,
+               targets)
 from .card import write_card
 from .config import RunConfig
 from .errors import UserError
+from .episodes import EPISODE_FILES, Calibration, EpisodeJob, remove_own
 from .evaluation import EvaluationError, Evaluator, require_device
-from .evaluation.measure import Energy
 from .files import read_json, write_json
 from .pareto import DEFAULT_TOLERANCE, ParetoFrontier
 from .pipelines import Probe
-from .policies import PolicyView
+from .policies import PolicyView, propose
 from .report import write_visualization
 from .reward import reward
 from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, ParetoSolution, Strategy
 from .skills import SkillContext, SkillMemory
 from .spec import infer_spec, read_config
 from .state import CompressionState
-from .workers import apply_strategy
 
 WORKER_NODES = {"quantization": "quantization", "asvd": "quantization", "lora": "quantization",
                 "qlora": "quantization", "pruning": "pruning", "distillation": "pipeline", "pipeline": "pipeline",
@@ -49,8 +53,7 @@ def _allocation(e: Episode) -> dict | None:
     return e.result.runtime.get("mixed") if e.result else None
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+_now = episodes.now
 
 
 def finished(exp_dir: Path) -> bool:
@@ -69,6 +72,9 @@ def validate(cfg: RunConfig, folder: Path | None = None) -> None:
     data.read_text(cfg.data_dir, cfg.eval.ppl_text)
     policies.make(cfg.policy, cfg)
     require_device(cfg.eval.device)  # before the model is loaded, not after
+    if cfg.parallel > 1 and importlib.util.find_spec("ray") is None:
+        raise UserError("--parallel runs episodes on Ray, which is not installed", "run setup.sh, or leave "
+                        "--parallel out")
     if benchmarks.HUMANEVAL in benchmarks.names(cfg.eval.benchmark):
         from .evaluation.humaneval import sandbox_check
 
@@ -100,8 +106,6 @@ FAILED = "failed.json"  # why a run stopped with an error, and when (kept for th
 # what a run writes at the top of its folder: all that a failed brand-new run may remove (never anything else)
 OWN_FILES = ("config.json", "model_spec.json", "baseline", PROGRESS, STATE_DB, f"{STATE_DB}-wal", f"{STATE_DB}-shm",
              ".work", FAILED, stats_cache.FOLDER)
-STRATEGY_SCHEMA = 1  # strategy.json's layout: schemas.Strategy's fields; raise it when they change meaning
-EPISODE_FILES = ("checkpoint", "strategy.json")  # what a killed, unfinished attempt at an episode leaves
 
 
 class ExperimentBusy(UserError):
@@ -127,16 +131,6 @@ class FolderLock:
             self.fd = None
 
 
-def remove_own(folder: Path, names: tuple[str, ...]) -> None:
-    """Remove the entries of ``folder`` that acf writes (``names``); anything else a user put there stays."""
-    for n in names:
-        p = folder / n
-        if p.is_symlink() or p.is_file():
-            p.unlink()
-        elif p.is_dir():
-            shutil.rmtree(p)
-
-
 class Experiment:
     def __init__(self, cfg: RunConfig, resume_dir: Path | None = None):
         validate(cfg, resume_dir)
@@ -151,12 +145,12 @@ class Experiment:
         self.baselines: dict[str, EvaluationResult] = {}  # per target: its uncompressed export, measured there
         self.created = False  # this process made the folder: only then may a failed run remove it
         if resume_dir is not None:
-            self.dir, name = resume_dir, resume_dir.name
+            self.dir, name = resume_dir.absolute(), resume_dir.name
             self._lock = FolderLock(self.dir)
         else:
             stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
             name = cfg.experiment or f"{Path(canonical).name.lower()}-{cfg.dataset.replace(',', '+')}-{stamp}"
-            self.dir = cfg.output_dir / name
+            self.dir = (cfg.output_dir / name).absolute()  # absolute: a Ray task may start elsewhere
             self._claim()
             write_json(self.dir / "config.json", json.loads(cfg.model_dump_json()))  # the folder is resumable
         self.policy = policies.make(cfg.policy, cfg)
@@ -169,8 +163,8 @@ class Experiment:
         self.baseline: EvaluationResult | None = None
         self.t0 = time.monotonic()
         self.work_dir = self.dir / ".work"
-        self._calib_cache: dict[tuple, list[list[int]]] = {}
-        self.probe = Probe(cfg.data_dir, self.model_path)
+        self.calibration = Calibration(cfg.data_dir.absolute(), cfg.calibration.seed, cfg.calibration.source)
+        self.probe = Probe(cfg.data_dir.absolute(), Path(self.model_path).absolute())
         self.skills = SkillMemory(cfg.skills_path) if cfg.use_skills else None
         self.skill_ctx = SkillContext(model=canonical, family=self.spec.model_family, num_params=self.spec.num_params,
                                       task=cfg.dataset, experiment=name)
@@ -196,14 +190,6 @@ class Experiment:
         remove_own(self.dir, OWN_FILES)
         if self.created and not any(self.dir.iterdir()):
             self.dir.rmdir()
-
-    # ---- calibration: one seeded set per (n, seq_len), reused by every method of the experiment ----
-    def calibration(self, tokenizer, n: int, seq_len: int) -> list[list[int]]:
-        key = (n, seq_len)
-        if key not in self._calib_cache:
-            self._calib_cache[key] = data.calibration_samples(tokenizer, self.cfg.data_dir, n, seq_len,
-                                                              self.cfg.calibration.seed, self.cfg.calibration.source)
-        return self._calib_cache[key]
 
     def available_methods(self) -> dict[str, type[methods.Method]]:
         """The methods that run here and apply to this model's architecture (architecture.py)."""
@@ -243,8 +229,13 @@ class Experiment:
                 raise
             return self._loop(self._fresh_state([]))
         finally:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-            self.release()
+            self._close()
+
+    def _close(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)  # acf's scratch space (evaluation requests, task YAML)
+        if self.cfg.parallel > 1:
+            episodes.disconnect()
+        self.release()
 
     def release(self) -> None:
         """Let go of the folder's lock (a run or resume does when it returns or raises)."""
@@ -295,8 +286,7 @@ class Experiment:
         try:
             return exp._resume()
         finally:
-            shutil.rmtree(exp.work_dir, ignore_errors=True)  # acf's scratch space (evaluation requests, task YAML)
-            exp.release()
+            exp._close()
 
     def _resume(self) -> dict:
         (self.dir / FAILED).unlink(missing_ok=True)
@@ -307,8 +297,10 @@ class Experiment:
             write_json(self.dir / "model_spec.json", self.spec.model_dump())
             self._evaluate_baseline()
         values = self._checkpointed_values()
-        self._reload(done)
-        if values is not None and values.get("current_episode", -1) == done:
+        resumable = values is not None and values.get("current_episode", -1) == done
+        # a batch in flight (--parallel): its episodes' folders keep what finished tasks left (outcome.json)
+        self._reload(done, keep={i["index"] for i in values.get("batch") or []} if resumable else set())
+        if resumable:
             # values include nodes that finished after the last checkpoint: LangGraph applies their saved writes
             # without running them again (a loop that had already ended just returns its final state)
             return self._loop(None)
@@ -347,9 +339,10 @@ class Experiment:
         for extra in (f"{name}-wal", f"{name}-shm"):
             (self.dir / extra).unlink(missing_ok=True)
 
-    def _reload(self, finished: int) -> None:
+    def _reload(self, finished: int, keep: set[int] = frozenset()) -> None:
         """Rebuild the in-memory episodes and frontier from the results.json of ``finished`` episodes; clear what
-        a killed attempt at a later episode left (acf's own files only: checkpoint and strategy)."""
+        a killed attempt at a later episode left (acf's own files only: episodes.EPISODE_FILES), except in the
+        episodes of a batch that resumes (``keep``)."""
         for i in range(finished):
             path = self.episode_dir(i) / "results.json"
             raw = read_json(path, "an episode's results")
@@ -364,7 +357,8 @@ class Experiment:
                 self.frontier.add(_solution(ep))
             self._record_hv(ep.episode_id)
         for d in self.dir.glob("episode_*"):  # the running episode's folder stays: a killed evaluation needs its
-            if d.name[8:].isdigit() and int(d.name[8:]) > finished:  # checkpoint; a killed step clears it itself
+            index = int(d.name[8:]) if d.name[8:].isdigit() else -1  # checkpoint; a killed step clears it itself
+            if index > finished and index not in keep:
                 remove_own(d, EPISODE_FILES)
         prior = self.dir / "final_results.json"
         if prior.is_file():  # the wall-clock budget counts the time before the crash
@@ -479,45 +473,56 @@ class Experiment:
 
     # ---- nodes ----
     def coordinator(self, state: CompressionState) -> dict:
+        """Decide the next strategy (``--parallel K``: up to K at once), each one new, never refused by the
+        resource check; or end the loop."""
         reason = self._stop_reason(state)
         if reason:
             return {"should_terminate": True, "termination_reason": reason, "next_action": "end"}
         refused = list(state.get("refused", []))
         tried = {Strategy(**h["strategy"]).key() for h in state["history"]} | {r["key"] for r in refused}
         tried |= {e.strategy.key() for e in self.episodes}
-        newly_refused = 0
-        while True:  # ends: every proposal is new (tried grows), and the policy says end when none is left
+        k = min(self.cfg.parallel, self.cfg.max_episodes - state["current_episode"])
+        batch: list[Strategy] = []
+        newly_refused, end = 0, None
+        while len(batch) < k and end is None:  # ends: every proposal is new (tried grows), or the policy says end
             view = PolicyView(
                 spec=self.spec, model_config=self.model_config, methods=self.available_methods(),
                 baseline=self.baseline, frontier=self.frontier.summary(), history=state["history"],
-                tried=tried, episodes_left=self.cfg.max_episodes - state["current_episode"],
+                tried=set(tried), episodes_left=self.cfg.max_episodes - state["current_episode"] - len(batch),
                 seconds_left=self.cfg.budget_hours * 3600 - (time.monotonic() - self.t0),
                 co2_grams_so_far=state.get("co2_grams_total", 0.0),
                 skill_recommendations=state.get("skill_recommendations", []), overrides=self.cfg.method_overrides,
-                reward=self.cfg.reward, goals=self.cfg.goals)
-            strategy = self.policy.decide(view)
-            if strategy.action == "end":
-                reason = f"policy ended the search: {strategy.reasoning}"
-                if newly_refused:
-                    reason = (f"no strategy fits this machine: {newly_refused} refused by the resource check "
-                              f"(last: {refused[-1]['reason']}); {reason}")
-                return {"should_terminate": True, "next_action": "end", "refused": refused,
-                        "termination_reason": reason}
-            if strategy.key() in tried:
-                return {"should_terminate": True, "next_action": "end", "refused": refused,
-                        "termination_reason": f"policy {self.policy.name} repeated a strategy it had tried"}
-            why_not = resources.check(strategy, self.spec)
-            if why_not is None:
-                break
-            refused.append({"key": strategy.key(), "strategy": strategy.model_dump(), "reason": why_not})
-            tried.add(strategy.key())
-            newly_refused += 1
-        self.progress("work", state["current_episode"], action=strategy.action,
-                      steps=[st.method for st in strategy.steps], policy=strategy.policy)
+                reward=self.cfg.reward, goals=self.cfg.goals, pending=list(batch))
+            for strategy in propose(self.policy, view, k - len(batch)):
+                if strategy.action == "end":
+                    end = f"policy ended the search: {strategy.reasoning}"
+                    if newly_refused:
+                        end = (f"no strategy fits this machine: {newly_refused} refused by the resource check "
+                               f"(last: {refused[-1]['reason']}); {end}")
+                    break
+                if strategy.key() in tried:
+                    end = f"policy {self.policy.name} repeated a strategy it had tried"
+                    break
+                tried.add(strategy.key())
+                why_not = resources.check(strategy, self.spec)
+                if why_not is None:
+                    batch.append(strategy)
+                else:
+                    refused.append({"key": strategy.key(), "strategy": strategy.model_dump(), "reason": why_not})
+                    newly_refused += 1
+        if not batch:
+            return {"should_terminate": True, "next_action": "end", "refused": refused, "termination_reason": end}
+        first = state["current_episode"]
+        self.progress("work", first, action=batch[0].action, steps=[st.method for st in batch[0].steps],
+                      policy=batch[0].policy, **({"batch": len(batch)} if self.cfg.parallel > 1 else {}))
+        messages = [{"role": "assistant", "content": f"[{st.policy}] {st.action}: {[s.method for s in st.steps]} - "
+                     f"{st.reasoning}"} for st in batch]
+        if self.cfg.parallel > 1:
+            return {"batch": [{"index": first + i, "strategy": st.model_dump()} for i, st in enumerate(batch)],
+                    "next_action": "episodes", "refused": refused, "messages": messages}
+        strategy = batch[0]
         return {"current_strategy": strategy.model_dump(), "next_action": strategy.action, "refused": refused,
-                "action_params": strategy.steps[0].params if strategy.steps else {},
-                "messages": [{"role": "assistant", "content": f"[{strategy.policy}] {strategy.action}: "
-                              f"{[s.method for s in strategy.steps]} - {strategy.reasoning}"}]}
+                "action_params": strategy.steps[0].params if strategy.steps else {}, "messages": messages}
 
     def progress(self, node: str, episode: int, **extra) -> None:
         write_json(self.dir / PROGRESS, {"node": node, "episode": episode, "max_episodes": self.cfg.max_episodes,
@@ -544,28 +549,21 @@ class Experiment:
     def episode_dir(self, index: int) -> Path:
         return self.dir / f"episode_{index:03d}"
 
-    def work(self, state: CompressionState) -> dict:
-        strategy = Strategy(**state["current_strategy"])
-        ep_dir = self.episode_dir(state["current_episode"])
+    def _job(self, index: int, strategy: Strategy) -> EpisodeJob:
+        ep_dir = self.episode_dir(index)
         if (ep_dir / "results.json").exists():  # the state and the folder disagree: never overwrite a result
             raise UserError(f"{ep_dir} already holds a finished episode", f"'acf resume {self.dir}' continues it")
-        ep_dir.mkdir(exist_ok=True)
-        remove_own(ep_dir, EPISODE_FILES)  # what a killed attempt at this episode left
-        console.route(ep_dir / console.LOG)
-        write_json(ep_dir / "strategy.json", {"schema_version": STRATEGY_SCHEMA, **strategy.model_dump()})
         base = self.model_path if strategy.base == "base" else self._checkpoint_of(strategy.base)
         ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed, probe=self.probe,
                               stats=self.dir / stats_cache.FOLDER,
-                              extras={"teacher": self.model_path})
-        started, t = _now(), time.perf_counter()
-        with Energy(self.cfg.eval.country_iso_code) as energy:
-            target = self.target_for(strategy)
-            res = apply_strategy(strategy, base, ep_dir / "checkpoint", ctx, self.cfg.threads, target)
-        return {"compressed_model_path": str(res.checkpoint) if res.checkpoint else None,
-                "current_error": res.error, "failed_step": res.failed_step, "current_result": None,
-                "compress_info": {"seconds": time.perf_counter() - t, "energy": energy.result, "steps": res.steps,
-                                  "started_at": started, "target": target.name,
-                                  **({"export": res.export} if res.export else {})}}
+                              extras={"teacher": Path(self.model_path).absolute()})
+        target = self.target_for(strategy).name
+        return EpisodeJob(index=index, strategy=strategy, ep_dir=ep_dir, base=Path(base).absolute(), target=target,
+                          threads=self.cfg.threads, ctx=ctx, evaluator=self.evaluators[target],
+                          country=self.cfg.eval.country_iso_code)
+
+    def work(self, state: CompressionState) -> dict:
+        return episodes.compress(self._job(state["current_episode"], Strategy(**state["current_strategy"])))
 
     def _checkpoint_of(self, episode_id: str) -> Path:
         ep = next((e for e in self.episodes if e.episode_id == episode_id and e.checkpoint), None)
@@ -577,13 +575,41 @@ class Experiment:
         if state.get("current_error"):
             return {}
         self.progress("evaluation", state["current_episode"])
-        try:
-            target = (state.get("compress_info") or {}).get("target", self.target.name)
-            result = self.evaluators[target].evaluate(Path(state["compressed_model_path"]))
-        except Exception as e:  # recorded: the episode fails and stays out of the frontier
-            return {"current_error": f"evaluation failed: {type(e).__name__}: {e}", "current_result": None}
-        return {"current_result": result.model_dump(),
-                "compression_ratio": self.baseline.size_bytes / result.size_bytes}
+        target = (state.get("compress_info") or {}).get("target", self.target.name)
+        return episodes.evaluate(self.evaluators[target], Path(state["compressed_model_path"]))
+
+    def run_batch(self, state: CompressionState) -> dict:
+        """The batch's episodes at once on Ray; an episode whose task had finished before a driver was killed keeps
+        its outcome and is not run again."""
+        outcomes, jobs = {}, []
+        for item in state["batch"]:
+            strategy = Strategy(**item["strategy"])
+            prior = episodes.finished_outcome(self.episode_dir(item["index"]), strategy)
+            if prior is not None:
+                outcomes[item["index"]] = prior
+            else:
+                jobs.append(self._job(item["index"], strategy))
+        first = state["current_episode"]
+        self.progress("work", first, batch=len(state["batch"]), running=[j.index for j in jobs])
+
+        def done(index: int, outcome: dict) -> None:
+            outcomes[index] = outcome
+            self.progress("work", first, batch=len(state["batch"]),
+                          running=[j.index for j in jobs if j.index not in outcomes])
+
+        episodes.run_batch(jobs, self.cfg.ray_address, self.cfg.episode_retries, self.cfg.eval.device == "cuda",
+                           done)
+        return {"outcomes": [outcomes[item["index"]] for item in state["batch"]]}
+
+    def update_batch(self, state: CompressionState) -> dict:
+        """Record the batch's episodes one by one in episode order, exactly as update_state records one."""
+        merged: dict = dict(state)
+        update: dict = {}
+        for item, outcome in zip(state["batch"], state["outcomes"]):
+            merged.update({"current_episode": item["index"], "current_strategy": item["strategy"], **outcome})
+            update.update(self.update_state(merged))
+            merged.update(update)
+        return {**update, "batch": [], "outcomes": []}
 
     def update_state(self, state: CompressionState) -> dict:
         idx, info = state["current_episode"], state["compress_info"]
@@ -596,7 +622,7 @@ class Experiment:
             error=None if ok else state.get("current_error"), failed_step=state.get("failed_step"),
             checkpoint=state.get("compressed_model_path") if ok else None,
             compress_seconds=info["seconds"], compress_energy=info["energy"], step_log=info["steps"],
-            started_at=info["started_at"], finished_at=_now())
+            started_at=info["started_at"], finished_at=info.get("finished_at") or _now(), worker=info.get("worker"))
         if ok and self.cfg.goals.active():
             ep.infeasible_because = goals.judge(ep.result, self.baseline, self.cfg.goals)
             ep.feasible = not ep.infeasible_because
@@ -707,11 +733,19 @@ class Experiment:
 def build_graph(exp: Experiment, checkpointer=None):
     g = StateGraph(CompressionState)
     g.add_node("coordinator", exp.coordinator)
+    g.add_edge(START, "coordinator")
+    if exp.cfg.parallel > 1:
+        g.add_node("episodes", exp.run_batch)
+        g.add_node("update_batch", exp.update_batch)
+        g.add_conditional_edges("coordinator", lambda s: END if s.get("should_terminate") else "episodes",
+                                ["episodes", END])
+        g.add_edge("episodes", "update_batch")
+        g.add_edge("update_batch", "coordinator")
+        return g.compile(checkpointer=checkpointer)
     for node in sorted(set(WORKER_NODES.values())):
         g.add_node(node, exp.work)
     g.add_node("evaluation", exp.evaluation)
     g.add_node("update_state", exp.update_state)
-    g.add_edge(START, "coordinator")
 
     def route(state: CompressionState) -> str:
         return END if state.get("should_terminate") else WORKER_NODES[state["next_action"]]

@@ -126,6 +126,8 @@ class Episode(BaseModel):
     infeasible_because: list[str] = Field(default_factory=list)
     started_at: str
     finished_at: str
+    worker: dict[str, Any] | None = Field(default=None, description="--parallel: the Ray task's process, node and "
+                                          "attempt (1 unless a worker died and the episode re-ran)")
 
 
 class ParetoSolution(BaseModel):

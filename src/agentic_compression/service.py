@@ -103,6 +103,8 @@ class RunRequest(BaseModel):
     threads: int | None = Field(default=None, gt=0)
     device: Literal["cpu", "cuda"] = "cpu"
     seed: int = 1234
+    parallel: int = Field(default=1, gt=0, le=64, description="episodes at once on the Ray cluster that "
+                          "ACF_RAY_ADDRESS names (an embedded local one if unset)")
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     force: bool = Field(default=False, description="run even when the baseline looks broken")
     goals: Goals = Field(default_factory=Goals, description="constraints every episode is judged against")
@@ -225,7 +227,7 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
             cfg = RunConfig(model=model_path(req.model), dataset=req.benchmarks, data_dir=data_dir,
                             output_dir=output_dir, experiment=req.experiment, max_episodes=req.max_episodes,
                             budget_hours=req.budget_hours,
-                            patience=req.patience, policy=req.policy, threads=req.threads,
+                            patience=req.patience, policy=req.policy, threads=req.threads, parallel=req.parallel,
                             method_overrides=req.method_overrides, force=req.force, goals=req.goals,
                             eval=EvalSettings(benchmark=req.benchmarks, limit=req.limit, ppl_tokens=req.ppl_tokens,
                                               repeats=req.repeats, threads=req.threads, device=req.device,

@@ -33,3 +33,5 @@ class CompressionState(TypedDict, total=False):
     refused: list[dict[str, Any]]
     co2_grams_total: float
     compress_info: dict[str, Any] | None  # the worker's timing, energy and step log, for update_state
+    batch: list[dict[str, Any]]  # --parallel: the episodes decided together, {"index", "strategy"}
+    outcomes: list[dict[str, Any]]  # their outcomes (episodes.run_episode), in the batch's order

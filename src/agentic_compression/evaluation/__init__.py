@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,7 +145,8 @@ class Evaluator:
                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
             try:
                 proc = subprocess.run([sys.executable, "-m", "agentic_compression.evaluation.worker", str(req),
-                                       str(res)], capture_output=True, text=True, env=env, timeout=self.s.timeout_s)
+                                       str(res)], capture_output=True, text=True, env=env, timeout=self.s.timeout_s,
+                                      preexec_fn=_die_with_parent)
             except subprocess.TimeoutExpired:
                 raise EvaluationError(f"evaluation exceeded {self.s.timeout_s}s") from None
             log_text(proc.stdout + proc.stderr)  # into the episode's log.txt when the CLI routes output
@@ -168,6 +170,17 @@ class Evaluator:
             runtime=raw.get("runtime", {"target": "transformers"}),
             co2_grams=en["per_1k_tokens_co2_grams"], energy_kwh=en["per_1k_tokens_kwh"], energy=en,
             intervals=intervals, eval_seconds=seconds)
+
+
+def _die_with_parent() -> None:
+    """In the measuring process, before it starts: end it when the process that asked for it dies (a Ray worker
+    killed mid-episode), instead of leaving it measuring for nobody. Linux only; elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def paired(lat: dict, baseline: EvaluationResult | None) -> tuple[float, dict]:

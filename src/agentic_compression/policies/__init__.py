@@ -1,4 +1,4 @@
-from .base import Policy, PolicyView, candidate_steps
+from .base import Policy, PolicyView, candidate_steps, propose
 from .rule import RulePolicy
 
 POLICIES = ("rule", "llm", "tpe", "nsga2", "bandit", "pbt", "random")
@@ -21,4 +21,4 @@ def make(name: str, cfg=None) -> Policy:
     raise UserError(f"unknown policy '{name}'", f"choose one of: {', '.join(POLICIES)}")
 
 
-__all__ = ["POLICIES", "Policy", "PolicyView", "RulePolicy", "candidate_steps", "make"]
+__all__ = ["POLICIES", "Policy", "PolicyView", "RulePolicy", "candidate_steps", "make", "propose"]

@@ -1,9 +1,9 @@
-"""The coordinator's Policy interface: the same view in, one Strategy out. The built-in rule policy, the search
-policies and the LLM coordinator all sit behind it."""
+"""The coordinator's Policy interface: the same view in, one Strategy out (or up to K, for parallel episodes). The
+built-in rule policy, the search policies and the LLM coordinator all sit behind it."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..goals import Goals
@@ -28,6 +28,7 @@ class PolicyView:
     overrides: dict[str, dict] = field(default_factory=dict)
     reward: RewardSettings = field(default_factory=RewardSettings)
     goals: Goals = field(default_factory=Goals)  # the run's constraints; history entries say which were met
+    pending: list[Strategy] = field(default_factory=list)  # proposed for this batch, not measured yet (in tried)
 
     def step(self, method: str, chosen: dict[str, Any] | None = None) -> Step:
         """A step of ``method``: its defaults, then ``chosen``, then the user's overrides (which always win)."""
@@ -48,6 +49,30 @@ class Policy(Protocol):
     name: str
 
     def decide(self, view: PolicyView) -> Strategy: ...
+
+
+def propose(policy: Policy, view: PolicyView, k: int) -> list[Strategy]:
+    """Up to ``k`` strategies to run at once, each different from every tried or pending one; a single "end"
+    strategy when the policy has nothing left. A policy with its own ``propose`` (one LLM answer with K decisions,
+    one PBT generation) answers itself; any other is asked K times, each time told what the batch already holds
+    (in ``tried`` and ``pending``), which is the rule policy's top K and the random policy's K draws. With k=1 this
+    is exactly ``decide``."""
+    if hasattr(policy, "propose"):
+        return policy.propose(view, k)
+    out: list[Strategy] = []
+    for _ in range(k):
+        st = policy.decide(with_pending(view, out))
+        if st.action == "end" or st.key() in view.tried | {s.key() for s in out}:
+            return out or [st]
+        out.append(st)
+    return out
+
+
+def with_pending(view: PolicyView, batch: list[Strategy]) -> PolicyView:
+    """The view a policy decides the next member of a batch in: the batch so far is pending and counts as tried."""
+    if not batch:
+        return view
+    return replace(view, tried=view.tried | {s.key() for s in batch}, pending=[*view.pending, *batch])
 
 
 def candidate_steps(view: PolicyView) -> list[Step]:

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..methods import REGISTRY
 from ..pipelines import AUTO, TEMPLATES, fit_group_size, parse_condition
 from ..schemas import ACTIONS, OBJECTIVES, Action, Step, Strategy
-from .base import Policy, PolicyView, chainable
+from .base import Policy, PolicyView, chainable, propose, with_pending
 from .rule import RulePolicy
 from .search import SEARCHERS
 
@@ -57,6 +57,18 @@ class Decision(BaseModel):
 
 
 SCHEMA = Decision.model_json_schema()
+
+
+class Batch(BaseModel):
+    """K decisions in one answer, for K episodes run at once (``acf run --parallel K``)."""
+    model_config = ConfigDict(extra="forbid")
+    decisions: list[Decision] = Field(description="different strategies to run at the same time, best first")
+
+
+def batch_schema(k: int) -> dict:
+    schema = Batch.model_json_schema()
+    schema["properties"]["decisions"].update(minItems=1, maxItems=k)
+    return schema
 
 
 def _fields(model: type[BaseModel]) -> str:
@@ -295,7 +307,7 @@ class LLMPolicy:
         self.endpoint_failures = 0  # decisions in a row whose endpoint failed (the breaker)
 
     # -- one request, with backoff on transient errors --
-    def _request(self, messages: list[dict], log: list[dict], deadline: float) -> str:
+    def _request(self, messages: list[dict], log: list[dict], deadline: float, k: int = 1) -> str:
         """The answer's text. Every failed HTTP attempt is appended to ``log``; waits (backoff, or the endpoint's
         Retry-After, capped by max_wait_s, timeout_s and ``deadline``, a time.monotonic()) never outlast the run."""
         import openai
@@ -303,12 +315,13 @@ class LLMPolicy:
         s = self.s
         kw: dict[str, Any] = {"model": s.model, "messages": messages, "temperature": s.temperature,
                               "max_tokens": s.max_tokens}
+        schema = SCHEMA if k == 1 else batch_schema(k)
         if s.mode == "json_schema":
-            kw["response_format"] = {"type": "json_schema", "json_schema": {"name": "decision", "schema": SCHEMA}}
+            kw["response_format"] = {"type": "json_schema", "json_schema": {"name": "decision", "schema": schema}}
         elif s.mode == "json_mode":
             kw["response_format"] = {"type": "json_object"}
         elif s.mode == "function_calling":
-            kw["tools"] = [{"type": "function", "function": {"name": "decide", "parameters": SCHEMA,
+            kw["tools"] = [{"type": "function", "function": {"name": "decide", "parameters": schema,
                                                              "description": "the next compression strategy"}}]
             kw["tool_choice"] = {"type": "function", "function": {"name": "decide"}}
         delay, last = s.backoff_s, None
@@ -355,17 +368,44 @@ class LLMPolicy:
             return [self._scrub_all(v) for v in obj]
         return obj
 
-    def _messages(self, view: PolicyView) -> list[dict]:
+    def _messages(self, view: PolicyView, k: int = 1) -> list[dict]:
         system = SYSTEM
         if self.s.mode in ("prompt", "json_mode"):
             system += f"\nThe answer's fields: {FIELDS}"
         ctx = json.dumps(context(view), default=str, separators=(",", ":"))
         # the format last: small local models follow what they read last
-        return [{"role": "system", "content": system},
-                {"role": "user", "content": f"Context:\n{ctx}\n\nAnswer now with one JSON object in this form: "
-                                            f"{json.dumps(EXAMPLE)}"}]
+        if k == 1:
+            form = f"Answer now with one JSON object in this form: {json.dumps(EXAMPLE)}"
+        else:
+            form = (f"Workers run {k} episodes at once: choose up to {k} different strategies, best first, none "
+                    f"already tried. Answer now with one JSON object in this form: "
+                    f"{json.dumps({'decisions': [EXAMPLE]})}")
+        return [{"role": "system", "content": system}, {"role": "user", "content": f"Context:\n{ctx}\n\n{form}"}]
 
     def decide(self, view: PolicyView) -> Strategy:
+        return self.propose(view, 1)[0]
+
+    def _strategies(self, obj: Any, view: PolicyView, k: int) -> list[Strategy]:
+        """The answer's decisions as validated strategies (K=1: the object is the decision), each untried and
+        different from the ones before it; "end" closes the list."""
+        if k > 1:
+            if not isinstance(obj, dict) or not isinstance(obj.get("decisions"), list) or not obj["decisions"]:
+                raise DecisionError('the answer must be {"decisions": [...]} with 1 to ' f"{k} decisions")
+            obj = obj["decisions"][:k]
+        out: list[Strategy] = []
+        for i, d in enumerate([obj] if k == 1 else obj):
+            try:  # strings decoded from the JSON (escapes) are scrubbed again: the strategy and the error
+                st = Strategy.model_validate(self._scrub_all(to_strategy(d, with_pending(view, out)).model_dump()))
+            except DecisionError as e:
+                raise DecisionError(f"decisions[{i}]: {e}" if k > 1 else str(e)) from None
+            if st.action == "end":
+                return out or [st]
+            out.append(st)
+        return out
+
+    def propose(self, view: PolicyView, k: int) -> list[Strategy]:
+        """One answer with up to ``k`` decisions (one decision, as its own object, when k=1), each validated as a
+        single decision is; an invalid one is sent back with the reason and the whole answer asked again."""
         s = self.s
         # attempts: each answer and its error; http_failures: each request that got no answer (refused, 429, 5xx,
         # timeout)
@@ -373,37 +413,37 @@ class LLMPolicy:
                                 "http_failures": []}
         if self.endpoint_failures >= s.breaker:
             return self._fall(view, meta, f"the endpoint failed in {self.endpoint_failures} decisions in a row; "
-                                          "not asked again in this run")
-        messages = self._messages(view)
+                                          "not asked again in this run", k)
+        messages = self._messages(view, k)
         error = ""
         deadline = time.monotonic() + max(view.seconds_left, 0.0)
         for _ in range(s.retries + 1):
             t = time.perf_counter()
             failed: list[dict] = []
             try:
-                raw = self._request(messages, failed, deadline)
+                raw = self._request(messages, failed, deadline, k)
             except EndpointError as e:
                 meta["http_failures"] += failed
                 self.endpoint_failures += 1
-                return self._fall(view, meta, self._scrub(str(e)))
+                return self._fall(view, meta, self._scrub(str(e)), k)
             meta["http_failures"] += failed
             self.endpoint_failures = 0
             raw = self._scrub(raw)  # before it is parsed: no string from the endpoint reaches an artifact unscrubbed
             attempt = {"raw": raw[:8000], "seconds": round(time.perf_counter() - t, 2), "error": None}
             meta["attempts"].append(attempt)
-            try:  # strings decoded from the JSON (escapes) are scrubbed again: the strategy and the error
-                st = Strategy.model_validate(self._scrub_all(to_strategy(parse(raw), view).model_dump()))
+            try:
+                batch = self._strategies(parse(raw), view, k)
             except DecisionError as e:
                 error = attempt["error"] = self._scrub(str(e))
                 messages = messages + [{"role": "assistant", "content": raw[:8000]},
                                        {"role": "user", "content": f"That answer cannot be used: {error}. "
                                                                    "Answer again with one JSON object only."}]
                 continue
-            return st.model_copy(update={"policy": self.name, "meta": meta})
-        return self._fall(view, meta, f"no valid decision in {s.retries + 1} answers; last error: {error}")
+            return [st.model_copy(update={"policy": self.name, "meta": meta}) for st in batch]
+        return self._fall(view, meta, f"no valid decision in {s.retries + 1} answers; last error: {error}", k)
 
-    def _fall(self, view: PolicyView, meta: dict, reason: str) -> Strategy:
+    def _fall(self, view: PolicyView, meta: dict, reason: str, k: int = 1) -> list[Strategy]:
         log.warning("LLM coordinator fell back to the %s policy: %s", self.fallback.name, reason)
-        st = self.fallback.decide(view)
-        return st.model_copy(update={"meta": {**meta, "fallback_reason": reason},
-                                     "reasoning": f"[fallback: {reason}] {st.reasoning}"})
+        return [st.model_copy(update={"meta": {**meta, "fallback_reason": reason},
+                                      "reasoning": f"[fallback: {reason}] {st.reasoning}"})
+                for st in propose(self.fallback, view, k)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -93,19 +94,28 @@ class OptunaPolicy:
             dists.update({f"{m}.{p}": CategoricalDistribution(opts) for p, opts in params.items()})
         study = optuna.create_study(directions=["maximize" if s > 0 else "minimize" for s in OBJECTIVES.values()],
                                     sampler=self._sampler(len(view.history)))
-        for h in view.history:  # tell what was measured: single-step strategies of the space
-            steps = h["strategy"]["steps"]
-            if len(steps) != 1 or steps[0]["method"] not in space or h["strategy"].get("base", "base") != "base":
-                continue
+        def point(strategy: dict) -> dict | None:  # a single-step strategy of the space as the study's params
+            steps = strategy["steps"]
+            if len(steps) != 1 or steps[0]["method"] not in space or strategy.get("base", "base") != "base":
+                return None
             m = steps[0]["method"]
             params = {"method": m, **{f"{m}.{p}": steps[0]["params"].get(p) for p in space[m]}}
-            if any(v not in dists[k].choices for k, v in params.items()):
+            return None if any(v not in dists[k].choices for k, v in params.items()) else params
+
+        for h in view.history:  # tell what was measured
+            if (params := point(h["strategy"])) is None:
                 continue
             ok = h["status"] == "success"
             study.add_trial(create_trial(
                 params=params, distributions={k: dists[k] for k in params},
                 values=[h["objectives"][k] for k in OBJECTIVES] if ok else None,
                 state=TrialState.COMPLETE if ok else TrialState.FAIL))
+        for pending in view.pending:  # proposed in this batch, not measured: running trials (TPE's constant liar)
+            if (params := point(pending.model_dump())) is not None:
+                study.enqueue_trial(params)
+                running = study.ask()
+                for name in params:
+                    running.suggest_categorical(name, dists[name].choices)
         for _ in range(200):
             trial = study.ask()
             m = trial.suggest_categorical("method", list(space))
@@ -140,18 +150,22 @@ class BanditPolicy:
         for h, r in _rewards(view):
             for s in h["strategy"]["steps"][:1]:
                 pulls.setdefault(s["method"], []).append(r)
-        untried = [a for a in arms if a not in pulls]
-        total = sum(len(v) for v in pulls.values())
+        pending = Counter(p.steps[0].method for p in view.pending if p.steps)  # pulled in this batch, no reward yet
+        untried = [a for a in arms if a not in pulls and a not in pending]
+        total = sum(len(v) for v in pulls.values()) + sum(pending.values())
         if untried:
             pref = view.spec.preferred_methods
             arm = min(untried, key=lambda a: (pref.index(a) if a in pref else len(pref), a))
             why = f"arm {arm} never pulled"
         else:
-            def ucb(a: str) -> float:
-                return sum(pulls[a]) / len(pulls[a]) + self.c * math.sqrt(2 * math.log(total) / len(pulls[a]))
+            def mean(a: str) -> float:
+                return sum(pulls[a]) / len(pulls[a]) if pulls.get(a) else 0.0
+
+            def ucb(a: str) -> float:  # a pending pull counts in n (it narrows the bound) but not in the mean
+                return mean(a) + self.c * math.sqrt(2 * math.log(total) / (len(pulls.get(a, [])) + pending[a]))
             arm = max(arms, key=lambda a: (ucb(a), a))
-            why = (f"UCB1: arm {arm} mean reward {sum(pulls[arm]) / len(pulls[arm]):.3f} over "
-                   f"{len(pulls[arm])} pulls, bound {ucb(arm):.3f}")
+            why = (f"UCB1: arm {arm} mean reward {mean(arm):.3f} over {len(pulls.get(arm, []))} pulls"
+                   f"{f' (+{pending[arm]} pending)' if pending[arm] else ''}, bound {ucb(arm):.3f}")
         st = _rule(view, arm)
         return st.model_copy(update={"policy": self.name, "reasoning": f"{why}; {st.reasoning}"})
 
@@ -243,10 +257,13 @@ class PBTPolicy:
             scored = [({k: m[k] for k in LORA_SPACE}, r) for m, r in members[gen * P:(gen + 1) * P]]
             gen += 1
             params = self.pbt.next_generation(scored, gen)
-        p = params[len(members) - gen * P]
+        member = len(members) - gen * P + sum(s.base == base and s.steps[0].method == "lora" for s in view.pending)
+        if member >= P:  # a batch holds at most the rest of one generation: the next needs its rewards
+            return _end(self.name, f"PBT generation {gen} is fully proposed; its rewards decide the next")
+        p = params[member]
         step = view.step("lora", p)
         st = Strategy(action="lora", base=base, steps=[step], policy=self.name,
-                      reasoning=f"PBT generation {gen}, member {len(members) - gen * P + 1}/{P} on {base}: "
+                      reasoning=f"PBT generation {gen}, member {member + 1}/{P} on {base}: "
                                 f"lr {p['lr']:.2e}, rank {p['rank']}, steps {p['steps']}")
         if st.key() in view.tried:  # an identical member already ran: move on with the built-in policy
             return _rule(view).model_copy(update={"policy": self.name})
