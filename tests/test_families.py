@@ -88,7 +88,7 @@ def test_two_gemma3_episodes_on_a_baseline_that_matches_llama_cpp(gemma, data_di
     gguf, folder = gemma
     out = tmp_path_factory.mktemp("gemma-run")
     assert main(["run", "--model", str(gguf), "--dataset", "arc_easy", "--data-dir", str(data_dir),
-                 "--output-dir", str(out), "--experiment", "gemma", "--max-episodes", "2", "--limit", "60",
+                 "--output-dir", str(out), "--experiment", "gemma", "--max-episodes", "2", "--limit", "40",
                  "--ppl-tokens", "1024", "--repeats", "2", "--no-skills", "--set", "autoround.iters=2",
                  "--set", "autoround.num_samples=8", "--set", "autoround.seq_len=128"]) == 0
     final = json.loads((out / "gemma" / "final_results.json").read_text())

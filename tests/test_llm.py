@@ -121,6 +121,9 @@ def test_repeat_pipeline_search_and_end(view_of):
     found = to_strategy({"action": "search", "search": {"algorithm": "grid", "method": "bnb"}}, view_of())
     assert found.action == "search" and found.steps[0].method == "bnb"
     assert to_strategy({"action": "end", "reasoning": "done"}, view_of()).action == "end"
+    drawn = {json.dumps(to_strategy({"action": "search", "search": {"algorithm": "random"}}, view_of(), seed=s)
+                        .steps[0].model_dump(), sort_keys=True) for s in range(4)}
+    assert len(drawn) > 1  # the search action is seeded with --search-seed, not a fixed seed
 
 
 def test_context_lists_only_available_methods_from_the_registry(view_of):

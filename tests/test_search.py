@@ -8,7 +8,7 @@ import pytest
 
 from agentic_compression.methods import available_methods
 from agentic_compression.policies import PolicyView, RulePolicy, make, propose
-from agentic_compression.policies.search import PBT, SEARCHERS, BanditPolicy
+from agentic_compression.policies.search import ALGORITHMS, PBT, BanditPolicy, search
 from agentic_compression.reward import RewardSettings, reward
 from agentic_compression.schemas import EvaluationResult, Strategy
 from agentic_compression.skills import SkillContext, SkillMemory
@@ -85,10 +85,12 @@ def test_search_proposals_are_valid_untried_strategies_and_deterministic(env, na
         assert [h["strategy"]["steps"] for h in other] != [h["strategy"]["steps"] for h in history]
 
 
-def test_searchers_serve_the_search_action(env):
-    for name, searcher in SEARCHERS.items():
-        st = searcher(_view(env), "gptq")
+def test_search_policies_serve_the_search_action_with_the_runs_seed(env):
+    for name in ALGORITHMS:
+        st = search(_view(env), name, "gptq")
         assert st.action == "search" and st.steps[0].method == ("gptq" if name != "pbt" else st.steps[0].method)
+    draws = {json.dumps(search(_view(env), "random", seed=s).steps[0].model_dump(), sort_keys=True) for s in range(4)}
+    assert len(draws) > 1  # --search-seed reaches the searcher
 
 
 def test_bandit_ucb(env):

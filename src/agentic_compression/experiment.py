@@ -1,7 +1,9 @@
 """One experiment: validate the input, evaluate the baseline, run the seed's LangGraph loop, write the artifacts.
 
-Graph: coordinator -> quantization | pruning | pipeline | search -> evaluation -> update_state -> coordinator,
-ending when the coordinator applies a stop rule (max episodes, wall-clock budget, patience) or the policy says end.
+Graph: coordinator -> work -> evaluation -> update_state -> coordinator, ending when the coordinator applies a stop
+rule (max episodes, wall-clock budget, patience) or the policy says end. One worker node serves every action (the
+seed's quantization, pruning, pipeline and search workers did the same thing under four names); the action is in the
+strategy it records.
 With ``--parallel K`` (K > 1): coordinator -> episodes -> update_batch -> coordinator, where the coordinator
 proposes up to K strategies, ``episodes`` runs them at once on Ray and ``update_batch`` records them in episode
 order (episodes.py).
@@ -38,11 +40,6 @@ from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, Pareto
 from .skills import SkillContext, SkillMemory
 from .spec import infer_spec, read_config
 from .state import CompressionState
-
-WORKER_NODES = {"quantization": "quantization", "asvd": "quantization", "lora": "quantization",
-                "qlora": "quantization", "pruning": "pruning", "distillation": "pipeline", "pipeline": "pipeline",
-                "search": "search"}
-
 
 def _allocation(e: Episode) -> dict | None:
     """A mixed-precision episode's per-layer sensitivities and the formats allocated (methods/mixed.py): measured in
@@ -249,12 +246,10 @@ class Experiment:
         measured = {id(b): b for b in [self.baseline, self.reference, *self.baselines.values()] if b}.values()
         co2 = sum(b.eval_co2_grams for b in measured) + sum((e.result.eval_co2_grams if e.result else 0.0) +
                                                             e.compress_energy.get("co2_grams", 0.0) for e in episodes)
-        return {"model_name": self.cfg.model, "dataset": self.cfg.dataset, "model_spec": self.spec.model_dump(),
-                "max_episodes": self.cfg.max_episodes, "budget_hours": self.cfg.budget_hours,
-                "current_episode": len(episodes), "history": history, "pareto_frontier": self.frontier.summary(),
-                "messages": [], "next_action": "", "action_params": {}, "should_terminate": False,
-                "termination_reason": None, "skill_recommendations": self._recommendations(),
-                "pipeline_step_index": 0, "consecutive_no_improvement": stale, "refused": [], "co2_grams_total": co2}
+        return {"current_episode": len(episodes), "history": history, "messages": [], "next_action": "",
+                "should_terminate": False, "termination_reason": None,
+                "skill_recommendations": self._recommendations(), "consecutive_no_improvement": stale, "refused": [],
+                "co2_grams_total": co2}
 
     def _loop(self, state: CompressionState | None) -> dict:
         """Run the graph from ``state`` (None: continue from the checkpoint) and write the final artifacts."""
@@ -522,7 +517,7 @@ class Experiment:
                     "next_action": "episodes", "refused": refused, "messages": messages}
         strategy = batch[0]
         return {"current_strategy": strategy.model_dump(), "next_action": strategy.action, "refused": refused,
-                "action_params": strategy.steps[0].params if strategy.steps else {}, "messages": messages}
+                "messages": messages}
 
     def progress(self, node: str, episode: int, **extra) -> None:
         write_json(self.dir / PROGRESS, {"node": node, "episode": episode, "max_episodes": self.cfg.max_episodes,
@@ -642,7 +637,7 @@ class Experiment:
         history = (state["history"] + [self._history_entry(ep, improved)])[-self.cfg.history_limit:]
         co2 = state.get("co2_grams_total", 0.0) + (ep.result.eval_co2_grams if ok else 0.0) + \
             ep.compress_energy.get("co2_grams", 0.0)
-        update = {"history": history, "current_episode": idx + 1, "pareto_frontier": self.frontier.summary(),
+        update = {"history": history, "current_episode": idx + 1,
                   "consecutive_no_improvement": 0 if improved else state["consecutive_no_improvement"] + 1,
                   "co2_grams_total": co2, "current_strategy": None}
         if self.skills:
@@ -742,17 +737,11 @@ def build_graph(exp: Experiment, checkpointer=None):
         g.add_edge("episodes", "update_batch")
         g.add_edge("update_batch", "coordinator")
         return g.compile(checkpointer=checkpointer)
-    for node in sorted(set(WORKER_NODES.values())):
-        g.add_node(node, exp.work)
+    g.add_node("work", exp.work)
     g.add_node("evaluation", exp.evaluation)
     g.add_node("update_state", exp.update_state)
-
-    def route(state: CompressionState) -> str:
-        return END if state.get("should_terminate") else WORKER_NODES[state["next_action"]]
-
-    g.add_conditional_edges("coordinator", route, [*sorted(set(WORKER_NODES.values())), END])
-    for node in set(WORKER_NODES.values()):
-        g.add_edge(node, "evaluation")
+    g.add_conditional_edges("coordinator", lambda s: END if s.get("should_terminate") else "work", ["work", END])
+    g.add_edge("work", "evaluation")
     g.add_edge("evaluation", "update_state")
     g.add_edge("update_state", "coordinator")
     return g.compile(checkpointer=checkpointer)

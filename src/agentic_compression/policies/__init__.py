@@ -13,7 +13,7 @@ def make(name: str, cfg=None) -> Policy:
     if name == "llm":
         from .llm import LLMPolicy
 
-        return LLMPolicy(cfg.llm if cfg is not None else None)
+        return LLMPolicy(cfg.llm, seed=cfg.seed) if cfg is not None else LLMPolicy()
     if name in POLICIES:
         from . import search
 

@@ -25,7 +25,7 @@ from ..pipelines import AUTO, TEMPLATES, fit_group_size, parse_condition
 from ..schemas import ACTIONS, OBJECTIVES, Action, Step, Strategy
 from .base import Policy, PolicyView, chainable, propose, with_pending
 from .rule import RulePolicy
-from .search import SEARCHERS
+from .search import ALGORITHMS, search
 
 log = logging.getLogger("acf.llm")
 
@@ -155,8 +155,9 @@ def _step(method: str, params: dict, condition: str | None, view: PolicyView, wh
     return Step(method=method, params=merged, condition=condition)
 
 
-def to_strategy(obj: Any, view: PolicyView) -> Strategy:
-    """A validated, executable, untried Strategy, or DecisionError saying exactly what to fix."""
+def to_strategy(obj: Any, view: PolicyView, seed: int = 0) -> Strategy:
+    """A validated, executable, untried Strategy, or DecisionError saying exactly what to fix. ``seed``: the
+    search policies' (--search-seed), for the search action."""
     if not isinstance(obj, dict):
         raise DecisionError("the answer must be one JSON object")
     obj = dict(obj)
@@ -171,12 +172,12 @@ def to_strategy(obj: Any, view: PolicyView) -> Strategy:
         return Strategy(action="end", reasoning=d.reasoning)
     if d.action == "search":
         req = d.search or SearchRequest(method=d.method)
-        if req.algorithm not in SEARCHERS:
+        if req.algorithm not in ALGORITHMS:
             raise DecisionError(f"search algorithm '{req.algorithm}' is not available; choose one of "
-                                f"{', '.join(SEARCHERS)}")
+                                f"{', '.join(ALGORITHMS)}")
         if req.method is not None:
             _step(req.method, {}, None, view, "search: ")
-        st = SEARCHERS[req.algorithm](view, req.method)
+        st = search(view, req.algorithm, req.method, seed)
         if st.action == "end":
             raise DecisionError(f"every configuration of {req.method or 'the methods'} was tried; choose another")
         return st.model_copy(update={"reasoning": f"{d.reasoning} | {st.reasoning}".strip(" |")})
@@ -261,7 +262,7 @@ def context(view: PolicyView) -> dict:
                    "co2_grams_spent": round(view.co2_grams_so_far, 3)},
         "available_methods": method_catalog(view.methods),
         "pipeline_templates": {n: summarize({"steps": [s.model_dump() for s in t]}) for n, t in TEMPLATES.items()},
-        "search_algorithms": list(SEARCHERS),
+        "search_algorithms": list(ALGORITHMS),
         "fixed_parameters": view.overrides,
     }
 
@@ -293,10 +294,11 @@ def _scrub(text: str, secret: str | None) -> str:
 class LLMPolicy:
     name = "llm"
 
-    def __init__(self, settings: LLMSettings | None = None, fallback: Policy | None = None):
+    def __init__(self, settings: LLMSettings | None = None, fallback: Policy | None = None, seed: int = 0):
         from openai import OpenAI
 
         self.s = settings or LLMSettings()
+        self.seed = seed  # the search action's (--search-seed)
         self._key = os.environ.get("ACF_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
         if not self._key and self.s.base_url is None:
             raise UserError("--policy llm needs an API key for api.openai.com",
@@ -395,7 +397,8 @@ class LLMPolicy:
         out: list[Strategy] = []
         for i, d in enumerate([obj] if k == 1 else obj):
             try:  # strings decoded from the JSON (escapes) are scrubbed again: the strategy and the error
-                st = Strategy.model_validate(self._scrub_all(to_strategy(d, with_pending(view, out)).model_dump()))
+                st = to_strategy(d, with_pending(view, out), self.seed)
+                st = Strategy.model_validate(self._scrub_all(st.model_dump()))
             except DecisionError as e:
                 raise DecisionError(f"decisions[{i}]: {e}" if k > 1 else str(e)) from None
             if st.action == "end":

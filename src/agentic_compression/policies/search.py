@@ -9,7 +9,8 @@ history (rebuilt on every decision, deterministic for a seed), so it persists an
 - ``pbt``: population-based training of the recovery (LoRA) hyper-parameters on the best compressed candidate.
 - ``random``: a seeded uniform choice among untried configurations (the baseline every searcher must beat).
 
-Each is a Policy (``--policy tpe`` ...) and a searcher the ``search`` action (LLM coordinator) can call.
+Each is a Policy (``--policy tpe`` ...); the LLM coordinator's ``search`` action calls the same policies (``search``),
+seeded as the run is.
 """
 from __future__ import annotations
 
@@ -284,21 +285,14 @@ class RandomPolicy:
         return single(m_action(view, step), step, reasoning="uniform random choice", policy=self.name)
 
 
-def _searcher(policy) -> Callable[[PolicyView, str | None], Strategy]:
-    def run(view: PolicyView, method: str | None = None) -> Strategy:
-        st = policy.decide(view, method)
-        return st if st.action == "end" else st.model_copy(update={"action": "search"})
-    return run
+ALGORITHMS = ("grid", "tpe", "nsga2", "bandit", "pbt", "random")  # what the LLM's search action may ask for
 
 
-SEARCHERS: dict[str, Callable[[PolicyView, str | None], Strategy]] = {
-    "grid": grid,
-    "tpe": _searcher(OptunaPolicy("tpe")),
-    "nsga2": _searcher(OptunaPolicy("nsga2")),
-    "bandit": _searcher(BanditPolicy()),
-    "pbt": _searcher(PBTPolicy()),
-    "random": _searcher(RandomPolicy()),
-}
+def search(view: PolicyView, algorithm: str, method: str | None = None, seed: int = 0) -> Strategy:
+    """The LLM's ``search`` action: the search policy ``algorithm`` (seeded with the run's --search-seed) proposes
+    the next untried configuration, of one method or of all; its strategy is labelled action "search"."""
+    st = grid(view, method) if algorithm == "grid" else make(algorithm, seed).decide(view, method)
+    return st if st.action == "end" else st.model_copy(update={"action": "search"})
 
 
 def make(name: str, seed: int = 0) -> Any:
