@@ -13,6 +13,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["ACF_EVAL_CACHE"] = tempfile.mkdtemp(prefix="acf-eval-cache-")
 os.environ["ACF_SKILLS"] = os.path.join(tempfile.mkdtemp(prefix="acf-skills-"), "skills.sqlite")
 
+# the fast tier (`pytest -m "not slow"`, a few minutes, what to run while working) leaves out the real-model runs
+# (integration) and the modules that run whole experiments, kill processes or start servers; CI runs everything
+SLOW_MODULES = {"test_integration", "test_targets", "test_families", "test_resume", "test_queue", "test_parallel",
+                "test_paired", "test_practitioner", "test_loop", "test_service"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("integration") or item.module.__name__ in SLOW_MODULES \
+                or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

@@ -382,6 +382,7 @@ def test_api_lists_no_symlinked_experiment_and_archives_no_link(api, world):
     assert "real-episode_000/config.json" in names and not any(n.endswith("passwd") for n in names)
 
 
+@pytest.mark.slow
 def test_api_keeps_a_failed_experiment_with_its_error(api, world):
     """Accepted (202), then its baseline fails: it stays listed as failed, with the error and when, and is logged."""
     broken = json.loads((world.tiny / "config.json").read_text())
@@ -444,6 +445,7 @@ def _copy_with_user_files(crashed: Path, tmp_path: Path) -> Path:
     return exp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "garbage"])
 def test_resume_without_its_state_rebuilds_from_the_results(crashed, tmp_path, damage):
     from agentic_compression.experiment import Experiment
@@ -471,6 +473,7 @@ def test_resume_without_its_state_rebuilds_from_the_results(crashed, tmp_path, d
         assert len(kept) == 1 and kept[0].read_bytes().startswith(b"this is not a database")
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_resume_measures_the_baseline_deletes_nothing(crashed, tmp_path, monkeypatch):
     from agentic_compression.evaluation import Evaluator
 

@@ -23,6 +23,7 @@ def _evaluator(settings, data_dir, tiny_dir, tmp_path):
     return Evaluator(settings, data_dir, AutoTokenizer.from_pretrained(tiny_dir), work)
 
 
+@pytest.mark.slow
 def test_several_benchmarks_aggregate_and_cache(settings, data_dir, tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ACF_EVAL_CACHE", str(tmp_path / "cache"))
     ev = _evaluator(settings, data_dir, tiny_dir, tmp_path)
@@ -61,6 +62,7 @@ def _cuda() -> bool:
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not _cuda(), reason="no CUDA device: the GPU path (CUDA events, CUDA peak memory) runs only on a GPU machine"))])
+@pytest.mark.slow
 def test_a_bigger_model_is_slower_and_heavier(settings, data_dir, tiny_dir, tmp_path, device):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

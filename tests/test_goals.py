@@ -103,6 +103,7 @@ def test_the_rule_policy_steers_toward_the_feasible_region(env):
     assert bits(RulePolicy().decide(_view(env, [feasible_but_big], g)).steps[0]) == 4  # size unmet: 4-bit next
 
 
+@pytest.mark.slow
 def test_a_run_stops_when_its_goal_is_met_and_recommends_the_feasible_candidate(tiny_dir, data_dir, tmp_path,
                                                                                 capsys):
     from agentic_compression.cli import main

@@ -280,6 +280,7 @@ def test_llm_policy_needs_a_key_or_a_base_url(tmp_path, data_dir, monkeypatch):
     assert rc == 2 and not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_drills_in_a_whole_run(tiny_dir, data_dir, tmp_path, fast_eval, monkeypatch):
     """Garbage, then an unavailable method, then a valid answer: the run completes, the first two episodes record
     the fallback with its reason, the third is executed as the LLM decided; the key, which the endpoint echoes,

@@ -312,6 +312,7 @@ def test_lora_recovery_of_a_pruned_model_merges_and_keeps_the_zeros(tiny_dir, tm
     assert torch.equal(w == 0, w0 == 0) and not torch.equal(w, w0)
 
 
+@pytest.mark.slow
 def test_distillation_moves_a_pruned_student_towards_the_teacher(tiny_dir, tmp_path, train_ctx, data_dir):
     from agentic_compression.data import calibration_samples
 
