@@ -105,3 +105,17 @@ def test_a_few_bytes_of_metadata_do_not_make_a_trade_off():
     g = ParetoFrontier()
     g.add(sol("a", 0.5, size=0.1767))
     assert g.add(sol("b", 0.4, size=0.1740))  # 1.5% smaller and less accurate: a real trade-off
+
+
+def test_each_objective_is_declared_once_and_everything_reads_it_from_there():
+    from agentic_compression import objectives, report
+    from agentic_compression.pareto import DEFAULT_TOLERANCE
+    from agentic_compression.reward import RewardSettings
+    from agentic_compression.schemas import OBJECTIVES
+
+    names = [o.name for o in objectives.SPECS]
+    assert list(OBJECTIVES) == names and list(RewardSettings().weights) == names
+    assert list(report._LABELS) == names and DEFAULT_TOLERANCE == objectives.tolerances(0.05)
+    tol = objectives.tolerances(0.2)  # --noise-tolerance moves the measured-noise objectives only
+    assert tol == {"accuracy": 0.0, "latency_ms": 0.2, "memory_gb": 0.2, "model_size_gb": 0.001, "co2_grams": 0.2}
+    assert objectives.ratio(3.0, 2.0) == 1.5 and objectives.ratio(0.0, 2.0) == 0.0 and objectives.ratio(1.0, 0) is None

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .goals import Goals
+from .objectives import NOISE
 from .reward import RewardSettings
 
 # an experiment's name: one folder directly under the output folder (no '/', no '..', not '.'); also the API's
@@ -140,7 +141,7 @@ class RunConfig(BaseModel):
     online: bool = False
     threads: int | None = None
     history_limit: int = 100
-    noise_tolerance: float = Field(default=0.05, ge=0, lt=1, description="relative differences in latency, memory "
+    noise_tolerance: float = Field(default=NOISE, ge=0, lt=1, description="relative differences in latency, memory "
                                    "and CO2 below this are ties when comparing candidates (accuracy, size: exact)")
     eval: EvalSettings = Field(default_factory=EvalSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)

@@ -23,15 +23,15 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import (benchmarks, console, data, episodes, goals, methods, models, policies, resources, sanity, stats_cache,
-               targets)
+from . import (benchmarks, console, data, episodes, goals, methods, models, objectives, policies, resources, sanity,
+               stats_cache, targets)
 from .card import write_card
 from .config import RunConfig
 from .errors import UserError
 from .episodes import EPISODE_FILES, Calibration, EpisodeJob, remove_own
 from .evaluation import EvaluationError, Evaluator, require_device
 from .files import read_json, write_json
-from .pareto import DEFAULT_TOLERANCE, ParetoFrontier
+from .pareto import ParetoFrontier
 from .pipelines import Probe
 from .policies import PolicyView, propose
 from .report import write_visualization
@@ -151,9 +151,7 @@ class Experiment:
             self._claim()
             write_json(self.dir / "config.json", json.loads(cfg.model_dump_json()))  # the folder is resumable
         self.policy = policies.make(cfg.policy, cfg)
-        noise = cfg.noise_tolerance
-        self.frontier = ParetoFrontier(tolerance={**DEFAULT_TOLERANCE, "latency_ms": noise, "memory_gb": noise,
-                                                  "co2_grams": noise}, reward=cfg.reward)
+        self.frontier = ParetoFrontier(tolerance=objectives.tolerances(cfg.noise_tolerance), reward=cfg.reward)
         self.episodes: list[Episode] = []
         self.entered: dict[str, bool] = {}  # episode_id -> it entered the frontier when it finished (resume)
         self.hv_history: list[dict] = []
@@ -683,8 +681,7 @@ class Experiment:
     def _write_summary(self, state: dict, complete: bool) -> dict:
         frontier = [s.model_dump() for s in self.frontier.solutions]
         write_json(self.dir / "pareto_frontier.json", {
-            "objectives": {"accuracy": "max", "latency_ms": "min", "memory_gb": "min", "model_size_gb": "min",
-                           "co2_grams": "min"},
+            "objectives": {o.name: o.goal for o in objectives.SPECS},
             "hypervolume": self.frontier.hypervolume(), "reference_point": "accuracy 0; each cost at "
             f"{self.frontier.ref_factor}x the baseline (objectives normalised by the baseline)",
             "noise_tolerance": self.frontier.tolerance,

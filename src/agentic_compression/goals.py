@@ -16,6 +16,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import objectives
 from .schemas import OBJECTIVES, EvaluationResult
 
 _DROP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
@@ -64,7 +65,8 @@ def judge(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) ->
                        f"error {se:.3f}")
     if goals.max_size_gb is not None and result.model_size_gb > goals.max_size_gb:
         why.append(f"size {result.model_size_gb:.3f} GB > {goals.max_size_gb:g} GB")
-    ratio = result.latency_ms / baseline.latency_ms if baseline.latency_ms else math.inf
+    ratio = objectives.ratio(result.latency_ms, baseline.latency_ms)
+    ratio = math.inf if ratio is None else ratio
     if goals.max_latency_ratio is not None and ratio > goals.max_latency_ratio:
         why.append(f"latency {ratio:.2f}x the baseline's > {goals.max_latency_ratio:g}x")
     if goals.max_memory_gb is not None and result.memory_gb > goals.max_memory_gb:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from .reward import RewardSettings, reward
-from .schemas import OBJECTIVES, ParetoSolution
+from .objectives import OBJECTIVES, ratio, tolerances
+from .schemas import ParetoSolution
 
 Vector = tuple[float, ...]
 
@@ -64,8 +65,7 @@ def equivalent(a: Vector, b: Vector, tol: Vector | None = None, ia: Bounds | Non
 
 # Relative differences treated as noise: timings, RSS and energy vary run to run by a few percent; accuracy
 # (paired, same items) is exact; sizes within 0.1% are the same format (recipe / config text differs by bytes).
-DEFAULT_TOLERANCE = {"accuracy": 0.0, "latency_ms": 0.05, "memory_gb": 0.05, "model_size_gb": 0.001,
-                     "co2_grams": 0.05}
+DEFAULT_TOLERANCE = tolerances()
 
 
 def hypervolume(points: Sequence[Vector], ref: Vector) -> float:
@@ -99,8 +99,8 @@ class ParetoFrontier:
     def _norm(self, objectives: Mapping[str, float]) -> Vector:
         if not self.baseline:
             return to_min(objectives)
-        return tuple(-s * objectives[k] / self.baseline[k] if self.baseline[k] else -s * objectives[k]
-                     for k, s in OBJECTIVES.items())
+        rel = {k: ratio(objectives[k], self.baseline[k]) for k in OBJECTIVES}
+        return tuple(-s * (objectives[k] if rel[k] is None else rel[k]) for k, s in OBJECTIVES.items())
 
     def reference(self) -> Vector:
         """Accuracy 0 and ``ref_factor`` x the baseline for each cost (in baseline-normalised units)."""

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 from .files import read_json
-from .schemas import OBJECTIVES
+from .objectives import OBJECTIVES, SPECS
 
-_LABELS = {"accuracy": "accuracy (mean benchmark score)", "latency_ms": "decode ms/token", "memory_gb": "peak memory GB",
-           "model_size_gb": "size on disk GB", "co2_grams": "CO2 g per 1k tokens"}
+_LABELS = {o.name: o.label for o in SPECS}
 
 
 def _where(runtime: dict | None) -> str:

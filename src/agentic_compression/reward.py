@@ -13,15 +13,14 @@ from typing import Mapping
 
 from pydantic import BaseModel, Field, model_validator
 
-from .schemas import OBJECTIVES
+from .objectives import OBJECTIVES, SPECS, ratio
 
 FAILED = -1.0
 
 
 class RewardSettings(BaseModel):
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"accuracy": 2.0, "latency_ms": 0.5, "memory_gb": 0.5, "model_size_gb": 1.0,
-                                 "co2_grams": 0.25},
+        default_factory=lambda: {o.name: o.weight for o in SPECS},
         description="weight of each objective's relative change against the baseline")
     accuracy_floor: float = Field(default=0.9, ge=0, le=1.0,
                                   description="a candidate below this fraction of the baseline's accuracy scores -1")
@@ -39,12 +38,11 @@ def reward(objectives: Mapping[str, float] | None, baseline: Mapping[str, float]
     s = settings or RewardSettings()
     if not objectives:
         return FAILED
-    if baseline["accuracy"] and objectives["accuracy"] / baseline["accuracy"] < s.accuracy_floor:
+    kept = ratio(objectives["accuracy"], baseline["accuracy"])
+    if kept is not None and kept < s.accuracy_floor:
         return FAILED
     total = 0.0
     for k, w in s.weights.items():
-        if not baseline.get(k):
-            continue
-        ratio = objectives[k] / baseline[k]
-        total += w * ((ratio - 1.0) if OBJECTIVES[k] > 0 else (1.0 - ratio))
+        if (r := ratio(objectives[k], baseline.get(k, 0.0))) is not None:
+            total += w * OBJECTIVES[k] * (r - 1.0)
     return total

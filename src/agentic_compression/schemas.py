@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from . import objectives
+
 ACTIONS = ("quantization", "asvd", "lora", "qlora", "pruning", "distillation", "pipeline", "search", "end")
 Action = Literal["quantization", "asvd", "lora", "qlora", "pruning", "distillation", "pipeline", "search", "end"]
 
@@ -95,14 +97,7 @@ class EvaluationResult(BaseModel):
         return self.energy.get("eval_co2_grams", self.co2_grams)
 
 
-# name -> +1 maximise, -1 minimise (the seed's 5 objectives)
-OBJECTIVES: dict[str, int] = {
-    "accuracy": +1,
-    "latency_ms": -1,
-    "memory_gb": -1,
-    "model_size_gb": -1,
-    "co2_grams": -1,
-}
+OBJECTIVES = objectives.OBJECTIVES  # name -> +1 maximise, -1 minimise (the seed's 5 objectives; objectives.py)
 
 
 class EpisodeStatus(str, Enum):

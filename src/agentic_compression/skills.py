@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .objectives import ratio
+
 log = logging.getLogger("acf.skills")
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS outcomes (
@@ -72,7 +74,7 @@ class SkillMemory:
         from .schemas import Step
 
         lead = strategy["steps"][0] if strategy["steps"] else {"method": "none", "params": {}}
-        rel = (lambda k: objectives[k] / baseline[k] if objectives and baseline.get(k) else None)
+        rel = (lambda k: ratio(objectives[k], baseline.get(k, 0.0)) if objectives else None)
         delta = objectives["accuracy"] - baseline["accuracy"] if objectives else None
         with self._connect() as con:  # one transaction
             con.execute("INSERT INTO outcomes (created, experiment, model, family, num_params, task, method, bits, "

@@ -23,6 +23,7 @@ from ..console import log_text
 from ..data import read_text
 from ..errors import UserError
 from ..files import write_json
+from ..objectives import ratio
 from ..schemas import OBJECTIVES, EvaluationResult
 
 
@@ -220,7 +221,7 @@ def relative(result: EvaluationResult, baseline: EvaluationResult) -> dict[str, 
     """Each objective, perplexity, parameter count and benchmark score divided by the baseline's, and the control
     workload's time (``machine_speed``: above 1, the machine was slower than when the baseline was timed)."""
     keys = list(OBJECTIVES) + ["perplexity", "num_params"]
-    out = {k: getattr(result, k) / getattr(baseline, k) for k in keys if getattr(baseline, k)}
+    out = {k: ratio(getattr(result, k), getattr(baseline, k)) for k in keys if getattr(baseline, k)}
     if result.latency.get("control_ms") and baseline.latency.get("control_ms"):  # older cached results lack it
         out["machine_speed"] = result.latency["control_ms"] / baseline.latency["control_ms"]
     mine, base = result.accuracy_detail.get("benchmarks", {}), baseline.accuracy_detail.get("benchmarks", {})

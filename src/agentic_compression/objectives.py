@@ -1,0 +1,42 @@
+"""The objectives, each declared once: its direction, unit, label, tie tolerance and reward weight, and the one
+place a value is divided by the baseline's. The frontier, the reward, the report, the policies and the summaries
+read them from here, so a new objective is one entry (plus the evaluation that measures it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str  # the EvaluationResult field it is read from
+    sign: int  # +1 maximised, -1 minimised
+    unit: str
+    label: str  # axis and column titles
+    tolerance: float | None  # relative difference that ties two values; None: the run's --noise-tolerance
+    weight: float  # the reward's default weight of its relative change (reward.py)
+
+    @property
+    def goal(self) -> str:
+        return "max" if self.sign > 0 else "min"
+
+
+SPECS = (
+    Objective("accuracy", +1, "", "accuracy (mean benchmark score)", 0.0, 2.0),
+    Objective("latency_ms", -1, "ms/token", "decode ms/token", None, 0.5),
+    Objective("memory_gb", -1, "GB", "peak memory GB", None, 0.5),
+    Objective("model_size_gb", -1, "GB", "size on disk GB", 0.001, 1.0),  # bytes on disk: a real difference
+    Objective("co2_grams", -1, "g per 1k tokens", "CO2 g per 1k tokens", None, 0.25),
+)
+BY_NAME = {o.name: o for o in SPECS}
+OBJECTIVES: dict[str, int] = {o.name: o.sign for o in SPECS}  # name -> +1 maximise, -1 minimise, in order
+NOISE = 0.05  # the default --noise-tolerance
+
+
+def tolerances(noise: float = NOISE) -> dict[str, float]:
+    """Each objective's tie tolerance, the measured-noise ones at ``noise``."""
+    return {o.name: noise if o.tolerance is None else o.tolerance for o in SPECS}
+
+
+def ratio(value: float, baseline: float) -> float | None:
+    """A value relative to the baseline's; None when the baseline's is 0 (no ratio exists)."""
+    return value / baseline if baseline else None
