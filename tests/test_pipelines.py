@@ -59,3 +59,13 @@ def test_a_failing_step_names_itself_and_leaves_nothing(tiny_dir, tmp_path, ctx)
     bad = Strategy(action="pipeline", steps=[Step(method="rtn"), Step(method="lora", condition="vibes > 1")])
     res = apply_strategy(bad, tiny_dir, tmp_path / "ckpt2", ctx)
     assert res.failed_step == 1 and "vibes" in res.error
+
+
+def test_the_probe_reads_the_runs_calibration_text(tiny_dir, data_dir, tmp_path):
+    from agentic_compression.models import load
+
+    text = tmp_path / "calib.txt"
+    text.write_text("the cat sat on the mat. " * 400)
+    model, tok = load(tiny_dir)
+    wiki, own = Probe(data_dir, tiny_dir, tokens=128), Probe(data_dir, tiny_dir, source=str(text), tokens=128)
+    assert wiki._ppl(model, tok) != own._ppl(model, tok)  # --calibration reaches the step conditions' probe

@@ -159,7 +159,7 @@ class Experiment:
         self.t0 = time.monotonic()
         self.work_dir = self.dir / ".work"
         self.calibration = Calibration(cfg.data_dir.absolute(), cfg.calibration.seed, cfg.calibration.source)
-        self.probe = Probe(cfg.data_dir.absolute(), Path(self.model_path).absolute())
+        self.probe = Probe(cfg.data_dir.absolute(), Path(self.model_path).absolute(), cfg.calibration.source)
         self.skills = SkillMemory(cfg.skills_path) if cfg.use_skills else None
         self.skill_ctx = SkillContext(model=canonical, family=self.spec.model_family, num_params=self.spec.num_params,
                                       task=cfg.dataset, experiment=name)

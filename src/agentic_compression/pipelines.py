@@ -90,18 +90,19 @@ def validate(strategy: Strategy, target=None) -> tuple[int, str] | None:
 
 
 class Probe:
-    """The facts conditions are decided on; the base model's side is measured once and cached."""
+    """The facts conditions are decided on, on the end of the run's calibration text (--calibration; never
+    evaluation text); the base model's side is measured once and cached."""
 
-    def __init__(self, data_dir, base_path, tokens: int = 1024):
-        self.data_dir, self.base_path, self.tokens = data_dir, base_path, tokens
+    def __init__(self, data_dir, base_path, source: str = "wikitext2-first-half", tokens: int = 1024):
+        self.data_dir, self.base_path, self.source, self.tokens = data_dir, base_path, source, tokens
         self._base: float | None = None
 
     def _ppl(self, model, tokenizer) -> float:
-        from .data import wikitext_halves
+        from .data import read_text
         from .evaluation import bos_id
         from .evaluation.measure import perplexity
 
-        ids = tokenizer(wikitext_halves(self.data_dir)[0][-20000:], add_special_tokens=False)["input_ids"]
+        ids = tokenizer(read_text(self.data_dir, self.source)[-20000:], add_special_tokens=False)["input_ids"]
         return perplexity(model, ids[-self.tokens:], 512, 512, bos_id(tokenizer))["perplexity"]
 
     def __call__(self, model, tokenizer) -> dict[str, float]:

@@ -71,7 +71,7 @@ class ASVD(Method):
               Param(name="seq_len", low=16, high=4096, default=256))
 
     def apply(self, model, tokenizer, params, ctx: Context):
-        p = {**self.defaults(), **params}
+        p = self.resolve(params)
         arch = of_model(model)
         linears = arch.block_linears(model, None if p["targets"] == "all" else p["targets"])
         if not linears:

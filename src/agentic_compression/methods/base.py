@@ -80,6 +80,11 @@ class Method:
         return {p.name: p.default for p in cls.params}
 
     @classmethod
+    def resolve(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter's value: the given ones over the defaults."""
+        return {**cls.defaults(), **params}
+
+    @classmethod
     def check(cls, params: dict[str, Any], config: dict[str, Any]) -> str | None:
         """Why these parameters cannot work on a model with this HF config, or None when they can."""
         known = {p.name: p for p in cls.params}

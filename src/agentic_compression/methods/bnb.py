@@ -44,12 +44,12 @@ class BitsAndBytes(Method):
 
     @classmethod
     def check(cls, params, config):
-        p = {**cls.defaults(), **params}
+        p = cls.resolve(params)
         if p["mode"] == "int8" and not p["double_quant"]:
             return "double_quant applies to 4-bit modes only: leave it True for int8"
         return super().check(params, config)
 
     def apply(self, model, tokenizer, params, ctx: Context):
-        p = {**self.defaults(), **params}
+        p = self.resolve(params)
         return load_quantized(model, tokenizer, p["mode"], p["double_quant"])
 

@@ -65,7 +65,7 @@ class _LLMCompressorQuant(Method):
     def check(cls, params, config):
         if err := super().check(params, config):
             return err
-        p = {**cls.defaults(), **params}
+        p = cls.resolve(params)
         if p["scheme"] == "W8A8" and p["group_size"]:
             return "W8A8 uses per-channel weights: group_size must be None"
         return group_problem(p["group_size"], config)
@@ -76,7 +76,7 @@ class _LLMCompressorQuant(Method):
     def apply(self, model, tokenizer, params, ctx: Context):
         from llmcompressor import oneshot
 
-        p = {**self.defaults(), **params}
+        p = self.resolve(params)
         kwargs = self.calibration_kwargs(tokenizer, p, ctx)
         oneshot(model=model, recipe=self.modifier(p, of_model(model).ignore()), **kwargs)
         return model

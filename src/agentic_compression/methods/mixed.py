@@ -175,13 +175,13 @@ class Mixed(Method):
 
     @classmethod
     def check(cls, params, config):
-        return super().check(params, config) or group_problem({**cls.defaults(), **params}["group_size"], config)
+        return super().check(params, config) or group_problem(cls.resolve(params)["group_size"], config)
 
     def apply(self, model, tokenizer, params, ctx: Context):
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
-        p = {**self.defaults(), **params}
+        p = self.resolve(params)
         windows = ctx.calibration(tokenizer, int(p["num_samples"]), int(p["seq_len"]))
         result = plan(model, windows, float(p["avg_bits"]), p["group_size"], stats=ctx.stats)
         groups = {}

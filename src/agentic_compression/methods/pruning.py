@@ -43,7 +43,7 @@ class _Pruner(Method):
 
     @classmethod
     def check(cls, params, config):
-        return super().check(params, config) or _check_structure({**cls.defaults(), **params})
+        return super().check(params, config) or _check_structure(cls.resolve(params))
 
 
 @register
@@ -56,7 +56,7 @@ class Magnitude(_Pruner):
 
     @torch.no_grad()
     def apply(self, model, tokenizer, params, ctx: Context):
-        p = {**self.defaults(), **params}
+        p = self.resolve(params)
         for _, lin in decoder_linears(model):
             w = lin.weight
             if p["mask_structure"] == "2:4":
@@ -82,7 +82,7 @@ class _LLMCompressorPruner(_Pruner):
         from llmcompressor import oneshot
         from llmcompressor.modifiers import pruning
 
-        p = {**self.defaults(), **params}
+        p = self.resolve(params)
         modifier = getattr(pruning, self.modifier_class)(sparsity=p["sparsity"], mask_structure=_mask(p),
                                                          targets=["Linear"], ignore=_ignore(model))
         oneshot(model=model, recipe=modifier, **calibration_dataset(tokenizer, p, ctx))

@@ -131,7 +131,7 @@ class Structured(Method):
     def check(cls, params, config):
         if err := super().check(params, config):
             return err
-        p = {**cls.defaults(), **params}
+        p = cls.resolve(params)
         arch = of_config(config)
         if arch is not None and (why := _unsupported(arch, p["granularity"])):
             return why
@@ -142,7 +142,7 @@ class Structured(Method):
         return None
 
     def apply(self, model, tokenizer, params, ctx: Context):
-        p = {**self.defaults(), **params}
+        p = self.resolve(params)
         arch = of_model(model)
         if why := _unsupported(arch, p["granularity"]):
             raise ValueError(why)

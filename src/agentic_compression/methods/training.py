@@ -86,7 +86,7 @@ class LoRA(Method):
     params = (*_LORA, Param(name="merge", choices=[True, False], default=True, help="merge into float weights"))
 
     def apply(self, model, tokenizer, params, ctx: Context):
-        return train_lora(model, tokenizer, {**self.defaults(), **params}, ctx)
+        return train_lora(model, tokenizer, self.resolve(params), ctx)
 
 
 @register
@@ -102,7 +102,7 @@ class QLoRA(Method):
     def apply(self, model, tokenizer, params, ctx: Context):
         from .bnb import load_quantized
 
-        return train_lora(load_quantized(model, tokenizer, "nf4"), tokenizer, {**self.defaults(), **params}, ctx)
+        return train_lora(load_quantized(model, tokenizer, "nf4"), tokenizer, self.resolve(params), ctx)
 
 
 @register
@@ -123,7 +123,7 @@ class Distill(Method):
     def apply(self, model, tokenizer, params, ctx: Context):
         from ..models import load
 
-        p = {**self.defaults(), **params}
+        p = self.resolve(params)
         if _quantized(model):
             raise ValueError("distillation trains float weights: apply it before quantization in the pipeline")
         teacher_path = ctx.extras.get("teacher")
