@@ -43,8 +43,12 @@ def load_env(table_path: Path):
     return spec, config, available_methods(), base, rows, OVERRIDES
 
 
-def replay(policy, env, episodes: int) -> list[float]:
-    """Hypervolume after each episode (the frontier starts with the baseline, as in a run)."""
+def replay(policy, env, episodes: int, goal=None) -> tuple[list[float], int | None]:
+    """Hypervolume after each episode (the frontier starts with the baseline, as in a run), and with ``goal`` (a
+    Goals) the episode whose candidate first met it (feasible, at its size target), or None. Episodes are judged
+    against the goals as a run judges them, and the policy sees the verdicts."""
+    from agentic_compression import goals as G
+    from agentic_compression.goals import Goals
     from agentic_compression.pareto import ParetoFrontier
     from agentic_compression.policies import PolicyView
     from agentic_compression.schemas import ParetoSolution, Strategy
@@ -55,13 +59,14 @@ def replay(policy, env, episodes: int) -> list[float]:
         action="pipeline")))
     history: list[dict] = []
     tried: set[str] = set()
-    curve = []
+    curve, met_at = [], None
+    goal = goal or Goals()
     for ep in range(episodes):
         st = None
         for _ in range(500):
             view = PolicyView(spec=spec, model_config=config, methods=methods, baseline=base,
                               frontier=frontier.summary(), history=history, tried=set(tried),
-                              episodes_left=episodes - ep, seconds_left=1e9, overrides=overrides)
+                              episodes_left=episodes - ep, seconds_left=1e9, overrides=overrides, goals=goal)
             st = policy.decide(view)
             if st.action == "end" or st.key() in rows:
                 break
@@ -78,8 +83,15 @@ def replay(policy, env, episodes: int) -> list[float]:
         history.append({"episode_id": eid, "strategy": st.model_dump(), "status": row["status"],
                         "objectives": row["objectives"], "error": row["error"], "entered_frontier": entered,
                         "relative": relative(row, base) if ok else None})
+        if ok and goal.active():  # judged only on what goals read: the objectives and the accuracy's stderr
+            measured = base.model_construct(**row["objectives"], accuracy_stderr=row["accuracy_stderr"])
+            why = G.judge(measured, base, goal)
+            history[-1].update(feasible=not why, infeasible_because=why,
+                               goal_violations=G.violations(measured, base, goal))
+            if met_at is None and G.met(measured, base, goal):
+                met_at = ep + 1
         curve.append(frontier.hypervolume())
-    return curve
+    return curve, met_at
 
 
 def relative(row: dict, base) -> dict[str, float]:
@@ -127,6 +139,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--policies", default="rule,random,tpe,nsga2,bandit,pbt")
     ap.add_argument("--at", default="3,5,10,15")
+    ap.add_argument("--goal", help="goal mode, e.g. max_accuracy_drop=0.01,target_size_ratio=0.35: episodes until "
+                    "the first feasible candidate at the target, per policy")
     ap.add_argument("--llm-base-url")
     ap.add_argument("--llm-model", default="gpt-4o")
     ap.add_argument("--llm-mode", default="prompt")
@@ -138,12 +152,14 @@ def main() -> None:
     print(f"table: {a.table} (latency {'paired with the baseline' if paired else 'unpaired: measured before pairing'})")
     print(f"grid: {len(rows)} strategies ({sum(r['status'] == 'success' for r in rows.values())} measured), "
           f"full hypervolume {full:.4f}\n")
+    if a.goal:
+        return goal_mode(env, a)
     at = [int(x) for x in a.at.split(",") if int(x) <= a.episodes]
     print("| policy | " + " | ".join(f"HV/full @{k}" for k in at) + " | first episode >= 0.97 (median) |")
     print("|---|" + "---|" * (len(at) + 1))
     for name in a.policies.split(","):
         seeds = range(a.seeds) if name in SEEDED else range(1)
-        curves = [[hv / full for hv in replay(make_policy(name, s, a), env, a.episodes)] for s in seeds]
+        curves = [[hv / full for hv in replay(make_policy(name, s, a), env, a.episodes)[0]] for s in seeds]
 
         def cell(k: int) -> str:
             xs = sorted(c[k - 1] for c in curves)
@@ -155,6 +171,29 @@ def main() -> None:
         first = f"{statistics.median(reached):g} ({len(reached)}/{len(curves)} runs)" if reached else "never"
         print(f"| {name}{' (' + str(len(curves)) + ' seeds)' if len(curves) > 1 else ''} | "
               + " | ".join(cell(k) for k in at) + f" | {first} |")
+
+
+def goal_mode(env, a) -> None:
+    from agentic_compression import goals as G
+    from agentic_compression.goals import Goals
+
+    goal = Goals(**dict(kv.split("=", 1) for kv in a.goal.split(",")), stop_when_met=True)
+    base, rows = env[3], env[4]
+    reachable = [k for k, r in rows.items() if r["status"] == "success" and G.met(
+        base.model_construct(**r["objectives"], accuracy_stderr=r["accuracy_stderr"]), base, goal)]
+    print(f"goal: {goal.model_dump(exclude_none=True)}; {len(reachable)} of the grid's strategies meet it\n")
+    print(f"| policy | episodes to the first candidate that meets the goal: median [p25, p75] | runs that met it "
+          f"within {a.episodes} |")
+    print("|---|---|---|")
+    for name in a.policies.split(","):
+        seeds = range(a.seeds) if name in SEEDED else range(1)
+        hits = [replay(make_policy(name, s, a), env, a.episodes, goal)[1] for s in seeds]
+        # a run that never met it counts as episodes + 1 in the quantiles (it needs more than the budget)
+        xs = sorted(h if h is not None else a.episodes + 1 for h in hits)
+        q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+        fmt = lambda v: f"{v:g}" if v <= a.episodes else f">{a.episodes}"  # noqa: E731
+        print(f"| {name}{' (' + str(len(xs)) + ' seeds)' if len(xs) > 1 else ''} | {fmt(statistics.median(xs))} "
+              f"[{fmt(q[0])}, {fmt(q[2])}] | {sum(h is not None for h in hits)}/{len(hits)} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agentic_compression.goals import Goals, judge, met, pick
+from agentic_compression.goals import Goals, judge, met, pick, violations
 from agentic_compression.schemas import EvaluationResult, Strategy
 
 
@@ -43,6 +43,72 @@ def test_size_latency_and_memory_goals_name_what_broke():
     assert judge(_r(size=0.29, lat=44.0, mem=0.5), BASE, g) == []
     assert judge(_r(size=0.31, lat=48.0, mem=0.6), BASE, g) == [
         "size 0.310 GB > 0.3 GB", "latency 1.20x the baseline's > 1.1x", "peak memory 0.600 GB > 0.5 GB"]
+
+
+def test_violations_are_the_margins_past_each_stated_goal():
+    g = Goals(max_accuracy_drop="0.01", max_size_gb=0.3, max_latency_ratio=1.1, max_memory_gb=0.5)
+    kept = violations(_r(acc=0.5, size=0.15, lat=44.0, mem=0.5), BASE, g)
+    assert kept == pytest.approx({"accuracy": -0.01 - 0.02828, "size": -0.5, "latency": 0.0, "memory": 0.0},
+                                 abs=1e-4)  # at a limit is kept; every margin <= 0
+    broken = violations(_r(acc=0.45, size=0.6, lat=48.0, mem=0.6), BASE, g)
+    assert broken == pytest.approx({"accuracy": 0.04 - 0.02828, "size": 1.0, "latency": 48 / 44 - 1,
+                                    "memory": 0.2}, abs=1e-4)
+    assert len(judge(_r(acc=0.45, size=0.6, lat=48.0, mem=0.6), BASE, g)) == sum(v > 0 for v in broken.values())
+    assert violations(_r(), BASE, Goals(max_size_gb=1.0)).keys() == {"size"}  # only the goals stated
+
+
+def _entry(i, st, obj, why=(), margins=None):
+    return {"episode_id": f"episode_{i:03d}", "strategy": st.model_dump(), "status": "success", "objectives": obj,
+            "error": None, "relative": {"perplexity": 1.0}, "feasible": not why, "infeasible_because": list(why),
+            "goal_violations": margins or {}}
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
+def test_optuna_is_told_the_goals_as_constraints(env, name, monkeypatch):
+    import optuna
+
+    from agentic_compression.policies import make
+
+    studies = []
+    create = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda **kw: studies.append(create(**kw)) or studies[-1])
+    v = _view(env, [], Goals(max_accuracy_drop="0.01"))
+    four, eight = v.step("rtn", {"scheme": "W4A16", "group_size": 64}), v.step("rtn", {"scheme": "W8A16"})
+    history = [_entry(0, Strategy(action="quantization", steps=[four]), _r(acc=0.40, size=0.15).objectives(),
+                      ["accuracy drop ..."], {"accuracy": 0.07}),
+               _entry(1, Strategy(action="quantization", steps=[eight]), _r(acc=0.50, size=0.3).objectives(),
+                      margins={"accuracy": -0.038})]
+    make(name).decide(_view(env, history, Goals(max_accuracy_drop="0.01")))
+    told = [t for t in studies[0].trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert [t.constraints for t in told] == [{"accuracy": 0.07}, {"accuracy": -0.038}]
+    assert [t.params["rtn.scheme"] for t in told] == ["W4A16", "W8A16"]
+
+
+def test_the_bandit_and_pbt_steer_toward_the_feasible_region(env):
+    from agentic_compression.policies.base import candidate_steps
+    from agentic_compression.policies.search import BanditPolicy, PBTPolicy
+
+    v = _view(env, [], Goals())
+    arms = sorted({s.method for s in candidate_steps(v)})
+    # every arm pulled once; gptq's candidate is the smallest, so it has the best reward, but it broke the goal
+    history = [_entry(i, Strategy(action="quantization", steps=[v.step(a)]),
+                      _r(size=0.1 if a == "gptq" else 0.5).objectives(),
+                      ["size ..."] if a == "gptq" else (), {"size": 0.5 if a == "gptq" else -0.1})
+               for i, a in enumerate(arms)]
+    no_goals = [{k: x for k, x in h.items() if k not in ("feasible", "infeasible_because", "goal_violations")}
+                for h in history]
+    assert BanditPolicy(c=0.01).decide(_view(env, no_goals, Goals())).steps[0].method == "gptq"
+    assert BanditPolicy(c=0.01).decide(_view(env, history, Goals(max_size_gb=0.15))).steps[0].method != "gptq"
+    # PBT recovers accuracy, never size: it does not pick the candidate whose size broke the goal
+    def lost(entries):
+        return [{**h, "objectives": {**h["objectives"], "accuracy": 0.45}} for h in entries
+                if h["strategy"]["steps"][0]["method"] in ("gptq", "rtn")]
+
+    def target(entries, g):
+        return PBTPolicy()._target(_view(env, lost(entries), g))["strategy"]["steps"][0]["method"]
+
+    assert target(no_goals, Goals()) == "gptq"  # without goals the smaller one has the better reward
+    assert target(history, Goals(max_size_gb=0.15)) == "rtn"
 
 
 def test_the_recommended_candidate_is_the_smallest_then_the_fastest_feasible():

@@ -25,9 +25,40 @@ def test_replay_is_deterministic_and_bounded(env, name):
     def policy(seed):
         return RulePolicy() if name == "rule" else search.make(name, seed)
 
-    first, again = replay.replay(policy(1), env, 8), replay.replay(policy(1), env, 8)
+    (first, _), (again, _) = replay.replay(policy(1), env, 8), replay.replay(policy(1), env, 8)
     assert first == again and len(first) == 8
     full = replay.full_hypervolume(env)
     assert all(b >= a - 1e-12 for a, b in zip(first, first[1:])) and first[-1] <= full + 1e-9
     if name in ("random", "tpe"):
-        assert replay.replay(policy(2), env, 8) != first  # the seed matters
+        assert replay.replay(policy(2), env, 8)[0] != first  # the seed matters
+
+
+def test_goal_mode_counts_the_episodes_to_the_first_candidate_that_meets_the_goal(env):
+    import replay
+
+    from agentic_compression import goals as G
+    from agentic_compression.goals import Goals
+    from agentic_compression.policies import RulePolicy
+
+    goal = Goals(max_accuracy_drop="0.02", target_size_ratio=0.35, stop_when_met=True)
+    seen = []
+
+    class Spy(RulePolicy):
+        def decide(self, view):
+            seen.append(view)
+            return super().decide(view)
+
+    _, met_at = replay.replay(Spy(), env, 12, goal)
+    base, rows = env[3], env[4]
+    history = seen[-1].history
+    assert all(v.goals == goal for v in seen) and all("feasible" in h for h in history if h["status"] == "success")
+    met = [G.met(base.model_construct(**rows[k]["objectives"], accuracy_stderr=rows[k]["accuracy_stderr"]), base,
+                 goal) for k in (replay_key(h) for h in history)]
+    assert met_at is not None and met.index(True) + 1 == met_at  # the first episode whose candidate meets it
+    assert replay.replay(RulePolicy(), env, 12)[1] is None  # no goal, nothing to meet
+
+
+def replay_key(h):
+    from agentic_compression.schemas import Strategy
+
+    return Strategy(**h["strategy"]).key()

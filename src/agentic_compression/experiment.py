@@ -618,6 +618,7 @@ class Experiment:
             started_at=info["started_at"], finished_at=info.get("finished_at") or _now(), worker=info.get("worker"))
         if ok and self.cfg.goals.active():
             ep.infeasible_because = goals.judge(ep.result, self.baseline, self.cfg.goals)
+            ep.goal_violations = goals.violations(ep.result, self.baseline, self.cfg.goals)
             ep.feasible = not ep.infeasible_because
         self.episodes.append(ep)
         improved = False
@@ -652,8 +653,8 @@ class Experiment:
         return {"episode_id": ep.episode_id, "strategy": ep.strategy.model_dump(), "status": ep.status.value,
                 "objectives": ep.result.objectives() if ok else None, "error": ep.error,
                 "relative": ep.result.relative if ok else None, "entered_frontier": improved,
-                **({"feasible": ep.feasible, "infeasible_because": ep.infeasible_because}
-                   if ep.feasible is not None else {})}
+                **({"feasible": ep.feasible, "infeasible_because": ep.infeasible_because,
+                    "goal_violations": ep.goal_violations} if ep.feasible is not None else {})}
 
     def _goal_summary(self) -> dict | None:
         """Feasible candidates, the best feasible per objective and the recommended one (goals.py); None without

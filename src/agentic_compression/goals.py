@@ -54,24 +54,38 @@ class Goals(BaseModel):
         return float(value) / 100 * baseline_accuracy if pct else float(value)
 
 
-def judge(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) -> list[str]:
-    """Why ``result`` breaks the goals: empty when it is feasible."""
-    why = []
+def _checks(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) -> list[tuple[str, float, str]]:
+    """(goal, excess, what it says when broken) for each stated goal; excess > 0 breaks it. Accuracy's excess is in
+    accuracy points past the allowance plus the standard error; the others' are fractions of the limit."""
+    out = []
     if goals.max_accuracy_drop is not None:
         allowed, drop = goals.allowed_drop(baseline.accuracy), baseline.accuracy - result.accuracy
         se = math.hypot(baseline.accuracy_stderr, result.accuracy_stderr)
-        if drop - allowed > se:
-            why.append(f"accuracy drop {drop:.3f} exceeds the allowed {allowed:.3f} by more than its standard "
-                       f"error {se:.3f}")
-    if goals.max_size_gb is not None and result.model_size_gb > goals.max_size_gb:
-        why.append(f"size {result.model_size_gb:.3f} GB > {goals.max_size_gb:g} GB")
-    ratio = objectives.ratio(result.latency_ms, baseline.latency_ms)
-    ratio = math.inf if ratio is None else ratio
-    if goals.max_latency_ratio is not None and ratio > goals.max_latency_ratio:
-        why.append(f"latency {ratio:.2f}x the baseline's > {goals.max_latency_ratio:g}x")
-    if goals.max_memory_gb is not None and result.memory_gb > goals.max_memory_gb:
-        why.append(f"peak memory {result.memory_gb:.3f} GB > {goals.max_memory_gb:g} GB")
-    return why
+        out.append(("accuracy", drop - allowed - se, f"accuracy drop {drop:.3f} exceeds the allowed {allowed:.3f} "
+                    f"by more than its standard error {se:.3f}"))
+    if goals.max_size_gb is not None:
+        out.append(("size", result.model_size_gb / goals.max_size_gb - 1,
+                    f"size {result.model_size_gb:.3f} GB > {goals.max_size_gb:g} GB"))
+    if goals.max_latency_ratio is not None:
+        ratio = objectives.ratio(result.latency_ms, baseline.latency_ms)
+        ratio = math.inf if ratio is None else ratio
+        out.append(("latency", min(ratio / goals.max_latency_ratio - 1, 1e6),
+                    f"latency {ratio:.2f}x the baseline's > {goals.max_latency_ratio:g}x"))
+    if goals.max_memory_gb is not None:
+        out.append(("memory", result.memory_gb / goals.max_memory_gb - 1,
+                    f"peak memory {result.memory_gb:.3f} GB > {goals.max_memory_gb:g} GB"))
+    return out
+
+
+def judge(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) -> list[str]:
+    """Why ``result`` breaks the goals: empty when it is feasible."""
+    return [why for _, excess, why in _checks(result, baseline, goals) if excess > 0]
+
+
+def violations(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) -> dict[str, float]:
+    """goal -> how far past its limit ``result`` is (> 0 broken, <= 0 kept, by that margin): the constraints the
+    search policies tell Optuna, and the margins an episode records."""
+    return {goal: excess for goal, excess, _ in _checks(result, baseline, goals)}
 
 
 def met(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) -> bool:

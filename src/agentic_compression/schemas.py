@@ -119,6 +119,8 @@ class Episode(BaseModel):
     step_log: list[dict[str, Any]] = Field(default_factory=list, description="per step: ran or skipped, and why")
     feasible: bool | None = Field(default=None, description="meets the run's goals (None: failed, or no goals)")
     infeasible_because: list[str] = Field(default_factory=list)
+    goal_violations: dict[str, float] = Field(default_factory=dict, description="goal -> how far past its limit "
+                                              "the candidate is (> 0 broken, <= 0 kept by that margin)")
     started_at: str
     finished_at: str
     worker: dict[str, Any] | None = Field(default=None, description="--parallel: the Ray task's process, node and "

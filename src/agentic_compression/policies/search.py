@@ -9,6 +9,10 @@ history (rebuilt on every decision, deterministic for a seed), so it persists an
 - ``pbt``: population-based training of the recovery (LoRA) hyper-parameters on the best compressed candidate.
 - ``random``: a seeded uniform choice among untried configurations (the baseline every searcher must beat).
 
+With goals (goals.py), each measured episode's margins past the goals are Optuna's constraints (c-TPE; NSGA-II's
+constrained domination), an infeasible pull earns the bandit a failure's reward, and PBT recovers only a candidate
+whose size, latency and memory already meet the goals (LoRA can mend accuracy, not those). Random stays blind.
+
 Each is a Policy (``--policy tpe`` ...); the LLM coordinator's ``search`` action calls the same policies (``search``),
 seeded as the run is.
 """
@@ -37,13 +41,14 @@ def _end(name: str, why: str) -> Strategy:
     return Strategy(action="end", reasoning=why, policy=name)
 
 
-def _rewards(view: PolicyView) -> list[tuple[dict, float]]:
-    """(history entry, reward) for every finished episode."""
+def _rewards(view: PolicyView, judged: bool = True) -> list[tuple[dict, float]]:
+    """(history entry, reward) for every finished episode. ``judged``: one that breaks the run's goals earns what a
+    failed one does (a candidate outside the feasible region is not a usable result)."""
     if view.baseline is None:
         return []
     base = view.baseline.objectives()
-    return [(h, reward(h["objectives"] if h["status"] == "success" else None, base, view.reward))
-            for h in view.history]
+    return [(h, reward(h["objectives"] if h["status"] == "success" and not (judged and h.get("feasible") is False)
+                       else None, base, view.reward)) for h in view.history]
 
 
 def grid(view: PolicyView, method: str | None = None) -> Strategy:
@@ -110,7 +115,9 @@ class OptunaPolicy:
             study.add_trial(create_trial(
                 params=params, distributions={k: dists[k] for k in params},
                 values=[h["objectives"][k] for k in OBJECTIVES] if ok else None,
-                state=TrialState.COMPLETE if ok else TrialState.FAIL))
+                state=TrialState.COMPLETE if ok else TrialState.FAIL,
+                # the goals as Optuna's constraints (<= 0 kept): c-TPE and NSGA-II's constrained domination
+                system_attrs={f"constraints:{g}": v for g, v in (h.get("goal_violations") or {}).items()}))
         for pending in view.pending:  # proposed in this batch, not measured: running trials (TPE's constant liar)
             if (params := point(pending.model_dump())) is not None:
                 study.enqueue_trial(params)
@@ -237,8 +244,9 @@ class PBTPolicy:
                        continue_=lambda p: {**p, "steps": min(int(p["steps"] * 1.5), LORA_SPACE["steps"][2])})
 
     def _target(self, view: PolicyView) -> dict | None:
-        scored = [(h, r) for h, r in _rewards(view)
-                  if chainable(h) and len(h["strategy"]["steps"]) == 1
+        scored = [(h, r) for h, r in _rewards(view, judged=False)  # recovery may mend accuracy, nothing else:
+                  if all(v <= 0 for g, v in (h.get("goal_violations") or {}).items() if g != "accuracy")
+                  and chainable(h) and len(h["strategy"]["steps"]) == 1
                   and h["strategy"].get("base", "base") == "base" and view.baseline
                   and h["objectives"]["accuracy"] < view.baseline.accuracy]
         return max(scored, key=lambda x: x[1])[0] if scored else None
@@ -250,7 +258,7 @@ class PBTPolicy:
             return st.model_copy(update={"policy": self.name, "reasoning": "PBT needs a compressed candidate that "
                                          f"lost accuracy first; {st.reasoning}"})
         base = target["episode_id"]
-        members = [(h["strategy"]["steps"][0]["params"], r) for h, r in _rewards(view)
+        members = [(h["strategy"]["steps"][0]["params"], r) for h, r in _rewards(view, judged=False)
                    if h["strategy"].get("base") == base and h["strategy"]["steps"][0]["method"] == "lora"]
         gen, params = 0, self.pbt.initial()
         P = self.pbt.population
