@@ -17,7 +17,7 @@ import torch
 
 from agentic_compression import data, methods, models
 from agentic_compression.evaluation.measure import perplexity
-from agentic_compression.evaluation.worker import logical_params
+from agentic_compression.formats import logical_params
 from agentic_compression.schemas import Step, Strategy
 from agentic_compression.workers import apply_strategy
 

@@ -66,8 +66,8 @@ def compression(data_dir: Path, threads: int) -> None:
         ctx = methods.Context(calibration=calibration, stats=Path(tmp) / "statistics")
         for i, (name, params) in enumerate(EPISODES):
             t: dict = defaultdict(float)
-            originals = (workers.load, workers.save_model, base.forward_with_hooks, methods.get(name).apply)
-            workers.load, workers.save_model = timed(t, "load", originals[0]), timed(t, "save", originals[1])
+            originals = (workers.load, workers.formats.save, base.forward_with_hooks, methods.get(name).apply)
+            workers.load, workers.formats.save = timed(t, "load", originals[0]), timed(t, "save", originals[1])
             base.forward_with_hooks = timed(t, "statistics", originals[2])
             methods.get(name).apply = timed(t, "method", originals[3])
             try:
@@ -76,7 +76,7 @@ def compression(data_dir: Path, threads: int) -> None:
                                              model_dir, Path(tmp) / f"episode_{i}", ctx, threads)
                 wall = time.perf_counter() - t0
             finally:
-                workers.load, workers.save_model, base.forward_with_hooks, methods.get(name).apply = originals
+                workers.load, workers.formats.save, base.forward_with_hooks, methods.get(name).apply = originals
             if res.error:
                 raise SystemExit(f"{name}: {res.error}")
             work = t["load"] + t["method"] + t["save"]

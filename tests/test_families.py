@@ -5,6 +5,7 @@ import importlib.util
 import pytest
 import torch
 
+from agentic_compression import formats
 from agentic_compression.evaluation import bos_id
 from agentic_compression.evaluation.measure import perplexity
 
@@ -292,7 +293,7 @@ def test_structured_pruning_on_each_family_reloads_and_generates(family_dirs, tm
     model, tok = load(family_dirs[family])
     ctx = Context(calibration=lambda t, n, L: calibration_samples(t, data_dir, n, L, seed=0))
     m = get("structured")()
-    m.save(m.apply(model, tok, params, ctx), tok, tmp_path / "out")
+    formats.save(m.apply(model, tok, params, ctx), tok, tmp_path / "out")
     pruned, tok = load(tmp_path / "out")
     cfg = pruned.config
     if granularity == "mlp":
@@ -311,7 +312,7 @@ def test_structured_pruning_on_each_family_reloads_and_generates(family_dirs, tm
 def test_asvd_factorises_each_familys_attention_and_reloads_exactly(family_dirs, tmp_path, data_dir, family):
     from agentic_compression.data import calibration_samples
     from agentic_compression.methods import Context, get
-    from agentic_compression.methods.asvd import LowRankLinear
+    from agentic_compression.formats.low_rank import LowRankLinear, ranks
     from agentic_compression.models import load
 
     model, tok = load(family_dirs[family])
@@ -319,8 +320,8 @@ def test_asvd_factorises_each_familys_attention_and_reloads_exactly(family_dirs,
     m = get("asvd")()
     done = m.apply(model, tok, {"rank_ratio": 0.5, "targets": "attention", "num_samples": 2, "seq_len": 32}, ctx)
     factorised = {n for n, x in done.named_modules() if isinstance(x, LowRankLinear)}
-    assert factorised == set(done._acf_lowrank) and all(".self_attn." in n for n in factorised) and factorised
-    m.save(done, tok, tmp_path / "out")
+    assert factorised == set(ranks(done)) and all(".self_attn." in n for n in factorised) and factorised
+    formats.save(done, tok, tmp_path / "out")
     again, _ = load(tmp_path / "out")
     ids = torch.tensor([tok("The quick brown fox")["input_ids"]])
     with torch.no_grad():
@@ -336,8 +337,8 @@ def test_rtn_on_each_family_leaves_the_head_and_quantizes_every_block_linear(fam
 
     model, tok = load(family_dirs[family])
     m = get("rtn")()
-    m.save(m.apply(model, tok, {"scheme": "W4A16", "group_size": 32}, Context(calibration=None)), tok,
-           tmp_path / "out")
+    formats.save(m.apply(model, tok, {"scheme": "W4A16", "group_size": 32}, Context(calibration=None)), tok,
+                 tmp_path / "out")
     qcfg = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert qcfg["ignore"] == ["lm_head"]
     again, _ = load(tmp_path / "out")

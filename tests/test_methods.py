@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from agentic_compression import methods
+from agentic_compression import formats, methods
 from agentic_compression.methods import Context
 from agentic_compression.models import load
 
@@ -19,7 +19,7 @@ def _compress(tiny_dir, tmp_path, name, params, ctx):
     model, tok = load(tiny_dir)
     m = methods.get(name)()
     out = tmp_path / name
-    m.save(m.apply(model, tok, params, ctx), tok, out)
+    formats.save(m.apply(model, tok, params, ctx), tok, out)
     return out
 
 
@@ -187,14 +187,17 @@ def test_magnitude_keeps_the_largest_weights(tiny_dir, tmp_path, ctx):
 
 
 def test_asvd_factorises_into_two_smaller_linears_and_reloads(tiny_dir, tmp_path, ctx):
-    from agentic_compression.methods.asvd import LOWRANK_FILE, LowRankLinear, rank_for
+    from agentic_compression.formats.low_rank import LOWRANK_FILE, LowRankLinear
+    from agentic_compression.methods.asvd import rank_for
 
     model, tok = load(tiny_dir)
     before = sum(p.numel() for p in model.parameters())
     m = methods.get("asvd")()
     model = m.apply(model, tok, {"rank_ratio": 0.5, "targets": "all", "num_samples": 4, "seq_len": 32}, ctx)
     out = tmp_path / "asvd"
-    m.save(model, tok, out)
+    assert formats.of(model).name == "low-rank"
+    formats.save(model, tok, out)
+    assert formats.stored_as(out).name == "low-rank"
     ranks = json.loads((out / LOWRANK_FILE).read_text())["ranks"]
     assert len(ranks) == 14 and ranks["model.layers.0.mlp.down_proj"] == rank_for(128, 64, 0.5) == 21
     reloaded = _forward_ok(out)
@@ -347,7 +350,7 @@ def test_distillation_refuses_a_quantized_student(tiny_dir, tmp_path, train_ctx)
 @pytest.mark.parametrize("method,params", [("rtn", {"scheme": "W4A16", "group_size": 32}), ("bnb", {"mode": "nf4"}),
                                            ("bnb", {"mode": "int8"})])
 def test_quantization_keeps_the_logical_parameter_count(tiny_dir, tmp_path, ctx, method, params):
-    from agentic_compression.evaluation.worker import logical_params
+    from agentic_compression.formats import logical_params
 
     ref, _ = load(tiny_dir)
     model, _ = load(_compress(tiny_dir, tmp_path, method, params, ctx))

@@ -150,27 +150,14 @@ def resolve(name: str) -> tuple[Path, str]:
 
 
 def load(path: Path | str, threads: int | None = None, device: str = "cpu"):
-    """Load a saved checkpoint (fp32 where the format allows) and its tokenizer, onto ``device``."""
+    """Load a saved checkpoint, in whichever format it is (formats/), and its tokenizer, onto ``device``."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from . import formats
 
     if threads:
         torch.set_num_threads(threads)
-    from .methods.asvd import load_lowrank
-    from .methods.base import ADAPTER_DIR, LOWRANK_FILE
-
-    path = Path(path)
-    if (path / LOWRANK_FILE).exists():
-        model = load_lowrank(path).to(device)
-    else:  # device_map places quantized formats (bitsandbytes) that cannot be moved after loading
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32,
-                                                     **({"device_map": device} if device != "cpu" else {}))
-    if (path / ADAPTER_DIR / "adapter_config.json").exists():  # LoRA kept beside a quantized base
-        if any(hasattr(m, "weight_packed") for m in model.modules()):
-            unpack_compressed(model)  # peft needs the float weight
-        model.load_adapter(str(path / ADAPTER_DIR))
-    model.eval()
-    return model, load_tokenizer(path)
+    return formats.load(Path(path), device), load_tokenizer(path)
 
 
 def load_tokenizer(path: Path | str):
@@ -181,11 +168,3 @@ def load_tokenizer(path: Path | str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
-
-
-def unpack_compressed(model) -> None:
-    """transformers unpacks compressed-tensors weights on the first forward pass: run a one-token one."""
-    import torch
-
-    with torch.no_grad():
-        model(input_ids=torch.tensor([[0]], device=model.device))

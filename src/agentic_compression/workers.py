@@ -8,9 +8,10 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import formats
+from .formats.compressed_tensors import unpack
 from .methods import Context, get
-from .methods.base import ct_quantized, save_model
-from .models import load, unpack_compressed
+from .models import load
 from .schemas import Strategy
 
 
@@ -24,26 +25,18 @@ class WorkResult:
     export: dict | None = None  # what a target's export measured (conversion check, bits per weight)
 
 
-def base_of(model):
-    from peft import PeftModel
-
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def unpack(model, tok, source: Path):
-    """transformers unpacks compressed-tensors weights on the first forward; ``source`` is the checkpoint the
-    model is an unchanged copy of, so a step that leaves the base weights alone (LoRA) can keep it byte for byte
-    instead of re-saving unpacked weights as fp32."""
-    unpack_compressed(model)
-    model._acf_source = source
-    return model
-
-
-def roundtrip(model, tok, scratch: Path):
-    """Save and reload through transformers so the next step (LoRA) sees float weights on the quantization grid."""
+def roundtrip(model, tok, scratch: Path, source: Path | None):
+    """Save and reload through transformers so the next step (LoRA) sees float weights on the quantization grid;
+    returns the model and the checkpoint it is an unchanged copy of."""
     stage = Path(tempfile.mkdtemp(dir=scratch, prefix=".stage-"))
-    save_model(model, tok, stage)
-    return unpack(load(stage)[0], tok, stage)
+    formats.save(model, tok, stage, source)
+    model = load(stage)[0]
+    unpack(model)
+    return model, stage
+
+
+def _ct(model) -> bool:
+    return formats.of(model).name == "compressed-tensors"
 
 
 def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, threads: int | None = None,
@@ -68,12 +61,16 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
     final = strategy.steps[-1] if get(strategy.steps[-1].method).final else None
     torch_steps = strategy.steps[:-1] if final else strategy.steps
     step_i, log, export = 0, [], None
+    # a checkpoint the model in hand is an unchanged copy of: saved by copying it, since transformers unpacks
+    # compressed-tensors weights on the first forward and re-saving them would store float32
+    source = None
     try:
         model = None
         if torch_steps:
             model, tok = load(base, threads)
-            if ct_quantized(model):  # chained on a compressed-tensors checkpoint
-                model = unpack(model, tok, Path(base))
+            if _ct(model):  # chained on a compressed-tensors checkpoint
+                unpack(model)
+                source = Path(base)
         for step_i, step in enumerate(torch_steps):
             if step.condition:
                 if ctx.probe is None:
@@ -85,22 +82,22 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
                 log.append({"step": step_i, "method": step.method, "ran": True, "facts": facts})
             else:
                 log.append({"step": step_i, "method": step.method, "ran": True})
-            if step_i and ct_quantized(model):  # only a save + reload gives peft/training float Linears
-                model = roundtrip(model, tok, out.parent)
+            if step_i and _ct(model):  # only a save + reload gives peft/training float Linears
+                model, source = roundtrip(model, tok, out.parent, source)
             method = get(step.method)()
             ctx.measured.clear()
             model = method.apply(model, tok, dict(step.params), ctx)
             if ctx.measured:
                 log[-1]["measured"] = dict(ctx.measured)
             if not method.keeps_base_weights:
-                base_of(model)._acf_source = None  # the weights changed: the copy is stale
+                source = None  # the weights changed: the copy is stale
         if not target.exports:  # the runtime serves the PyTorch-side checkpoint as it is saved
-            save_model(model, tok, out)
+            formats.save(model, tok, out, source)
         else:  # a runtime of its own: the PyTorch side's result (or the base itself) is exported to it
             dense = Path(base)
             if model is not None:
                 dense = Path(tempfile.mkdtemp(dir=out.parent, prefix=".stage-"))
-                save_model(merged(model), tok, dense)
+                formats.save(merged(model), tok, dense)
             step_i = len(strategy.steps) - 1
             if final:
                 log.append({"step": step_i, "method": final.method, "ran": True})
@@ -118,10 +115,7 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
 
 def plain(folder: Path) -> bool:
     """A dense PyTorch checkpoint a runtime's converter reads as it is (no quantization, no factorised layers)."""
-    import json
-
-    cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    return "quantization_config" not in cfg and not (folder / "acf_lowrank.json").is_file()
+    return formats.stored_as(folder).name == "dense"
 
 
 def merged(model):

@@ -112,27 +112,5 @@ def main(request: Path, result: Path) -> None:
     result.write_text(json.dumps(out, indent=1))
 
 
-_QUANT_AUX = ("weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "input_scale", "input_zero_point")
-
-
-def logical_params(model) -> int:
-    """Weights the network computes with: a packed weight (compressed-tensors, bitsandbytes 4-bit) counts as its
-    unpacked shape; scales and zero points (quantization metadata) are not parameters. Tied tensors count once."""
-    import math
-
-    total, seen = 0, set()
-    for mod in model.modules():
-        tensors = dict(mod.named_parameters(recurse=False))
-        if hasattr(mod, "weight_packed"):
-            total += math.prod(int(v) for v in mod.weight_shape.tolist())
-            tensors.pop("weight_packed", None)
-        for name, t in tensors.items():
-            if id(t) not in seen and not name.endswith(_QUANT_AUX):
-                seen.add(id(t))
-                shape = getattr(getattr(t, "quant_state", None), "shape", None)  # bitsandbytes 4-bit: packed
-                total += math.prod(shape) if shape is not None else t.numel()
-    return total
-
-
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -5,38 +5,20 @@ channels with large activations are kept more faithfully; W S is truncated to ra
 smaller Linears: down = sqrt(Sigma_r) V_r^T S^-1 (in -> r) and up = U_r sqrt(Sigma_r) (r -> out). alpha = 0 is plain
 SVD. ``rank_ratio`` is the fraction of each layer's parameters kept: r = ratio * in * out / (in + out).
 
-The checkpoint stores the factors and ``acf_lowrank.json`` (which modules, which ranks); ``load`` rebuilds it."""
+The result is in the low-rank format (formats/low_rank.py), which saves and reloads it."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..architecture import Architecture, of_model
+from ..formats.low_rank import LowRankLinear, set_module
 from ..stats_cache import input_stats
-from .base import LOWRANK_FILE, Context, Method, Param, register
-
-
-class LowRankLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool):
-        super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.down = nn.Linear(in_features, rank, bias=False)
-        self.up = nn.Linear(rank, out_features, bias=bias)
-
-    def forward(self, x):
-        return self.up(self.down(x))
+from .base import Context, Method, Param, register
 
 
 def rank_for(in_f: int, out_f: int, ratio: float) -> int:
     return max(1, int(ratio * in_f * out_f / (in_f + out_f)))
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 @torch.no_grad()
@@ -51,8 +33,6 @@ def factorise(linear: nn.Linear, scale: torch.Tensor | None, rank: int, alpha: f
     if linear.bias is not None:
         lr.up.bias.copy_(linear.bias)
     return lr
-
-
 
 
 @register
@@ -86,36 +66,12 @@ class ASVD(Method):
             r = rank_for(lin.in_features, lin.out_features, p["rank_ratio"])
             if r * (lin.in_features + lin.out_features) >= lin.in_features * lin.out_features:
                 continue  # no saving at this ratio
-            _set(model, n, factorise(lin, scales.get(n), r, p["alpha"]))
+            set_module(model, n, factorise(lin, scales.get(n), r, p["alpha"]))
             ranks[n] = r
         if not ranks:
             raise ValueError(f"rank_ratio {p['rank_ratio']} saves nothing on any targeted layer")
-        model._acf_lowrank = ranks
         return model
 
     @classmethod
     def supports(cls, arch: Architecture) -> str | None:
         return None if arch.widths else f"a {arch.family} model has no Linear layers in decoder blocks to factorise"
-
-
-
-def load_lowrank(path: Path):
-    """Rebuild the factorised architecture from config.json + acf_lowrank.json and load the stored factors."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    ranks = json.loads((path / LOWRANK_FILE).read_text())["ranks"]
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
-    for n, r in ranks.items():
-        lin = model.get_submodule(n)
-        _set(model, n, LowRankLinear(lin.in_features, lin.out_features, r, lin.bias is not None))
-    state = {}
-    for f in sorted(path.glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"low-rank checkpoint {path} does not match its map: missing {missing}, "
-                         f"unexpected {unexpected}")
-    model.tie_weights()
-    return model.eval()

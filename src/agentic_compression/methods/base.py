@@ -47,8 +47,10 @@ class Context:
 class Method:
     name: ClassVar[str]
     action: ClassVar[str]  # the action family the coordinator routes by
-    # the format the result runs in (what its latency and memory depend on): candidates of one runtime land in one
-    # region of objective space, so a policy widening the frontier spreads its first episodes over runtimes
+    # the format it produces (formats/, or a target's own file: gguf, onnx), which decides where the result runs and
+    # what its latency and memory depend on: candidates of one format land in one region of objective space, so a
+    # policy widening the frontier spreads its first episodes over them ("dense-smaller": a dense checkpoint of
+    # smaller widths)
     runtime: ClassVar[str] = "dense"
     requires: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[tuple[Param, ...]] = ()
@@ -114,44 +116,6 @@ class Method:
     # True when apply() never changes the weights it is given (an adapter beside them, or a merge into float weights
     # only, which a compressed-tensors model never has)
     keeps_base_weights: ClassVar[bool] = False
-
-    def save(self, model, tokenizer, out: Path) -> None:
-        save_model(model, tokenizer, out)
-
-
-def ct_quantized(model) -> bool:
-    """A compressed-tensors (llm-compressor) quantization scheme is attached to some module."""
-    return any(hasattr(m, "quantization_scheme") for m in model.modules())
-
-
-def save_model(model, tokenizer, out: Path) -> None:
-    """Save in the format the model is in now, whichever step put it there: compressed-tensors when a quantization
-    scheme is attached (llm-compressor), bitsandbytes/dense through transformers; low-rank factor map and LoRA
-    adapters (peft, unmerged) beside it. A quantized model reloaded unchanged between pipeline steps
-    (``_acf_source``) is written by copying its checkpoint: re-saving unpacked weights would store them as fp32."""
-    import json
-    import shutil
-
-    from peft import PeftModel
-
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    source = getattr(base, "_acf_source", None)
-    if source is not None:  # an earlier adapter is not part of the base
-        shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ADAPTER_DIR))
-    if isinstance(model, PeftModel):
-        model.save_pretrained(out / ADAPTER_DIR)  # before unload(), which strips the adapter layers
-        model = model.unload()
-    if source is None and ct_quantized(model):
-        model.save_pretrained(out, save_compressed=True)
-    elif source is None:
-        model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    if getattr(model, "_acf_lowrank", None):
-        (out / LOWRANK_FILE).write_text(json.dumps({"format": "acf-lowrank-v1", "ranks": model._acf_lowrank}))
-
-
-LOWRANK_FILE = "acf_lowrank.json"
-ADAPTER_DIR = "adapter"
 
 
 def forward_with_hooks(model, samples: list[list[int]], handles: list) -> None:

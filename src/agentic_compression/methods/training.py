@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..architecture import of_model
-from .base import Context, Method, Param, ct_quantized, register
+from .. import formats
+from .base import Context, Method, Param, register
 
 _TRAIN = (Param(name="steps", low=1, high=5000, default=30, help="optimizer steps"),
           Param(name="lr", low=1e-6, high=1e-2, default=2e-4),
@@ -39,7 +40,7 @@ def _reapply(model, masks: dict[str, torch.Tensor]) -> None:
 
 
 def _quantized(model) -> bool:
-    return ct_quantized(model) or any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules())
+    return formats.of(model).name in ("compressed-tensors", "bitsandbytes")
 
 
 def train_lora(model, tokenizer, p: dict, ctx: Context):
@@ -61,12 +62,11 @@ def train_lora(model, tokenizer, p: dict, ctx: Context):
     peft_model.eval()
     if not torch.isfinite(torch.tensor(losses)).all():
         raise FloatingPointError(f"LoRA training diverged (losses {losses[:3]}...)")
+    ctx.measured["train_losses"] = losses
     if _quantized(model) or not p.get("merge", True):
-        peft_model._acf_train_losses = losses
         return peft_model  # saved as base + adapter/
     merged = peft_model.merge_and_unload()
     _reapply(merged, masks)
-    merged._acf_train_losses = losses
     return merged
 
 
@@ -157,5 +157,5 @@ class Distill(Method):
             q.requires_grad_(False)
         if not torch.isfinite(torch.tensor(losses)).all():
             raise FloatingPointError(f"distillation diverged (losses {losses[:3]}...)")
-        model._acf_train_losses = losses
+        ctx.measured["train_losses"] = losses
         return model

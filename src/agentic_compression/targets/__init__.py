@@ -81,7 +81,8 @@ class Target:
 # what besides the weights an exported checkpoint keeps: the tokenizer the evaluation scores with, the config the model
 # card reads (acf's own bookkeeping files excluded)
 SIDE_FILES = ("*.json", "*.jinja", "*.model", "*.txt")
-NOT_SIDE = ("model.safetensors.index.json", "acf_format.json", "acf_conversion.json", "acf_lowrank.json")
+NOT_SIDE = ("model.safetensors.index.json", "acf_format.json", "acf_conversion.json",
+            "acf_lowrank.json")  # formats.low_rank.LOWRANK_FILE
 
 
 def copy_side_files(dense: Path, out: Path) -> None:

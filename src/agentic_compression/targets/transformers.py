@@ -25,6 +25,11 @@ class Transformers(Target):
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, add_bos_token=add_bos)
 
     def num_params(self, model) -> int:
-        from ..evaluation.worker import logical_params
+        from ..formats import logical_params
 
         return logical_params(model)
+
+    def describe(self, checkpoint: Path, model) -> dict:
+        from .. import formats
+
+        return formats.describe(checkpoint, self.num_params(model))

@@ -173,14 +173,12 @@ class VLLMTarget(Target):
                 "kv_cache_fraction": MEMORY_FRACTION}
 
     def num_params(self, model) -> int:
-        from ..evaluation.worker import logical_params
+        from ..formats import logical_params
         from ..models import load
 
         return logical_params(load(model.path, device="cpu")[0])
 
     def describe(self, checkpoint: Path, model) -> dict:
-        import json
+        from .. import formats
 
-        cfg = json.loads((checkpoint / "config.json").read_text())
-        q = cfg.get("quantization_config") or {}
-        return {"format": q.get("quant_method", "dense"), "device": os.environ.get("CUDA_VISIBLE_DEVICES", "0")}
+        return {"format": formats.stored_as(checkpoint).name, "device": os.environ.get("CUDA_VISIBLE_DEVICES", "0")}
