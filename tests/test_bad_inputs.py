@@ -133,7 +133,7 @@ def _tiny_weights(w: World) -> bytes:
 
 
 def _locked(w: World) -> list[str]:
-    from agentic_compression.experiment import FolderLock
+    from agentic_compression.store import FolderLock
 
     (w.out / "exp").mkdir()
     w.held = FolderLock(w.out / "exp")  # another acf process holds it (flock: per open file, so in-process too)

@@ -10,11 +10,8 @@ order (episodes.py).
 """
 from __future__ import annotations
 
-import fcntl
-import importlib.util
 import json
 import logging
-import os
 import shutil
 import sqlite3
 import time
@@ -23,14 +20,13 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import (benchmarks, console, data, episodes, goals, methods, models, objectives, policies, resources, sanity,
-               stats_cache, targets)
+from . import console, episodes, goals, methods, models, objectives, policies, resources, sanity, stats_cache, targets
 from .card import write_card
 from .config import RunConfig
 from .errors import UserError
-from .episodes import EPISODE_FILES, Calibration, EpisodeJob, remove_own
-from .evaluation import EvaluationError, Evaluator, require_device
-from .files import read_json, write_json
+from .episodes import Calibration, EpisodeJob
+from .evaluation import EvaluationError, Evaluator
+from .files import write_json
 from .pareto import ParetoFrontier
 from .pipelines import Probe
 from .policies import PolicyView, propose
@@ -40,6 +36,11 @@ from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, Pareto
 from .skills import SkillContext, SkillMemory
 from .spec import infer_spec, read_config
 from .state import CompressionState
+from .store import FAILED, STATE_DB, ExperimentStore, finished
+from .validation import validate
+
+log = logging.getLogger("acf.experiment")
+
 
 def _allocation(e: Episode) -> dict | None:
     """A mixed-precision episode's per-layer sensitivities and the formats allocated (methods/mixed.py): measured in
@@ -50,85 +51,10 @@ def _allocation(e: Episode) -> dict | None:
     return e.result.runtime.get("mixed") if e.result else None
 
 
-_now = episodes.now
-
-
-def finished(exp_dir: Path) -> bool:
-    """The experiment's loop ran to its end (final_results.json says complete)."""
-    final = exp_dir / "final_results.json"
-    return final.is_file() and bool(read_json(final, "the experiment's summary").get("complete"))
-
-
-def validate(cfg: RunConfig, folder: Path | None = None) -> None:
-    """Cheap checks first, before anything is written or converted. ``folder``: a resumed experiment's (the
-    output folder is checked only for a new run)."""
-    if cfg.eval.source == "hub" and not cfg.online:
-        raise UserError("--eval-source hub reads the Hub's datasets", "add --online, or use the local files")
-    data.check_data_dir(cfg.data_dir, cfg.eval.benchmark if cfg.eval.source == "local" else "")
-    data.read_text(cfg.data_dir, cfg.calibration.source)
-    data.read_text(cfg.data_dir, cfg.eval.ppl_text)
-    policies.make(cfg.policy, cfg)
-    require_device(cfg.eval.device)  # before the model is loaded, not after
-    if cfg.parallel > 1 and importlib.util.find_spec("ray") is None:
-        raise UserError("--parallel runs episodes on Ray, which is not installed", "run setup.sh, or leave "
-                        "--parallel out")
-    if benchmarks.HUMANEVAL in benchmarks.names(cfg.eval.benchmark):
-        from .evaluation.humaneval import sandbox_check
-
-        if why := sandbox_check():
-            raise UserError(f"HumanEval is unavailable here: {why}", "install bubblewrap, or leave humaneval out")
-    where = folder or cfg.output_dir
-    try:
-        if folder is None:
-            cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        probe = where / f".acf-write-probe-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"output dir {where} is not writable ({e.strerror})",
-                        "pass --output-dir pointing at a folder you can write") from None
-    for name, params in cfg.method_overrides.items():
-        if name not in methods.REGISTRY:
-            raise UserError(f"override for unknown method '{name}'", f"known: {', '.join(methods.REGISTRY)}")
-        if err := methods.get(name).check(params, {}):
-            raise UserError(f"bad override: {err}", "see 'acf methods' for each parameter's range")
-
-
-log = logging.getLogger("acf.experiment")
-
-STATE_DB = "state.sqlite"  # the LangGraph checkpoints: the loop's state after every node
-PROGRESS = "progress.json"  # where the loop is now (episode, node, action): read by the CLI and the API
-CANCEL = "cancel"  # a file whose presence stops the loop at its next decision
-FAILED = "failed.json"  # why a run stopped with an error, and when (kept for the API; removed by a resume)
-# what a run writes at the top of its folder: all that a failed brand-new run may remove (never anything else)
-OWN_FILES = ("config.json", "model_spec.json", "baseline", PROGRESS, STATE_DB, f"{STATE_DB}-wal", f"{STATE_DB}-shm",
-             ".work", FAILED, stats_cache.FOLDER)
-
-
-class ExperimentBusy(UserError):
-    """Another acf process holds the experiment's lock."""
-
-
-class FolderLock:
-    """An exclusive flock on the experiment folder itself (no lock file is written), held until close(); the OS
-    releases a dead process's lock. Two runs with the same name, or a run and a resume, never share a folder."""
-
-    def __init__(self, path: Path):
-        self.fd: int | None = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.close()
-            raise ExperimentBusy(f"experiment folder {path} is in use by another acf process",
-                                 "wait for it to finish, or choose another --experiment name") from None
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 class Experiment:
+    """The loop's nodes and what they share: the model, its targets and evaluators, the frontier, the episodes. Its
+    folder is an ExperimentStore (store.py); LangGraph's CompressionState carries only what passes between nodes."""
+
     def __init__(self, cfg: RunConfig, resume_dir: Path | None = None):
         validate(cfg, resume_dir)
         self.cfg = cfg
@@ -140,16 +66,15 @@ class Experiment:
         self.target = next(iter(self.targets.values()))
         self.reference: EvaluationResult | None = None  # transformers fp32, when candidates run in another target
         self.baselines: dict[str, EvaluationResult] = {}  # per target: its uncompressed export, measured there
-        self.created = False  # this process made the folder: only then may a failed run remove it
         if resume_dir is not None:
-            self.dir, name = resume_dir.absolute(), resume_dir.name
-            self._lock = FolderLock(self.dir)
+            name = resume_dir.name
+            self.store = ExperimentStore.open(resume_dir.absolute())
         else:
             stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
             name = cfg.experiment or f"{Path(canonical).name.lower()}-{cfg.dataset.replace(',', '+')}-{stamp}"
-            self.dir = (cfg.output_dir / name).absolute()  # absolute: a Ray task may start elsewhere
-            self._claim()
-            write_json(self.dir / "config.json", json.loads(cfg.model_dump_json()))  # the folder is resumable
+            self.store = ExperimentStore.create((cfg.output_dir / name).absolute())  # absolute: for a Ray task
+            write_json(self.store.dir / "config.json", json.loads(cfg.model_dump_json()))  # the folder is resumable
+        self.dir = self.store.dir
         self.policy = policies.make(cfg.policy, cfg)
         self.frontier = ParetoFrontier(tolerance=objectives.tolerances(cfg.noise_tolerance), reward=cfg.reward)
         self.episodes: list[Episode] = []
@@ -157,34 +82,12 @@ class Experiment:
         self.hv_history: list[dict] = []
         self.baseline: EvaluationResult | None = None
         self.t0 = time.monotonic()
-        self.work_dir = self.dir / ".work"
+        self.work_dir = self.store.work_dir
         self.calibration = Calibration(cfg.data_dir.absolute(), cfg.calibration.seed, cfg.calibration.source)
         self.probe = Probe(cfg.data_dir.absolute(), Path(self.model_path).absolute(), cfg.calibration.source)
         self.skills = SkillMemory(cfg.skills_path) if cfg.use_skills else None
         self.skill_ctx = SkillContext(model=canonical, family=self.spec.model_family, num_params=self.spec.num_params,
                                       task=cfg.dataset, experiment=name)
-
-    def _claim(self) -> None:
-        """Make the folder (or take an empty one) under the lock: check-then-create would race a second run."""
-        try:
-            self.dir.mkdir()
-            self.created = True
-        except FileExistsError:
-            if self.dir.is_symlink() or not self.dir.is_dir():
-                raise UserError(f"{self.dir} exists and is not a folder", "choose another --experiment name") from None
-        self._lock = FolderLock(self.dir)
-        if any(self.dir.iterdir()):
-            self._lock.close()
-            raise UserError(f"experiment folder {self.dir} already exists and is not empty",
-                            "choose another --experiment name, or 'acf resume' it (nothing there was changed)")
-
-    def discard(self) -> None:
-        """A brand-new run that failed: remove what it wrote, and its folder if this process made it and nothing
-        else is left. Never used on a resumed experiment."""
-        self.release()
-        remove_own(self.dir, OWN_FILES)
-        if self.created and not any(self.dir.iterdir()):
-            self.dir.rmdir()
 
     def available_methods(self) -> dict[str, type[methods.Method]]:
         """The methods that run here and apply to this model's architecture (architecture.py)."""
@@ -220,7 +123,7 @@ class Experiment:
                 self._evaluate_baseline()
             except BaseException:
                 if discard_on_failure:
-                    self.discard()
+                    self.store.discard()
                 raise
             return self._loop(self._fresh_state([]))
         finally:
@@ -230,11 +133,11 @@ class Experiment:
         shutil.rmtree(self.work_dir, ignore_errors=True)  # acf's scratch space (evaluation requests, task YAML)
         if self.cfg.parallel > 1:
             episodes.disconnect()
-        self.release()
+        self.store.release()
 
     def release(self) -> None:
         """Let go of the folder's lock (a run or resume does when it returns or raises)."""
-        self._lock.close()
+        self.store.release()
 
     def _fresh_state(self, episodes: list[Episode]) -> CompressionState:
         """The loop's state at its start, or rebuilt from finished episodes' results.json."""
@@ -283,8 +186,8 @@ class Experiment:
 
     def _resume(self) -> dict:
         (self.dir / FAILED).unlink(missing_ok=True)
-        done = self._finished_episodes()
-        if (self.dir / "baseline" / "results.json").is_file():
+        done = self.store.finished_episodes()
+        if self.store.has_baseline():
             self._reload_baseline()
         else:  # it stopped before the baseline was measured (episodes, if any, are kept and reloaded)
             write_json(self.dir / "model_spec.json", self.spec.model_dump())
@@ -297,20 +200,8 @@ class Experiment:
             # values include nodes that finished after the last checkpoint: LangGraph applies their saved writes
             # without running them again (a loop that had already ended just returns its final state)
             return self._loop(None)
-        self._set_aside(STATE_DB)
+        self.store.set_aside(STATE_DB)
         return self._loop(self._fresh_state(self.episodes))
-
-    def _finished_episodes(self) -> int:
-        """How many episodes finished, counted from episode_000; refuses a gap (a later finished episode after an
-        unfinished one), which no resume could continue without losing one of them."""
-        found = sorted(int(d.name.split("_")[1]) for d in self.dir.glob("episode_[0-9][0-9][0-9]")
-                       if (d / "results.json").is_file())
-        if found != list(range(len(found))):
-            gap = next(i for i in range(len(found) + 1) if i not in found)
-            raise UserError(f"{self.episode_dir(gap).name} has no results.json, but a later episode finished",
-                            f"restore {self.episode_dir(gap).name}/results.json, or move the later episodes out of "
-                            f"{self.dir}")
-        return len(found)
 
     def _checkpointed_values(self) -> dict | None:
         """The loop's checkpointed state, or None when state.sqlite is missing, empty or unreadable."""
@@ -324,52 +215,22 @@ class Experiment:
                         self.dir / STATE_DB, type(e).__name__, e)
             return None
 
-    def _set_aside(self, name: str) -> None:
-        """Keep a file the loop cannot use under another name, instead of deleting it."""
-        src = self.dir / name
-        if src.exists():
-            os.replace(src, self.dir / f"{name}.unusable-{datetime.now():%Y%m%d-%H%M%S}")
-        for extra in (f"{name}-wal", f"{name}-shm"):
-            (self.dir / extra).unlink(missing_ok=True)
-
     def _reload(self, finished: int, keep: set[int] = frozenset()) -> None:
-        """Rebuild the in-memory episodes and frontier from the results.json of ``finished`` episodes; clear what
-        a killed attempt at a later episode left (acf's own files only: episodes.EPISODE_FILES), except in the
-        episodes of a batch that resumes (``keep``)."""
+        """Rebuild the in-memory episodes and frontier from the results.json of ``finished`` episodes, and clear
+        what a killed attempt at a later one left (except in a resuming batch's episodes, ``keep``)."""
         for i in range(finished):
-            path = self.episode_dir(i) / "results.json"
-            raw = read_json(path, "an episode's results")
-            try:
-                ep = Episode(**{k: v for k, v in raw.items() if k != "entered_frontier"})
-            except Exception as e:
-                raise UserError(f"{path} is not an episode's results ({type(e).__name__})",
-                                "restore the file, or move that episode out of the experiment") from None
+            ep, entered = self.store.read_episode(i)
             self.episodes.append(ep)
-            self.entered[ep.episode_id] = bool(raw.get("entered_frontier"))
+            self.entered[ep.episode_id] = entered
             if ep.result is not None:
                 self.frontier.add(_solution(ep))
             self._record_hv(ep.episode_id)
-        for d in self.dir.glob("episode_*"):  # the running episode's folder stays: a killed evaluation needs its
-            index = int(d.name[8:]) if d.name[8:].isdigit() else -1  # checkpoint; a killed step clears it itself
-            if index > finished and index not in keep:
-                remove_own(d, EPISODE_FILES)
-        prior = self.dir / "final_results.json"
-        if prior.is_file():  # the wall-clock budget counts the time before the crash
-            self.t0 -= read_json(prior, "the experiment's summary").get("elapsed_seconds", 0.0)
+        self.store.clear_unfinished(finished, keep)
+        self.t0 -= self.store.prior_elapsed()  # the wall-clock budget counts the time before the crash
 
     def _reload_baseline(self) -> None:
-        path = self.dir / "baseline" / "results.json"
-        raw = read_json(path, "the baseline's results")
-        try:
-            self.baseline = EvaluationResult(**raw["result"])
-            others = {n: EvaluationResult(**r["result"]) for n, r in raw.get("other_targets", {}).items()}
-        except Exception as e:
-            raise UserError(f"{path} is not a baseline result ({type(e).__name__})",
-                            "move the baseline folder away: the resume measures it again") from None
+        self.baseline, others, self.reference = self.store.read_baseline()
         self._make_evaluators()
-        if (self.dir / "baseline" / "reference.json").is_file():
-            self.reference = EvaluationResult(**read_json(self.dir / "baseline" / "reference.json",
-                                                          "the transformers baseline's results")["result"])
         self.baselines = {self.target.name: self.baseline, **others}
         for name, result in self.baselines.items():
             self.evaluators[name].set_baseline(result, self.baseline_checkpoint(name))
@@ -378,7 +239,7 @@ class Experiment:
     def baseline_checkpoint(self, target: str) -> Path:
         """The uncompressed model in a target's own format (the model folder itself where a target serves it as it
         is: transformers, vLLM)."""
-        return self.dir / "baseline" / target if targets.get(target).exports else self.model_path
+        return self.store.baseline_dir / target if targets.get(target).exports else self.model_path
 
     def _make_evaluators(self) -> None:
         tok = models.load_tokenizer(self.model_path)  # the model itself is loaded in the evaluation process
@@ -395,9 +256,7 @@ class Experiment:
             self.cfg.eval.model_copy(update={"target": "transformers"}), self.cfg.data_dir,
             models.load_tokenizer(self.model_path), self.work_dir)
         self.reference = ev.evaluate(self.model_path)
-        (self.dir / "baseline").mkdir(exist_ok=True)
-        write_json(self.dir / "baseline" / "reference.json", {"checkpoint": str(self.model_path),
-                                                              "result": self.reference.model_dump()})
+        self.store.write_reference(self.model_path, self.reference)
 
     def _export_baseline(self, t) -> Path:
         ckpt = self.baseline_checkpoint(t.name)
@@ -411,7 +270,7 @@ class Experiment:
         return ckpt
 
     def _evaluate_baseline(self) -> None:
-        console.route(self.dir / "baseline" / console.LOG)  # other libraries' output, off the terminal
+        console.route(self.store.baseline_dir / console.LOG)  # other libraries' output, off the terminal
         self._make_evaluators()
         try:
             if set(self.targets) != {"transformers"}:
@@ -437,13 +296,9 @@ class Experiment:
         if broken and not self.cfg.force:
             raise UserError(f"the baseline {self.model_path} looks broken: {'; '.join(broken)}",
                             "check the model's conversion and tokenizer, or pass --force to compress it anyway")
-        (self.dir / "baseline").mkdir(exist_ok=True)
-        others = {n: {"checkpoint": str(self.baseline_checkpoint(n)), "result": r.model_dump()}
-                  for n, r in self.baselines.items() if n != self.target.name}
-        write_json(self.dir / "baseline" / "results.json",
-                   {"checkpoint": str(self.baseline_checkpoint(self.target.name)), "result": self.baseline.model_dump(),
-                    "sanity": {"problems": broken, "forced": bool(broken)},
-                    **({"other_targets": others} if others else {})})
+        self.store.write_baseline(self.baseline_checkpoint(self.target.name), self.baseline, broken,
+                                  {n: (self.baseline_checkpoint(n), r) for n, r in self.baselines.items()
+                                   if n != self.target.name})
         self._add_baseline()
 
     def _add_baseline(self) -> None:
@@ -518,11 +373,10 @@ class Experiment:
                 "messages": messages}
 
     def progress(self, node: str, episode: int, **extra) -> None:
-        write_json(self.dir / PROGRESS, {"node": node, "episode": episode, "max_episodes": self.cfg.max_episodes,
-                                         "updated": _now(), **extra})
+        self.store.progress(node, episode, self.cfg.max_episodes, **extra)
 
     def _stop_reason(self, state: CompressionState) -> str | None:
-        if (self.dir / CANCEL).exists():
+        if self.store.cancelled():
             return "cancelled by request"
         if state["current_episode"] >= self.cfg.max_episodes:
             return f"max_episodes reached ({self.cfg.max_episodes})"
@@ -540,7 +394,7 @@ class Experiment:
         return None
 
     def episode_dir(self, index: int) -> Path:
-        return self.dir / f"episode_{index:03d}"
+        return self.store.episode_dir(index)
 
     def _job(self, index: int, strategy: Strategy) -> EpisodeJob:
         ep_dir = self.episode_dir(index)
@@ -615,7 +469,8 @@ class Experiment:
             error=None if ok else state.get("current_error"), failed_step=state.get("failed_step"),
             checkpoint=state.get("compressed_model_path") if ok else None,
             compress_seconds=info["seconds"], compress_energy=info["energy"], step_log=info["steps"],
-            started_at=info["started_at"], finished_at=info.get("finished_at") or _now(), worker=info.get("worker"))
+            started_at=info["started_at"], finished_at=info.get("finished_at") or episodes.now(),
+            worker=info.get("worker"))
         if ok and self.cfg.goals.active():
             ep.infeasible_because = goals.judge(ep.result, self.baseline, self.cfg.goals)
             ep.goal_violations = goals.violations(ep.result, self.baseline, self.cfg.goals)
@@ -632,7 +487,7 @@ class Experiment:
         if ok:  # before results.json: a finished episode's checkpoint always carries its card
             write_card(Path(ep.checkpoint), ep=ep, baseline=self.baseline, base_model=self.spec.model_name,
                        calibration=self.cfg.calibration.source, dataset=self.cfg.dataset)
-        write_json(self.episode_dir(idx) / "results.json", {**ep.model_dump(), "entered_frontier": improved})
+        self.store.write_episode(ep, improved)
         history = (state["history"] + [self._history_entry(ep, improved)])[-self.cfg.history_limit:]
         co2 = state.get("co2_grams_total", 0.0) + (ep.result.eval_co2_grams if ok else 0.0) + \
             ep.compress_energy.get("co2_grams", 0.0)
@@ -680,13 +535,12 @@ class Experiment:
         return out
 
     def _write_summary(self, state: dict, complete: bool) -> dict:
-        frontier = [s.model_dump() for s in self.frontier.solutions]
-        write_json(self.dir / "pareto_frontier.json", {
+        frontier = {
             "objectives": {o.name: o.goal for o in objectives.SPECS},
             "hypervolume": self.frontier.hypervolume(), "reference_point": "accuracy 0; each cost at "
             f"{self.frontier.ref_factor}x the baseline (objectives normalised by the baseline)",
             "noise_tolerance": self.frontier.tolerance,
-            "solutions": frontier})
+            "solutions": [s.model_dump() for s in self.frontier.solutions]}
         balanced = self.frontier.balanced()
         summary = {
             "complete": complete, "experiment": self.dir.name, "model": self.cfg.model,
@@ -719,7 +573,7 @@ class Experiment:
                           "runtime": e.result.runtime if e.result else None, "mixed": _allocation(e)}
                          for e in self.episodes],
         }
-        write_json(self.dir / "final_results.json", summary)
+        self.store.write_summary(frontier, summary)
         return summary
 
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import NAME, EvalSettings, RunConfig, brief
 from .errors import UserError
-from .experiment import CANCEL, FAILED, PROGRESS, finished
+from .store import CANCEL, FAILED, PROGRESS, finished
 from .files import read_json
 from .goals import Goals
 from .models import ALIASES
