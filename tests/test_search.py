@@ -248,4 +248,40 @@ def test_tpe_is_told_the_batch_as_running_trials(env, monkeypatch):
     make("tpe").decide(with_pending(view, [first]))
     step = first.steps[0]
     assert seen and len(seen[0]) == 1 and seen[0][0]["method"] == step.method  # the pending strategy, running
-    assert all(step.params[k.split(".", 1)[1]] == v for k, v in seen[0][0].items() if k != "method")
+    params = {p.name: p for p in view.methods[step.method].params}
+    for k, v in seen[0][0].items():  # an ordered parameter is held as its position in the ordered options
+        if k != "method":
+            p = params[k.split(".", 1)[1]]
+            assert step.params[p.name] == (p.ordered()[v] if p.ordered() else v)
+
+
+def test_ordered_parameters_are_ordered_for_optuna(env, monkeypatch):
+    """Group size, sparsity and ratio are positions in their ordered options (IntDistribution), names and flags
+    stay categorical; every told trial decodes back to the strategy that was measured."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from agentic_compression.methods import get
+
+    assert get("rtn").params[1].ordered() == [32, 64, 128, None]  # None: per channel, the coarsest
+    assert get("wanda").params[0].ordered() == [0.3, 0.5, 0.7]
+    assert get("rtn").params[0].ordered() is None and get("bnb").params[1].ordered() is None  # a name, a flag
+    studies = []
+    create = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda **kw: studies.append(create(**kw)) or studies[-1])
+    history = _run(env, make("tpe"), 6)
+    make("tpe").decide(_view(env, history, {Strategy(**h["strategy"]).key() for h in history}))
+    told = [t for t in studies[-1].trials if t.state != optuna.trial.TrialState.RUNNING][:len(history)]
+    assert len(told) == len(history)
+    for t, h in zip(told, history):
+        step = h["strategy"]["steps"][0]
+        assert t.params["method"] == step["method"]
+        for p in get(step["method"]).params:
+            if (name := f"{step['method']}.{p.name}") not in t.params:
+                continue
+            d = t.distributions[name]
+            if p.ordered():
+                assert isinstance(d, IntDistribution) and (d.low, d.high) == (0, len(p.ordered()) - 1)
+                assert p.ordered()[t.params[name]] == step["params"][p.name]
+            else:
+                assert isinstance(d, CategoricalDistribution) and t.params[name] == step["params"][p.name]

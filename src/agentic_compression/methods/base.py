@@ -24,6 +24,16 @@ class Param(BaseModel):
         """The discrete values a policy enumerates: the choices, else the grid, else None (keep the default)."""
         return self.choices if self.choices is not None else self.grid
 
+    def ordered(self) -> list[Any] | None:
+        """The options in their natural order when they have one (numbers: group size, sparsity, ratio, rank), so
+        a search can learn "smaller is better"; None for unordered ones (names, flags). None among numbers is a
+        group size's per-channel setting, the coarsest: last."""
+        opts = self.options()
+        nums = [o for o in opts or () if o is not None]
+        if not nums or any(isinstance(o, bool) or not isinstance(o, (int, float)) for o in nums):
+            return None
+        return sorted(nums) + [None] * (len(opts) - len(nums))
+
     def domain(self) -> str:
         """What values it takes, in words: choices, a range, or (a free-form parameter) its help."""
         if self.choices is not None:

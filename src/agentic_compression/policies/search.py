@@ -61,13 +61,44 @@ def grid(view: PolicyView, method: str | None = None) -> Strategy:
 
 # ---- Optuna: TPE and NSGA-II ----
 def _space(view: PolicyView) -> dict[str, dict[str, list]]:
-    """method -> {param: options} for the standalone methods available here (user-fixed parameters excluded)."""
+    """method -> {param: options} for the standalone methods available here (user-fixed parameters excluded); an
+    ordered parameter's options in their order (Param.ordered)."""
     out = {}
     for name, m in sorted(view.methods.items()):
         if m.standalone:
-            out[name] = {p.name: p.options() for p in m.params
+            out[name] = {p.name: p.ordered() or p.options() for p in m.params
                          if p.options() is not None and p.name not in view.overrides.get(name, {})}
     return out
+
+
+def _distributions(view: PolicyView, space: dict[str, dict[str, list]]) -> dict:
+    """The study's distributions: the method is categorical, and so is an unordered parameter; an ordered one
+    (group size, sparsity, ratio) is the integer position in its ordered options, so TPE's density over it, and
+    NSGA-II's crossover, see that 0.3 lies between 0.1 and 0.5."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    dists = {"method": CategoricalDistribution(list(space))}
+    for m, params in space.items():
+        ordered = {p.name for p in view.methods[m].params if p.ordered()}
+        dists.update({f"{m}.{p}": IntDistribution(0, len(opts) - 1) if p in ordered
+                      else CategoricalDistribution(opts) for p, opts in params.items()})
+    return dists
+
+
+def _encode(dist, options: list, value):
+    """One of a parameter's options as the study holds it (an ordered one: its position)."""
+    from optuna.distributions import IntDistribution
+
+    return options.index(value) if isinstance(dist, IntDistribution) else value
+
+
+def _suggest(trial, name: str, dist, options: list):
+    """Sample one parameter and return its value (an ordered one is sampled as its position)."""
+    from optuna.distributions import IntDistribution
+
+    if isinstance(dist, IntDistribution):
+        return options[trial.suggest_int(name, dist.low, dist.high)]
+    return trial.suggest_categorical(name, dist.choices)
 
 
 class OptunaPolicy:
@@ -85,7 +116,6 @@ class OptunaPolicy:
 
     def decide(self, view: PolicyView, method: str | None = None) -> Strategy:
         import optuna
-        from optuna.distributions import CategoricalDistribution
         from optuna.trial import TrialState, create_trial
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -95,9 +125,7 @@ class OptunaPolicy:
             space = {method: space[method]}
         if not candidate_steps(replace(view, methods={m: view.methods[m] for m in space})):
             return _end(self.name, "every configuration of the search space was tried")
-        dists = {"method": CategoricalDistribution(list(space))}
-        for m, params in space.items():
-            dists.update({f"{m}.{p}": CategoricalDistribution(opts) for p, opts in params.items()})
+        dists = _distributions(view, space)
         study = optuna.create_study(directions=["maximize" if s > 0 else "minimize" for s in OBJECTIVES.values()],
                                     sampler=self._sampler(len(view.history)))
         def point(strategy: dict) -> dict | None:  # a single-step strategy of the space as the study's params
@@ -105,8 +133,12 @@ class OptunaPolicy:
             if len(steps) != 1 or steps[0]["method"] not in space or strategy.get("base", "base") != "base":
                 return None
             m = steps[0]["method"]
-            params = {"method": m, **{f"{m}.{p}": steps[0]["params"].get(p) for p in space[m]}}
-            return None if any(v not in dists[k].choices for k, v in params.items()) else params
+            params = {"method": m}
+            for p, opts in space[m].items():
+                if (v := steps[0]["params"].get(p)) not in opts:
+                    return None
+                params[f"{m}.{p}"] = _encode(dists[f"{m}.{p}"], opts, v)
+            return params
 
         for h in view.history:  # tell what was measured
             if (params := point(h["strategy"])) is None:
@@ -122,12 +154,14 @@ class OptunaPolicy:
             if (params := point(pending.model_dump())) is not None:
                 study.enqueue_trial(params)
                 running = study.ask()
-                for name in params:
-                    running.suggest_categorical(name, dists[name].choices)
+                running.suggest_categorical("method", dists["method"].choices)
+                m = params["method"]
+                for p, opts in space[m].items():
+                    _suggest(running, f"{m}.{p}", dists[f"{m}.{p}"], opts)
         for _ in range(200):
             trial = study.ask()
             m = trial.suggest_categorical("method", list(space))
-            chosen = {p: trial.suggest_categorical(f"{m}.{p}", opts) for p, opts in space[m].items()}
+            chosen = {p: _suggest(trial, f"{m}.{p}", dists[f"{m}.{p}"], opts) for p, opts in space[m].items()}
             step = view.step(m, chosen)
             st = single(m_action(view, step), step)
             if view.methods[m].check(step.params, view.model_config) is None and st.key() not in view.tried:
