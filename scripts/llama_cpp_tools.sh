@@ -6,7 +6,7 @@ VENV=$(cd "${1:-.venv}" && pwd)
 DEST="$VENV/share/llama.cpp"
 VERSION=$("$VENV/bin/python" -c "from importlib.metadata import version; print(version('llama_cpp_python'))")
 if [ -x "$DEST/bin/llama-quantize" ] && [ -x "$DEST/bin/llama-imatrix" ] && [ -f "$DEST/convert_hf_to_gguf.py" ] \
-   && [ "$(cat "$DEST/VERSION" 2>/dev/null)" = "$VERSION" ]; then
+   && [ "$(cat "$DEST/VERSION" 2>/dev/null)" = "$VERSION ${LLAMA_CFLAGS:-}" ]; then
   exit 0
 fi
 WORK=$(mktemp -d)
@@ -14,7 +14,9 @@ trap 'rm -rf "$WORK"' EXIT
 "$VENV/bin/pip" download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$WORK" 2>/dev/null
 tar xzf "$WORK"/llama_cpp_python-*.tar.gz -C "$WORK"
 SRC=$(echo "$WORK"/llama_cpp_python-*/vendor/llama.cpp)
-cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+# LLAMA_CFLAGS (setup.sh): the same flags as the binding's build (llama.cpp's AMX kernels left out on x86_64)
+cmake -S "$SRC" -B "$WORK/build" -DCMAKE_C_FLAGS="${LLAMA_CFLAGS:-}" -DCMAKE_CXX_FLAGS="${LLAMA_CFLAGS:-}" \
+  -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
 # the compiler's warnings go to a log, shown only when the build fails
 cmake --build "$WORK/build" -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" --target llama-quantize llama-imatrix \
@@ -23,4 +25,4 @@ rm -rf "$DEST"
 mkdir -p "$DEST/bin"
 cp -r "$SRC/convert_hf_to_gguf.py" "$SRC/conversion" "$SRC/gguf-py" "$DEST/"
 cp "$WORK/build/bin/llama-quantize" "$WORK/build/bin/llama-imatrix" "$DEST/bin/"
-echo "$VERSION" > "$DEST/VERSION"
+echo "$VERSION ${LLAMA_CFLAGS:-}" > "$DEST/VERSION"
