@@ -46,6 +46,10 @@ def test_several_benchmarks_aggregate_and_cache(settings, data_dir, tiny_dir, tm
     changed = ev.evaluate(copy)  # another checkpoint: measured
     assert "cached_from" not in changed.accuracy_detail and len(list(cache_dir().glob("*.json"))) == 2
 
+    for entry in cache_dir().glob("*.json"):  # an entry of another layout (no runtime facts): measured again
+        entry.write_text(json.dumps({k: v for k, v in json.loads(entry.read_text()).items() if k != "runtime"}))
+    remeasured = ev.evaluate(copy)
+    assert "cached_from" not in remeasured.accuracy_detail and remeasured.runtime["format"] == "dense"
     for entry in cache_dir().glob("*.json"):
         entry.write_text("{broken")  # a damaged entry is measured again, not trusted
     assert "cached_from" not in ev.evaluate(copy).accuracy_detail
@@ -106,7 +110,7 @@ def test_perplexity_on_any_text_file(settings, data_dir, tiny_dir, tmp_path):
     text.write_text("Compression keeps what matters and drops the rest. " * 200)
     ev = _evaluator(settings.model_copy(update={"ppl_text": str(text), "ppl_tokens": 300}), data_dir, tiny_dir,
                     tmp_path)
-    assert len(ev.request["ppl_ids"]) == 300
+    assert len(ev.request.ppl_ids) == 300
     wiki = _evaluator(settings.model_copy(update={"ppl_tokens": 300}), data_dir, tiny_dir, tmp_path)
     assert ev.request_key != wiki.request_key  # another text: another cache key
     with pytest.raises(UserError, match="has .* tokens, fewer than --ppl-tokens 100000"):

@@ -7,7 +7,6 @@ safe to delete; a cached result says so (``cached_from``)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from ..errors import UserError
 from ..files import write_json
 from ..objectives import ratio
 from ..schemas import OBJECTIVES, EvaluationResult
+from .protocol import EvalRequest, Measured, Task
 
 
 class EvaluationError(RuntimeError):
@@ -69,27 +69,24 @@ class Evaluator:
         tasks, include = [], None
         for name in benchmarks.names(settings.benchmark):
             if name == benchmarks.HUMANEVAL:
-                tasks.append({"name": name, "task": name, "metric": "pass@1"})
+                tasks.append(Task(name=name, task=name, metric="pass@1"))
                 continue
             b = benchmarks.get(name)
             if settings.source == "hub":
-                tasks.append({"name": name, "task": b.hub_task, "metric": b.metric})
+                tasks.append(Task(name=name, task=b.hub_task, metric=b.metric))
             else:
                 include = work_dir / "tasks"
                 built = benchmarks.build(data_dir, name, settings.limit, settings.seed, include)
-                tasks.append({"name": name, "task": built.task, "metric": b.metric, "items": built.n_items,
-                              "digest": built.digest})
+                tasks.append(Task(name=name, task=built.task, metric=b.metric, items=built.n_items,
+                                  digest=built.digest))
         ids = tokenizer(read_text(data_dir, settings.ppl_text), add_special_tokens=False)["input_ids"]
         if len(ids) < settings.ppl_tokens:
             raise UserError(f"perplexity text {settings.ppl_text} has {len(ids)} tokens, fewer than --ppl-tokens "
                             f"{settings.ppl_tokens}", "lower --ppl-tokens or give a longer text")
-        self.request = {"settings": settings.model_dump(), "include_path": str(include) if include else None,
-                        "tasks": tasks, "ppl_ids": ids[: settings.ppl_tokens],
-                        "prompt_ids": ids[: settings.prompt_tokens], "bos_id": bos_id(tokenizer)}
-        # what the measurements depend on, besides the checkpoint (paths and the cache switch excluded)
-        key = {**self.request, "settings": settings.model_dump(exclude={"cache", "timeout_s"}),
-               "tasks": [{k: v for k, v in t.items() if k != "task"} for t in tasks], "include_path": None}
-        self.request_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.request = EvalRequest(settings=settings, include_path=str(include) if include else None, tasks=tasks,
+                                   ppl_ids=ids[: settings.ppl_tokens], prompt_ids=ids[: settings.prompt_tokens],
+                                   bos_id=bos_id(tokenizer))
+        self.request_key = self.request.key()
         self.baseline: EvaluationResult | None = None
         self.baseline_checkpoint: Path | None = None  # timed in turn with every later candidate (paired latency)
         self.baseline_fp: str | None = None
@@ -106,17 +103,17 @@ class Evaluator:
         raw = None
         if entry is not None and entry.is_file():
             try:
-                raw = json.loads(entry.read_text())
-            except (OSError, json.JSONDecodeError):  # a damaged entry is measured again and rewritten
+                raw = Measured.model_validate_json(entry.read_text())
+            except (OSError, ValueError):  # a damaged or older entry is measured again and rewritten
                 raw = None
         if raw is None:
             raw = self._measure(checkpoint)
-            raw["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            raw.measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if entry is not None:
                 entry.parent.mkdir(parents=True, exist_ok=True)
-                write_json(entry, raw)
+                write_json(entry, raw.model_dump(exclude_none=True))
         else:
-            raw["cached_from"] = str(entry)
+            raw.cached_from = str(entry)
         result = self._result(raw, time.perf_counter() - t0)
         if self.baseline is None:
             self.set_baseline(result, checkpoint, fp)
@@ -135,12 +132,13 @@ class Evaluator:
         self.baseline_checkpoint, self.baseline_target, self.reference = checkpoint, target, reference
         self.baseline_fp = fingerprint(checkpoint) if self.s.cache else None
 
-    def _measure(self, checkpoint: Path) -> dict:
+    def _measure(self, checkpoint: Path) -> Measured:
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
             base = str(self.baseline_checkpoint) if self.baseline_checkpoint else None
-            req.write_text(json.dumps({**self.request, "checkpoint": str(checkpoint), "baseline_checkpoint": base,
-                                       "baseline_target": self.baseline_target}))
+            req.write_text(self.request.model_copy(update={
+                "checkpoint": str(checkpoint), "baseline_checkpoint": base,
+                "baseline_target": self.baseline_target}).model_dump_json())
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
                    "HF_DATASETS_OFFLINE": "0" if self.s.source == "hub" else "1",
                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
@@ -153,22 +151,22 @@ class Evaluator:
             log_text(proc.stdout + proc.stderr)  # into the episode's log.txt when the CLI routes output
             if proc.returncode != 0 or not res.exists():
                 raise EvaluationError(f"evaluation process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            return json.loads(res.read_text())
+            return Measured.model_validate_json(res.read_text())
 
-    def _result(self, raw: dict, seconds: float) -> EvaluationResult:
-        acc, lat, mem = raw["accuracy"], raw["latency"], raw["memory"]
-        detail = {**acc, **{k: raw[k] for k in ("measured_at", "cached_from") if k in raw}}
+    def _result(self, raw: Measured, seconds: float) -> EvaluationResult:
+        acc, lat, mem = raw.accuracy, raw.latency, raw.memory
+        detail = {**acc, **raw.model_dump(include={"measured_at", "cached_from"}, exclude_none=True)}
         latency_ms, intervals = paired(lat, self.baseline or self.reference)
-        en = energy_per_1k_tokens(raw["energy"], latency_ms)
+        en = energy_per_1k_tokens(raw.energy, latency_ms)
         if en["source"] == "estimated":  # a function of the latency: it must not decide what the latency did not
             intervals["co2_grams"] = None
         return EvaluationResult(
             accuracy=acc["value"], accuracy_stderr=acc["stderr"], accuracy_n=acc["n"],
             benchmark=self.s.benchmark, accuracy_detail=detail,
-            perplexity=raw["perplexity"]["perplexity"], perplexity_tokens=raw["perplexity"]["tokens"],
+            perplexity=raw.perplexity["perplexity"], perplexity_tokens=raw.perplexity["tokens"],
             latency_ms=latency_ms, latency=lat, memory_gb=mem["model_peak_bytes"] / 1e9, memory=mem,
-            model_size_gb=raw["size_bytes"] / 1e9, size_bytes=raw["size_bytes"], num_params=raw["num_params"],
-            runtime=raw.get("runtime", {"target": "transformers"}),
+            model_size_gb=raw.size_bytes / 1e9, size_bytes=raw.size_bytes, num_params=raw.num_params,
+            runtime=raw.runtime,
             co2_grams=en["per_1k_tokens_co2_grams"], energy_kwh=en["per_1k_tokens_kwh"], energy=en,
             intervals=intervals, eval_seconds=seconds)
 

@@ -7,7 +7,6 @@ count as the model's. The checkpoint is loaded by its target (targets/): transfo
 GenAI."""
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
@@ -29,16 +28,16 @@ def peak_rss_bytes() -> int:
 
 
 def main(request: Path, result: Path) -> None:
-    req = json.loads(request.read_text())
     import torch
     import transformers  # noqa: F401  (part of the runtime, not of the model)
 
     from .. import targets
-    from ..config import EvalSettings
     from ..models import load_tokenizer
     from . import measure
+    from .protocol import EvalRequest, Measured
 
-    s = EvalSettings(**req["settings"])
+    req = EvalRequest.model_validate_json(request.read_text())
+    s = req.settings
     target = targets.get(s.target)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -47,7 +46,7 @@ def main(request: Path, result: Path) -> None:
     if cuda:
         torch.cuda.init()  # the context is the runtime's, not the model's
         torch.cuda.reset_peak_memory_stats()
-    ckpt = Path(req["checkpoint"])
+    ckpt = Path(req.checkpoint)
     tok = load_tokenizer(ckpt)  # the tokenizer (and the code it imports: about 290 MB) is not the model's memory
     rss_runtime = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
@@ -55,11 +54,11 @@ def main(request: Path, result: Path) -> None:
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss
 
-    bos = req.get("bos_id")  # the tokenizer starts every text with BOS: so do the prompt and each window
-    prompt = ([bos] if bos is not None else []) + req["prompt_ids"][: s.prompt_tokens - (bos is not None)]
-    base_ckpt = req.get("baseline_checkpoint")
+    bos = req.bos_id  # the tokenizer starts every text with BOS: so do the prompt and each window
+    prompt = ([bos] if bos is not None else []) + req.prompt_ids[: s.prompt_tokens - (bos is not None)]
+    base_ckpt = req.baseline_checkpoint
     # the baseline may run in another runtime: a target's own baseline is timed beside transformers fp32
-    base_target = targets.get(req.get("baseline_target") or s.target)
+    base_target = targets.get(req.baseline_target or s.target)
     pair = bool(base_ckpt) and (Path(base_ckpt).resolve() != ckpt.resolve() or base_target is not target)
     before = measure.control_ms(model.device)
     # paired: one run of the candidate alone, so the memory peak holds its inference (KV cache, activations) and
@@ -89,27 +88,25 @@ def main(request: Path, result: Path) -> None:
 
     with measure.Energy(s.country_iso_code) as energy:
         model = target.scoring(model, s)
-        ppl = target.perplexity(model, req["ppl_ids"][: s.ppl_tokens], s, bos)
-        include = Path(req["include_path"]) if req["include_path"] else None
-        lm_tasks = [t for t in req["tasks"] if t["name"] != "humaneval"]
+        ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos)
+        include = Path(req.include_path) if req.include_path else None
+        lm_tasks = [t.model_dump(exclude_none=True) for t in req.tasks if t.name != "humaneval"]
         lm = target.lm(model, tok, s, True if bos is not None else None) if lm_tasks else None
         per = measure.accuracy(lm, include, lm_tasks, s.seed,
                                limit=s.limit if s.source == "hub" else None) if lm_tasks else {}
-        if len(lm_tasks) < len(req["tasks"]):
+        if len(lm_tasks) < len(req.tasks):
             from .humaneval import evaluate as humaneval
 
             per["humaneval"] = humaneval(model, tok, s.limit, s.seed, s.max_new_tokens)
         acc = measure.aggregate(per)
 
-    out = {
-        "accuracy": acc, "perplexity": ppl, "latency": lat, "energy": energy.result,
-        "memory": {**memory, "load_seconds": load_s, "threads": torch.get_num_threads(), "device": s.device},
-        "size_bytes": target.size_bytes(ckpt),
-        "num_params": target.num_params(model),
-        "runtime": {"target": target.name, "runtime": target.runtime, "version": target.version(),
-                    **target.describe(ckpt, model)},
-    }
-    result.write_text(json.dumps(out, indent=1))
+    out = Measured(
+        accuracy=acc, perplexity=ppl, latency=lat, energy=energy.result,
+        memory={**memory, "load_seconds": load_s, "threads": torch.get_num_threads(), "device": s.device},
+        size_bytes=target.size_bytes(ckpt), num_params=target.num_params(model),
+        runtime={"target": target.name, "runtime": target.runtime, "version": target.version(),
+                 **target.describe(ckpt, model)})
+    result.write_text(out.model_dump_json(indent=1, exclude_none=True))
 
 
 if __name__ == "__main__":
