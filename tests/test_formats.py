@@ -99,3 +99,20 @@ def test_each_format_names_the_runtimes_that_serve_it():
     assert formats.FORMATS["bitsandbytes"].runtimes() == ["transformers"]
     assert formats.FORMATS["low-rank"].runtimes() == ["transformers"]
     assert set(formats.FORMATS["dense"].runtimes()) == {"transformers", "llamacpp", "ortgenai", "vllm"}
+
+
+def test_a_checkpoint_quantized_by_another_library_is_recognised_and_not_plain(tiny_dir, tmp_path):
+    """A Hub GPTQ/AWQ base: acf writes no such format, but it must still be told apart (transformers loads it;
+    a runtime's converter cannot read it as dense weights)."""
+    import json
+    import shutil
+
+    from agentic_compression.workers import plain
+
+    folder = tmp_path / "hub-gptq"
+    shutil.copytree(tiny_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "gptq",
+                                                                                   "bits": 4}}))
+    assert formats.stored_as(folder).name == "other" and not plain(folder)
+    assert formats.stored_as(tiny_dir).name == "dense" and plain(tiny_dir)

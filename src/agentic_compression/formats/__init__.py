@@ -6,7 +6,9 @@ the formats it serves (``Target.runs``). A new format is one module here plus it
 - ``compressed-tensors`` (compressed_tensors.py): llm-compressor's packed weights, scales and recipe;
 - ``bitsandbytes`` (bitsandbytes.py): INT8 / NF4 / FP4 weights, which transformers quantizes at load;
 - ``low-rank`` (low_rank.py): ASVD's factor pairs and the map of which modules hold them;
-- an adapter (adapter.py): LoRA weights (peft) kept beside a base in any of the formats above, and loaded onto it.
+- an adapter (adapter.py): LoRA weights (peft) kept beside a base in any of the formats above, and loaded onto it;
+- ``other`` (other.py): a base quantized by a library acf does not write (GPTQ/AWQ from the Hub), loaded by
+  transformers as its config says.
 
 The runtimes' own files (GGUF, ONNX) belong to their targets (targets/), which export to them."""
 from __future__ import annotations
@@ -47,7 +49,9 @@ class Format:
         return [t.name for t in TARGETS.values() if self.name in t.runs]
 
 
-FORMATS: dict[str, Format] = {}  # in the order they are recognised; dense, last, holds whatever the others do not
+# in the order they are recognised; dense holds whatever the others do not, and a folder quantized by a library acf
+# does not write is stored as "other" (other.py)
+FORMATS: dict[str, Format] = {}
 
 
 def register(cls: type[Format]) -> type[Format]:
@@ -144,4 +148,4 @@ def describe(folder: Path, params: int) -> dict:
             "bits_per_weight": round(bits_per_weight(folder, params), 3)}
 
 
-from . import low_rank, compressed_tensors, bitsandbytes, dense  # noqa: E402,F401  (registered in this order)
+from . import low_rank, compressed_tensors, bitsandbytes, dense, other  # noqa: E402,F401  (registered in this order)
