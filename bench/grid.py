@@ -109,6 +109,8 @@ def main() -> None:
     r.add_argument("--ppl-tokens", type=int, default=2048)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--to", type=Path, default=REPO / "bench" / "grid_smollm2.json")
+    r.add_argument("--last", type=Path, help="a table: the strategies it measured run last (a partial run then "
+                                             "covers what it lacks first)")
     t = sub.add_parser("table")
     t.add_argument("experiment_dir", type=Path)
     t.add_argument("--to", type=Path, default=REPO / "bench" / "grid_smollm2.json")
@@ -130,6 +132,9 @@ def main() -> None:
                                eval=EvalSettings(limit=a.limit, ppl_tokens=a.ppl_tokens, repeats=3,
                                                  threads=a.threads)))
     exp.policy = GridPolicy(exp.model_config)
+    if a.last:
+        done = {r["key"] for r in json.loads(a.last.read_text())["rows"] if r["status"] == "success"}
+        exp.policy.todo.sort(key=lambda st: st.key() in done)  # stable: the grid's order otherwise
     exp.run()
     a.to.write_text(json.dumps(table(exp.dir), indent=1))
     print(f"wrote {a.to}")

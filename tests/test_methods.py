@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -184,6 +185,22 @@ def test_magnitude_keeps_the_largest_weights(tiny_dir, tmp_path, ctx):
     w0, w1 = ref.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight
     kept, dropped = w0[w1 != 0].abs(), w0[w1 == 0].abs()
     assert dropped.max() <= kept.min() and torch.equal(w1[w1 != 0], w0[w1 != 0])
+
+
+def test_wanda_drops_large_weights_on_silent_inputs_that_magnitude_would_keep(tiny_dir, tmp_path, ctx):
+    """Wanda weighs |W| by its input's norm: down_proj inputs 0-7 are silenced (their up_proj rows zeroed), so their
+    weights go first in every row although they are the largest; magnitude pruning keeps them."""
+    model, tok = load(tiny_dir)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[:8] = 0
+        model.model.layers[0].mlp.down_proj.weight[:, :8] = 10.0
+    out = {}
+    for method in ("wanda", "magnitude"):
+        pruned = methods.get(method)().apply(copy.deepcopy(model), tok, {"sparsity": 0.25, "num_samples": 4,
+                                                                         "seq_len": 32}, ctx)
+        out[method] = pruned.model.layers[0].mlp.down_proj.weight
+    assert (out["wanda"][:, :8] == 0).all() and (out["wanda"] == 0).sum(1).eq(128 // 4).all()
+    assert (out["magnitude"][:, :8] == 10.0).all()
 
 
 def test_asvd_factorises_into_two_smaller_linears_and_reloads(tiny_dir, tmp_path, ctx):

@@ -69,3 +69,36 @@ def test_an_episode_with_stored_statistics_writes_the_same_checkpoint(tiny_dir, 
     assert plain.error is None and second.error is None and len(list((tmp_path / "statistics").iterdir())) == 1
     a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "second" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_wanda_episode_at_another_sparsity_reads_the_stored_norms(tiny_dir, data_dir, tmp_path,
+                                                                           monkeypatch):
+    """Wanda's norms come from the dense incoming checkpoint, so another sparsity reuses them: one forward pass for
+    two episodes (counted), and the same zeros as an episode that measured its own."""
+    from safetensors.torch import load_file
+
+    from agentic_compression.data import calibration_samples
+    from agentic_compression.methods import base
+
+    forwards = []
+    real = base.forward_with_hooks
+    monkeypatch.setattr(base, "forward_with_hooks", lambda *a, **k: (forwards.append(1), real(*a, **k))[1])
+    calib = lambda tok, n, L: calibration_samples(tok, data_dir, n, L, seed=0)  # noqa: E731
+
+    def wanda(sparsity, out, stats):
+        s = Strategy(action="pruning", steps=[Step(method="wanda", params={"sparsity": sparsity, "num_samples": 2,
+                                                                           "seq_len": 32})])
+        res = apply_strategy(s, tiny_dir, tmp_path / out, methods.Context(calibration=calib, stats=stats))
+        assert res.error is None, res.error
+        return load_file(tmp_path / out / "model.safetensors")
+
+    stats = tmp_path / "statistics"
+    wanda(0.5, "first", stats)
+    assert len(forwards) == 1
+    second = wanda(0.3, "second", stats)
+    assert len(forwards) == 1  # read, not measured
+    plain = wanda(0.3, "plain", None)
+    assert len(forwards) == 2
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert 0.29 <= (second[name] == 0).float().mean() <= 0.31
+    assert all(torch.equal(second[k] == 0, plain[k] == 0) for k in plain)

@@ -14,7 +14,7 @@ CARD = "README.md"
 _TAGS = {"rtn": ["compressed-tensors", "quantized"], "gptq": ["compressed-tensors", "gptq", "quantized"],
          "awq": ["compressed-tensors", "awq", "quantized"], "autoround": ["compressed-tensors", "autoround",
                                                                           "quantized"],
-         "bnb": ["bitsandbytes", "quantized"], "wanda": ["compressed-tensors", "sparse", "pruned"],
+         "bnb": ["bitsandbytes", "quantized"], "wanda": ["sparse", "pruned"],
          "sparsegpt": ["compressed-tensors", "sparse", "pruned"], "magnitude": ["sparse", "pruned"],
          "structured": ["pruned"], "asvd": ["low-rank"], "lora": ["peft", "lora"], "qlora": ["peft", "qlora"],
          "distill": ["distillation"]}

@@ -10,7 +10,6 @@ order (episodes.py).
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sqlite3
@@ -26,7 +25,6 @@ from .config import RunConfig
 from .errors import UserError
 from .episodes import Calibration, EpisodeJob
 from .evaluation import EvaluationError, Evaluator
-from .files import write_json
 from .pareto import ParetoFrontier
 from .pipelines import Probe
 from .policies import PolicyView, propose
@@ -36,7 +34,7 @@ from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, Pareto
 from .skills import SkillContext, SkillMemory
 from .spec import infer_spec, read_config
 from .state import CompressionState
-from .store import FAILED, STATE_DB, ExperimentStore, finished
+from .store import STATE_DB, ExperimentStore, finished
 from .validation import validate
 
 log = logging.getLogger("acf.experiment")
@@ -73,7 +71,7 @@ class Experiment:
             stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
             name = cfg.experiment or f"{Path(canonical).name.lower()}-{cfg.dataset.replace(',', '+')}-{stamp}"
             self.store = ExperimentStore.create((cfg.output_dir / name).absolute())  # absolute: for a Ray task
-            write_json(self.store.dir / "config.json", json.loads(cfg.model_dump_json()))  # the folder is resumable
+            self.store.write_config(cfg)
         self.dir = self.store.dir
         self.policy = policies.make(cfg.policy, cfg)
         self.frontier = ParetoFrontier(tolerance=objectives.tolerances(cfg.noise_tolerance), reward=cfg.reward)
@@ -110,7 +108,7 @@ class Experiment:
         """The compiled graph with a SQLite checkpointer in the experiment folder, and its run config."""
         from langgraph.checkpoint.sqlite import SqliteSaver
 
-        conn = sqlite3.connect(self.dir / STATE_DB, check_same_thread=False)
+        conn = sqlite3.connect(self.store.state_db, check_same_thread=False)
         return build_graph(self, SqliteSaver(conn)), {"configurable": {"thread_id": "loop"},
                                                       "recursion_limit": 4 * self.cfg.max_episodes + 20}
 
@@ -118,7 +116,7 @@ class Experiment:
         """Evaluate the baseline, then run the loop. A brand-new run whose baseline fails removes what it wrote
         (``discard_on_failure``; the API keeps the folder to show the error); nothing else is ever removed."""
         try:
-            write_json(self.dir / "model_spec.json", self.spec.model_dump())
+            self.store.write_spec(self.spec)
             try:
                 self._evaluate_baseline()
             except BaseException:
@@ -185,12 +183,12 @@ class Experiment:
             exp._close()
 
     def _resume(self) -> dict:
-        (self.dir / FAILED).unlink(missing_ok=True)
+        self.store.clear_failure()
         done = self.store.finished_episodes()
         if self.store.has_baseline():
             self._reload_baseline()
         else:  # it stopped before the baseline was measured (episodes, if any, are kept and reloaded)
-            write_json(self.dir / "model_spec.json", self.spec.model_dump())
+            self.store.write_spec(self.spec)
             self._evaluate_baseline()
         values = self._checkpointed_values()
         resumable = values is not None and values.get("current_episode", -1) == done
@@ -205,14 +203,14 @@ class Experiment:
 
     def _checkpointed_values(self) -> dict | None:
         """The loop's checkpointed state, or None when state.sqlite is missing, empty or unreadable."""
-        if not (self.dir / STATE_DB).is_file():
+        if not self.store.state_db.is_file():
             return None
         try:
             graph, config = self._graph()
             return graph.get_state(config).values or None
         except Exception as e:  # a corrupt or foreign file: the caller rebuilds from the episodes' results
             log.warning("%s is unreadable (%s: %s); rebuilding the loop's state from the episodes' results.json",
-                        self.dir / STATE_DB, type(e).__name__, e)
+                        self.store.state_db, type(e).__name__, e)
             return None
 
     def _reload(self, finished: int, keep: set[int] = frozenset()) -> None:

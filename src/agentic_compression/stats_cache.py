@@ -1,12 +1,12 @@
 """Calibration statistics computed once per experiment: what a calibration pass measures that a later episode can
 reuse is stored in the experiment folder (``statistics/``), keyed by the weights it was measured on (a digest of
 every tensor), the calibration windows and the settings:
-- each block Linear's input activation sums (|x| and x^2 per channel: ASVD's scales, structured pruning's channel
-  and head scores), ``input_stats``;
+- each block Linear's input activation sums (|x| and x^2 per channel: ASVD's scales, Wanda's norms, structured
+  pruning's channel and head scores), ``input_stats``;
 - mixed precision's per-layer sensitivities (methods/mixed.py).
-A second episode on the same model (another ASVD rank, another pruning ratio, another bit budget) measures nothing
-again. Wanda, SparseGPT, AWQ and GPTQ collect their statistics inside llm-compressor, which offers no way to hand
-them in: those are computed each time."""
+A second episode on the same model (another ASVD rank, another Wanda sparsity or pruning ratio, another bit budget)
+measures nothing again. SparseGPT, AWQ and GPTQ collect their statistics inside llm-compressor, which offers no way
+to hand them in: those are computed each time."""
 from __future__ import annotations
 
 import hashlib

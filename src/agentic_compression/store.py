@@ -7,6 +7,7 @@ decides and measures; this module alone knows the folder's layout, its lock, and
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from datetime import datetime
 from pathlib import Path
@@ -65,6 +66,7 @@ class ExperimentStore:
         self.created = created  # this process made the folder: only then may a failed run remove it
         self.work_dir = folder / ".work"  # acf's scratch space (evaluation requests, task YAML)
         self.baseline_dir = folder / "baseline"
+        self.state_db = folder / STATE_DB
 
     @classmethod
     def create(cls, folder: Path) -> ExperimentStore:
@@ -99,6 +101,17 @@ class ExperimentStore:
         remove_own(self.dir, OWN_FILES)
         if self.created and not any(self.dir.iterdir()):
             self.dir.rmdir()
+
+    def write_config(self, cfg) -> None:
+        """The run's options (a RunConfig): what makes the folder resumable."""
+        write_json(self.dir / "config.json", json.loads(cfg.model_dump_json()))
+
+    def write_spec(self, spec) -> None:
+        write_json(self.dir / "model_spec.json", spec.model_dump())
+
+    def clear_failure(self) -> None:
+        """A resume starts over from the reason an earlier attempt stopped."""
+        (self.dir / FAILED).unlink(missing_ok=True)
 
     def progress(self, node: str, episode: int, max_episodes: int, **extra) -> None:
         write_json(self.dir / PROGRESS, {"node": node, "episode": episode, "max_episodes": max_episodes,

@@ -1,9 +1,10 @@
 """Unstructured and N:M pruning of the decoder's Linear weights (the output head, tied to the embedding in small
 models, is never pruned).
 
-SparseGPT and Wanda run through llm-compressor's one-shot modifiers on calibration text. Magnitude pruning is a
-per-layer threshold on |W| (our code: llm-compressor's MagnitudePruningModifier is a training-time schedule and
-leaves weights untouched in one-shot). compressed-tensors 0.19 has no sparse storage format any more, so pruned
+SparseGPT runs through llm-compressor's one-shot modifier on calibration text. Wanda and magnitude pruning are our
+code: Wanda's score needs only each input channel's norm, which the experiment's statistics cache already holds
+(stats_cache.input_stats), and llm-compressor's MagnitudePruningModifier is a training-time schedule that leaves
+weights untouched in one-shot. compressed-tensors 0.19 has no sparse storage format any more, so pruned
 checkpoints are stored dense: the zeros are in the weights, not yet in the bytes on disk."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 import torch
 
 from ..architecture import of_model
+from ..stats_cache import input_stats
 from .base import Context, Method, Param, register
 from .llmcompressor_quant import _CALIB, calibration_dataset
 
@@ -60,9 +62,7 @@ class Magnitude(_Pruner):
         for _, lin in decoder_linears(model):
             w = lin.weight
             if p["mask_structure"] == "2:4":
-                groups = w.abs().reshape(-1, 4)
-                drop = groups.topk(2, dim=1, largest=False).indices
-                mask = torch.ones_like(groups, dtype=torch.bool).scatter_(1, drop, False).reshape(w.shape)
+                mask = _two_of_four(w.abs())
             else:
                 k = int(w.numel() * p["sparsity"])
                 threshold = w.abs().flatten().kthvalue(k).values if k else -1.0
@@ -96,9 +96,42 @@ class SparseGPT(_LLMCompressorPruner):
 
 
 @register
-class Wanda(_LLMCompressorPruner):
+class Wanda(_Pruner):
+    """Wanda (Sun et al., 2023): in each output row (2:4: in each four consecutive inputs) zero the weights of least
+    |W_ij| * ||x_j||_2, x_j input channel j over the calibration tokens. The norms are measured on the incoming
+    checkpoint in one pass, shared with ASVD and structured pruning and kept in the experiment's statistics, so
+    another sparsity measures nothing again. (llm-compressor's modifier measures layer by layer through the layers it
+    has already pruned, so its norms depend on the sparsity and cannot be reused.)"""
     name = "wanda"
-    modifier_class = "WandaPruningModifier"
+    requires = ()
+    memory_factor = 1.5
+    params = (_SPARSITY, _STRUCTURE, *_CALIB)
+
+    @torch.no_grad()
+    def apply(self, model, tokenizer, params, ctx: Context):
+        p = self.resolve(params)
+        linears = of_model(model).block_linears(model)
+        inputs = input_stats(model, ctx.calibration(tokenizer, int(p["num_samples"]), int(p["seq_len"])), ctx.stats)
+        for n, lin in linears.items():
+            score = lin.weight.abs() * inputs[n]["sq_sum"].sqrt()
+            if p["mask_structure"] == "2:4":
+                mask = _two_of_four(score)
+            else:
+                drop = score.sort(dim=1, stable=True).indices[:, :int(score.shape[1] * p["sparsity"])]
+                mask = torch.ones_like(score, dtype=torch.bool).scatter_(1, drop, False)
+            lin.weight.mul_(mask)
+        return model
+
+    @classmethod
+    def supports(cls, arch) -> str | None:
+        return None if arch.widths else f"a {arch.family} model has no Linear layers in decoder blocks to prune"
+
+
+def _two_of_four(score: torch.Tensor) -> torch.Tensor:
+    """Keep mask: the two highest scores of every four consecutive input weights."""
+    groups = score.reshape(-1, 4)
+    drop = groups.topk(2, dim=1, largest=False).indices
+    return torch.ones_like(groups, dtype=torch.bool).scatter_(1, drop, False).reshape(score.shape)
 
 
 def _mask(p: dict) -> str:

@@ -23,7 +23,7 @@ import random
 import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..reward import reward
 from ..schemas import OBJECTIVES, Strategy
@@ -60,18 +60,24 @@ def grid(view: PolicyView, method: str | None = None) -> Strategy:
 
 
 # ---- Optuna: TPE and NSGA-II ----
-def _space(view: PolicyView) -> dict[str, dict[str, list]]:
-    """method -> {param: options} for the standalone methods available here (user-fixed parameters excluded); an
-    ordered parameter's options in their order (Param.ordered)."""
+class Dim(NamedTuple):
+    """One parameter of the search space: its options (an ordered parameter's in their order, Param.ordered)."""
+
+    options: list
+    ordered: bool
+
+
+def _space(view: PolicyView) -> dict[str, dict[str, Dim]]:
+    """method -> {param: Dim} for the standalone methods available here (user-fixed parameters excluded)."""
     out = {}
     for name, m in sorted(view.methods.items()):
         if m.standalone:
-            out[name] = {p.name: p.ordered() or p.options() for p in m.params
+            out[name] = {p.name: Dim(p.ordered() or p.options(), bool(p.ordered())) for p in m.params
                          if p.options() is not None and p.name not in view.overrides.get(name, {})}
     return out
 
 
-def _distributions(view: PolicyView, space: dict[str, dict[str, list]]) -> dict:
+def _distributions(space: dict[str, dict[str, Dim]]) -> dict:
     """The study's distributions: the method is categorical, and so is an unordered parameter; an ordered one
     (group size, sparsity, ratio) is the integer position in its ordered options, so TPE's density over it, and
     NSGA-II's crossover, see that 0.3 lies between 0.1 and 0.5."""
@@ -79,9 +85,8 @@ def _distributions(view: PolicyView, space: dict[str, dict[str, list]]) -> dict:
 
     dists = {"method": CategoricalDistribution(list(space))}
     for m, params in space.items():
-        ordered = {p.name for p in view.methods[m].params if p.ordered()}
-        dists.update({f"{m}.{p}": IntDistribution(0, len(opts) - 1) if p in ordered
-                      else CategoricalDistribution(opts) for p, opts in params.items()})
+        dists.update({f"{m}.{p}": IntDistribution(0, len(d.options) - 1) if d.ordered
+                      else CategoricalDistribution(d.options) for p, d in params.items()})
     return dists
 
 
@@ -125,7 +130,7 @@ class OptunaPolicy:
             space = {method: space[method]}
         if not candidate_steps(replace(view, methods={m: view.methods[m] for m in space})):
             return _end(self.name, "every configuration of the search space was tried")
-        dists = _distributions(view, space)
+        dists = _distributions(space)
         study = optuna.create_study(directions=["maximize" if s > 0 else "minimize" for s in OBJECTIVES.values()],
                                     sampler=self._sampler(len(view.history)))
         def point(strategy: dict) -> dict | None:  # a single-step strategy of the space as the study's params
@@ -134,10 +139,10 @@ class OptunaPolicy:
                 return None
             m = steps[0]["method"]
             params = {"method": m}
-            for p, opts in space[m].items():
-                if (v := steps[0]["params"].get(p)) not in opts:
+            for p, d in space[m].items():
+                if (v := steps[0]["params"].get(p)) not in d.options:
                     return None
-                params[f"{m}.{p}"] = _encode(dists[f"{m}.{p}"], opts, v)
+                params[f"{m}.{p}"] = _encode(dists[f"{m}.{p}"], d.options, v)
             return params
 
         for h in view.history:  # tell what was measured
@@ -156,12 +161,12 @@ class OptunaPolicy:
                 running = study.ask()
                 running.suggest_categorical("method", dists["method"].choices)
                 m = params["method"]
-                for p, opts in space[m].items():
-                    _suggest(running, f"{m}.{p}", dists[f"{m}.{p}"], opts)
+                for p, d in space[m].items():
+                    _suggest(running, f"{m}.{p}", dists[f"{m}.{p}"], d.options)
         for _ in range(200):
             trial = study.ask()
             m = trial.suggest_categorical("method", list(space))
-            chosen = {p: _suggest(trial, f"{m}.{p}", dists[f"{m}.{p}"], opts) for p, opts in space[m].items()}
+            chosen = {p: _suggest(trial, f"{m}.{p}", dists[f"{m}.{p}"], d.options) for p, d in space[m].items()}
             step = view.step(m, chosen)
             st = single(m_action(view, step), step)
             if view.methods[m].check(step.params, view.model_config) is None and st.key() not in view.tried:
