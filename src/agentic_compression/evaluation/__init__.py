@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..files import write_json
 from ..objectives import ratio
 from ..schemas import OBJECTIVES, EvaluationResult
-from .protocol import EvalRequest, Measured, Task
+from .protocol import EvalRequest, Measured, evaluator_for
 
 
 class EvaluationError(RuntimeError):
@@ -66,26 +66,15 @@ class Evaluator:
         self.s = settings
         self.work_dir = work_dir
         require_device(settings.device)
-        tasks, include = [], None
-        for name in benchmarks.names(settings.benchmark):
-            if name == benchmarks.HUMANEVAL:
-                tasks.append(Task(name=name, task=name, metric="pass@1"))
-                continue
-            b = benchmarks.get(name)
-            if settings.source == "hub":
-                tasks.append(Task(name=name, task=b.hub_task, metric=b.metric))
-            else:
-                include = work_dir / "tasks"
-                built = benchmarks.build(data_dir, name, settings.limit, settings.seed, include)
-                tasks.append(Task(name=name, task=built.task, metric=b.metric, items=built.n_items,
-                                  digest=built.digest))
+        include = work_dir / "tasks"  # the local benchmarks' lm-eval YAML
+        tasks = [evaluator_for(n).task(n, settings, data_dir, include) for n in benchmarks.names(settings.benchmark)]
         ids = tokenizer(read_text(data_dir, settings.ppl_text), add_special_tokens=False)["input_ids"]
         if len(ids) < settings.ppl_tokens:
             raise UserError(f"perplexity text {settings.ppl_text} has {len(ids)} tokens, fewer than --ppl-tokens "
                             f"{settings.ppl_tokens}", "lower --ppl-tokens or give a longer text")
-        self.request = EvalRequest(settings=settings, include_path=str(include) if include else None, tasks=tasks,
-                                   ppl_ids=ids[: settings.ppl_tokens], prompt_ids=ids[: settings.prompt_tokens],
-                                   bos_id=bos_id(tokenizer))
+        self.request = EvalRequest(settings=settings, include_path=str(include) if include.is_dir() else None,
+                                   tasks=tasks, ppl_ids=ids[: settings.ppl_tokens],
+                                   prompt_ids=ids[: settings.prompt_tokens], bos_id=bos_id(tokenizer))
         self.request_key = self.request.key()
         self.baseline: EvaluationResult | None = None
         self.baseline_checkpoint: Path | None = None  # timed in turn with every later candidate (paired latency)

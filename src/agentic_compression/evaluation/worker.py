@@ -34,7 +34,7 @@ def main(request: Path, result: Path) -> None:
     from .. import targets
     from ..models import load_tokenizer
     from . import measure
-    from .protocol import EvalRequest, Measured
+    from .protocol import EvalRequest, Measured, evaluators
 
     req = EvalRequest.model_validate_json(request.read_text())
     s = req.settings
@@ -89,15 +89,11 @@ def main(request: Path, result: Path) -> None:
     with measure.Energy(s.country_iso_code) as energy:
         model = target.scoring(model, s)
         ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos)
-        include = Path(req.include_path) if req.include_path else None
-        lm_tasks = [t.model_dump(exclude_none=True) for t in req.tasks if t.name != "humaneval"]
-        lm = target.lm(model, tok, s, True if bos is not None else None) if lm_tasks else None
-        per = measure.accuracy(lm, include, lm_tasks, s.seed,
-                               limit=s.limit if s.source == "hub" else None) if lm_tasks else {}
-        if len(lm_tasks) < len(req.tasks):
-            from .humaneval import evaluate as humaneval
-
-            per["humaneval"] = humaneval(model, tok, s.limit, s.seed, s.max_new_tokens)
+        kinds, per = evaluators(), {}
+        for kind in kinds:  # each kind of benchmark scores its own tasks (all of lm-eval's in one call)
+            mine = [t for t in req.tasks if next(k for k in kinds if k.claims(t.name)) is kind]
+            if mine:
+                per.update(kind.score(model, tok, mine, req, target))
         acc = measure.aggregate(per)
 
     out = Measured(
