@@ -81,3 +81,19 @@ def test_methods_and_spec_commands(capsys, tiny_dir):
     assert "gptq" in table and "rtn" in table and "yes" in table
     assert main(["spec", str(tiny_dir)]) == 0
     assert '"source": "local"' in capsys.readouterr().out
+
+
+def test_the_cli_and_the_api_default_to_the_same_run(tmp_path, monkeypatch):
+    """Run options' defaults live in RunConfig only: `acf run` with no options and an API request with none
+    describe the same run (an environment variable changes only the CLI's LLM settings, so none is set)."""
+    from agentic_compression.cli import _parser, run_config
+    from agentic_compression.service import RunRequest
+
+    for var in ("ACF_LLM_MODEL", "ACF_LLM_BASE_URL", "OPENAI_BASE_URL", "ACF_LLM_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    argv = ["run", "--model", "m", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path), "--experiment", "x"]
+    a = _parser().parse_args(argv)
+    cli = run_config(a, argv[1:]).model_dump()
+    api = RunRequest(model="smollm2-135m", experiment="x").to_config("m", tmp_path, tmp_path).model_dump()
+    assert cli == api
+    assert cli["eval"]["limit"] == 100 and cli["max_episodes"] == 10 and cli["llm"]["model"] == "gpt-4o"

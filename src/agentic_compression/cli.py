@@ -33,64 +33,64 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' output live (it always "
                    "goes to baseline/log.txt and episode_NNN/log.txt)")
     r.add_argument("--model", help="'smollm2-135m', a local model folder, a .gguf file or a Hub id")
-    r.add_argument("--dataset", "--benchmarks", dest="dataset", default="hellaswag",
+    r.add_argument("--dataset", "--benchmarks", dest="dataset",
                    help="benchmark(s), comma-separated, or 'all': hellaswag, arc_easy, arc_challenge, piqa, "
                         "winogrande, commonsense_qa, truthfulqa_mc1, truthfulqa_mc2, mmlu, gsm8k, bbh; the accuracy "
                         "objective is the mean of their headline scores")
-    r.add_argument("--eval-source", default="local", choices=["local", "hub"],
+    r.add_argument("--eval-source", choices=["local", "hub"],
                    help="benchmark data from --data-dir, or (with --online) lm-eval's own Hub datasets")
     r.add_argument("--no-eval-cache", action="store_true",
                    help="measure every checkpoint even when a cached result exists (ACF_EVAL_CACHE)")
     r.add_argument("--data-dir", type=Path, default=os.environ.get("ACF_DATA_DIR"),
                    help="local benchmark data laid out like ../shared/data (or set ACF_DATA_DIR)")
-    r.add_argument("--max-episodes", type=int, default=10)
-    r.add_argument("--budget-hours", type=float, default=4.0)
-    r.add_argument("--patience", type=int, default=5, help="stop after N episodes without frontier improvement")
-    r.add_argument("--output-dir", type=Path, default=Path("experiments"))
+    r.add_argument("--max-episodes", type=int)
+    r.add_argument("--budget-hours", type=float)
+    r.add_argument("--patience", type=int, help="stop after N episodes without frontier improvement")
+    r.add_argument("--output-dir", type=Path)
     r.add_argument("--experiment", help="folder name under --output-dir (default: model-dataset-timestamp)")
-    r.add_argument("--policy", default="rule", help="rule (built-in) | llm (GPT-4o or an OpenAI-compatible server) "
+    r.add_argument("--policy", help="rule (built-in) | llm (GPT-4o or an OpenAI-compatible server) "
                    "| tpe | nsga2 | bandit | pbt | random")
-    r.add_argument("--search-seed", type=int, default=0, help="seed of the search policies")
-    r.add_argument("--parallel", type=int, default=1, metavar="K", help="run up to K episodes at once, each a Ray "
+    r.add_argument("--search-seed", type=int, help="seed of the search policies")
+    r.add_argument("--parallel", type=int, metavar="K", help="run up to K episodes at once, each a Ray "
                    "task (an embedded local cluster unless --ray-address); use with --threads")
     r.add_argument("--ray-address", help="a running Ray cluster to join, e.g. 10.0.0.5:6379 (default: "
                    "ACF_RAY_ADDRESS, else an embedded local one); on several machines --output-dir must be a "
                    "filesystem they share")
-    r.add_argument("--episode-retries", type=int, default=1,
+    r.add_argument("--episode-retries", type=int,
                    help="times an episode re-runs when its Ray worker or node dies, before it fails")
     r.add_argument("--skills", type=Path, help="skill memory file (default ACF_SKILLS or "
                    "~/.local/share/acf/skills.sqlite)")
     r.add_argument("--no-skills", action="store_true", help="neither read nor write the skill memory")
-    r.add_argument("--accuracy-floor", type=float, default=0.9,
+    r.add_argument("--accuracy-floor", type=float,
                    help="reward: a candidate under this fraction of the baseline's accuracy scores -1")
     env = os.environ.get
-    r.add_argument("--llm-model", default=env("ACF_LLM_MODEL", "gpt-4o"), help="model the endpoint serves")
+    r.add_argument("--llm-model", default=env("ACF_LLM_MODEL"), help="model the endpoint serves")
     r.add_argument("--llm-base-url", default=env("ACF_LLM_BASE_URL") or env("OPENAI_BASE_URL"),
                    help="OpenAI-compatible endpoint (default api.openai.com); the key comes from OPENAI_API_KEY "
                         "or ACF_LLM_API_KEY, never from a flag")
-    r.add_argument("--llm-mode", default=env("ACF_LLM_MODE", "json_schema"),
+    r.add_argument("--llm-mode", default=env("ACF_LLM_MODE"),
                    help="json_schema | function_calling | json_mode | prompt (plain chat, parsed)")
-    r.add_argument("--llm-temperature", type=float, default=0.2)
-    r.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
-    r.add_argument("--llm-retries", type=int, default=2, help="invalid answers sent back with the error")
-    r.add_argument("--limit", type=int, default=100, help="benchmark items (seeded subset shared by all candidates)")
-    r.add_argument("--ppl-tokens", type=int, default=4096, help="tokens of the perplexity text scored")
-    r.add_argument("--ppl-text", default="wikitext2-second-half",
+    r.add_argument("--llm-temperature", type=float)
+    r.add_argument("--llm-timeout", type=float, help="seconds per request")
+    r.add_argument("--llm-retries", type=int, help="invalid answers sent back with the error")
+    r.add_argument("--limit", type=int, help="benchmark items (seeded subset shared by all candidates)")
+    r.add_argument("--ppl-tokens", type=int, help="tokens of the perplexity text scored")
+    r.add_argument("--ppl-text",
                    help="perplexity text: the evaluation half of WikiText-2, or a .txt / .jsonl file")
-    r.add_argument("--country", default="USA", help="ISO code of the grid codecarbon's CO2 factor is for")
-    r.add_argument("--repeats", type=int, default=5, help="latency repeats after one warm-up")
+    r.add_argument("--country", help="ISO code of the grid codecarbon's CO2 factor is for")
+    r.add_argument("--repeats", type=int, help="latency repeats after one warm-up")
     r.add_argument("--threads", type=int, help="torch threads (under load, 1 can beat 2)")
-    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+    r.add_argument("--device", choices=["cpu", "cuda"],
                    help="where candidates are measured (cuda: CUDA-event latency, CUDA peak memory)")
-    r.add_argument("--target", "--targets", dest="target", default="transformers", metavar="RUNTIME[,RUNTIME]",
+    r.add_argument("--target", "--targets", dest="target", metavar="RUNTIME[,RUNTIME]",
                    help="where candidates are exported to and measured: transformers, llamacpp (GGUF), ortgenai "
                         "(ONNX), each with its own quantization as methods; several, comma-separated, give one "
                         "frontier across runtimes (the transformers fp32 baseline is always measured too)")
-    r.add_argument("--calibration", default="wikitext2-first-half",
+    r.add_argument("--calibration",
                    help="calibration/training text: the default, or a .txt / .jsonl file (never evaluation text)")
-    r.add_argument("--noise-tolerance", type=float, default=0.05,
+    r.add_argument("--noise-tolerance", type=float,
                    help="relative latency/memory/CO2 differences treated as ties in Pareto dominance")
-    r.add_argument("--seed", type=int, default=1234, help="seed of the benchmark subset and evaluation")
+    r.add_argument("--seed", type=int, help="seed of the benchmark subset and evaluation")
     r.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
                    metavar="METHOD.PARAM=VALUE", help="fix a method parameter, e.g. gptq.num_samples=32")
     r.add_argument("--online", action="store_true", help="allow Hub look-ups (spec inference, model download)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -189,6 +189,16 @@ class RunConfig(BaseModel):
         if v is not None and v <= 0:
             raise ValueError("threads must be positive")
         return v
+
+
+def default(path: str) -> Any:
+    """RunConfig's default at a dotted path ("eval.limit"): the one place run options' defaults live, which `acf
+    run` (a flag not given sets nothing) and the API's RunRequest fall back to."""
+    model, value = RunConfig, None
+    for key in path.split("."):
+        value = model.model_fields[key].get_default(call_default_factory=True)
+        model = type(value)
+    return value
 
 
 def brief(e: ValidationError) -> str:

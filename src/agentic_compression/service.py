@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import NAME, EvalSettings, RunConfig, brief
+from .config import NAME, EvalSettings, RunConfig, brief, default
 from .errors import UserError
 from .store import CANCEL, FAILED, PROGRESS, finished
 from .files import read_json
@@ -92,22 +92,32 @@ class RunRequest(BaseModel):
     model: str = Field(max_length=80, description="a built-in alias ('smollm2-135m') or the name of a folder in the "
                        "server's models directory (acf serve --models-dir)")
     experiment: str = Field(pattern=NAME.pattern)
-    benchmarks: str = "hellaswag"
-    max_episodes: int = Field(default=10, gt=0, le=1000)
-    budget_hours: float = Field(default=4.0, gt=0)
-    patience: int = Field(default=5, gt=0)
-    policy: str = "rule"
-    limit: int = Field(default=100, gt=0)
-    ppl_tokens: int = Field(default=4096, gt=64)
-    repeats: int = Field(default=5, gt=0)
+    benchmarks: str = default("dataset")
+    max_episodes: int = Field(default=default("max_episodes"), gt=0, le=1000)
+    budget_hours: float = Field(default=default("budget_hours"), gt=0)
+    patience: int = Field(default=default("patience"), gt=0)
+    policy: str = default("policy")
+    limit: int = Field(default=default("eval.limit"), gt=0)
+    ppl_tokens: int = Field(default=default("eval.ppl_tokens"), gt=64)
+    repeats: int = Field(default=default("eval.repeats"), gt=0)
     threads: int | None = Field(default=None, gt=0)
-    device: Literal["cpu", "cuda"] = "cpu"
-    seed: int = 1234
-    parallel: int = Field(default=1, gt=0, le=64, description="episodes at once on the Ray cluster that "
-                          "ACF_RAY_ADDRESS names (an embedded local one if unset)")
+    device: Literal["cpu", "cuda"] = default("eval.device")
+    seed: int = default("eval.seed")
+    parallel: int = Field(default=default("parallel"), gt=0, le=64, description="episodes at once on the Ray "
+                          "cluster that ACF_RAY_ADDRESS names (an embedded local one if unset)")
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     force: bool = Field(default=False, description="run even when the baseline looks broken")
     goals: Goals = Field(default_factory=Goals, description="constraints every episode is judged against")
+
+    def to_config(self, model: str, data_dir: Path, output_dir: Path) -> RunConfig:
+        """The run this request asks for (``model``: the path its name resolved to on the server)."""
+        return RunConfig(model=model, dataset=self.benchmarks, data_dir=data_dir, output_dir=output_dir,
+                         experiment=self.experiment, max_episodes=self.max_episodes, budget_hours=self.budget_hours,
+                         patience=self.patience, policy=self.policy, threads=self.threads, parallel=self.parallel,
+                         method_overrides=self.method_overrides, force=self.force, goals=self.goals,
+                         eval=EvalSettings(benchmark=self.benchmarks, limit=self.limit, ppl_tokens=self.ppl_tokens,
+                                           repeats=self.repeats, threads=self.threads, device=self.device,
+                                           seed=self.seed))
 
 
 def token(output_dir: Path) -> str:
@@ -206,8 +216,8 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
     def dispatch(exp_dir: Path) -> None:
         from .tasks import app as celery_app, run_experiment
 
-        celery_app.conf.broker_url = broker
-        run_experiment.delay(str(exp_dir))
+        with celery_app.connection_for_write(broker) as conn:  # this app's broker; Celery's global conf untouched
+            run_experiment.apply_async((str(exp_dir),), connection=conn)
 
     def execute(name: str, job) -> None:
         try:
@@ -224,14 +234,7 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
         from .experiment import Experiment
 
         try:
-            cfg = RunConfig(model=model_path(req.model), dataset=req.benchmarks, data_dir=data_dir,
-                            output_dir=output_dir, experiment=req.experiment, max_episodes=req.max_episodes,
-                            budget_hours=req.budget_hours,
-                            patience=req.patience, policy=req.policy, threads=req.threads, parallel=req.parallel,
-                            method_overrides=req.method_overrides, force=req.force, goals=req.goals,
-                            eval=EvalSettings(benchmark=req.benchmarks, limit=req.limit, ppl_tokens=req.ppl_tokens,
-                                              repeats=req.repeats, threads=req.threads, device=req.device,
-                                              seed=req.seed))
+            cfg = req.to_config(model_path(req.model), data_dir, output_dir)
             with lock:
                 if req.experiment in running:
                     raise UserError(f"experiment '{req.experiment}' is running", "choose another name")
