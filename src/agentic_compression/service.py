@@ -231,26 +231,33 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
 
     @app.post("/experiments", status_code=status.HTTP_202_ACCEPTED, dependencies=[Depends(auth)])
     def submit(req: RunRequest) -> dict:
+        """Checks the request (validation.py: cheap, nothing converted or loaded) and claims the folder with its
+        config.json; the Experiment itself (model resolution, a GGUF conversion, the baseline) is built where it
+        runs, a Celery worker or this server's pool, by resuming that folder, never in the request's thread."""
         from .experiment import Experiment
+        from .store import ExperimentStore
+        from .validation import validate
 
         try:
             cfg = req.to_config(model_path(req.model), data_dir, output_dir)
             with lock:
                 if req.experiment in running:
                     raise UserError(f"experiment '{req.experiment}' is running", "choose another name")
-                exp = Experiment(cfg)
+                validate(cfg)
+                store = ExperimentStore.create((output_dir / req.experiment).absolute())
+                store.write_config(cfg)
+                store.release()  # taken again, under the same lock file, by whoever runs it
                 if not broker:
-                    running.add(exp.dir.name)
+                    running.add(req.experiment)
         except UserError as e:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from None
         except ValidationError as e:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, brief(e)) from None
-        if broker:  # a worker resumes the folder from its config.json, under the folder's lock
-            exp.release()
-            dispatch(exp.dir)
+        if broker:
+            dispatch(store.dir)
         else:  # the folder stays when the run fails: the API lists it as failed, with the error
-            pool.submit(execute, exp.dir.name, lambda: exp.run(discard_on_failure=False))
-        return {"name": exp.dir.name, "status": "queued"}
+            pool.submit(execute, req.experiment, lambda: Experiment.resume(store.dir))
+        return {"name": req.experiment, "status": "queued"}
 
     @app.get("/experiments", dependencies=[Depends(auth)])
     def list_all() -> list[dict]:
