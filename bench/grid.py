@@ -54,7 +54,7 @@ def strategies(config: dict | None = None) -> list[Strategy]:
     out = []
     for action, steps in GRID:
         out.append(Strategy(action=action, steps=[
-            Step(method=m, params={**get(m).defaults(), **p, **OVERRIDES.get(m, {})}) for m, p in steps]))
+            Step(method=m, params=get(m).validated({**p, **OVERRIDES.get(m, {})})) for m, p in steps]))
     for name in TEMPLATES if config else ():
         t = instantiate(name, config, available_methods(), OVERRIDES)
         if t is not None:

@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -372,3 +373,31 @@ def test_quantization_keeps_the_logical_parameter_count(tiny_dir, tmp_path, ctx,
     ref, _ = load(tiny_dir)
     model, _ = load(_compress(tiny_dir, tmp_path, method, params, ctx))
     assert logical_params(model) == logical_params(ref) == sum(p.numel() for p in ref.parameters())
+
+
+def test_each_method_has_a_typed_config_that_refuses_what_check_refused_and_keeps_strategy_keys():
+    """Method.config(): generated from the method's Params, validated when a policy makes a step. Unknown names and
+    values outside a parameter's domain are one-line ParamErrors; numbers keep their type (a strategy's key hashes
+    them), so the strategies of a table measured before typed configs resolve to the same keys."""
+    from pathlib import Path
+
+    from agentic_compression.methods import ParamError
+    from agentic_compression.schemas import Step, Strategy
+
+    gptq = methods.get("gptq")
+    assert gptq.validated({"scheme": "W8A16"}) == {**gptq.defaults(), "scheme": "W8A16"}
+    for bad, says in [({"bits": 4}, "takes no parameter 'bits'"), ({"scheme": "W3A16"}, "is not one of"),
+                      ({"num_samples": 32.5}, "not a whole number"), ({"num_samples": True}, "not a number"),
+                      ({"dampening_frac": 0.5}, "outside [0.001, 0.2]"), ({"group_size": "64"}, "is not one of")]:
+        with pytest.raises(ParamError, match=re.escape(says)):
+            gptq.validated(bad)
+        assert says in gptq.check(bad, {})
+    asvd = methods.get("asvd")
+    assert type(asvd.validated({"alpha": 1})["alpha"]) is int and type(asvd.validated({"alpha": .5})["alpha"]) is float
+    assert set(asvd.config().model_fields) == {p.name for p in asvd.params}
+    table = json.loads((Path(__file__).parents[1] / "bench" / "grid_smollm2_l200.json").read_text())
+    for row in (r for r in table["rows"] if len(r["strategy"]["steps"]) == 1):  # templates store theirs as written
+        st = Strategy(action=row["strategy"]["action"], steps=[
+            Step(method=s["method"], params=methods.get(s["method"]).validated(s["params"]))
+            for s in row["strategy"]["steps"]])
+        assert st.key() == row["key"], row["strategy"]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, create_model
+
+
+class ParamError(ValueError):
+    """A step's parameters do not fit its method: one line naming the parameter and its domain."""
 
 
 class Param(BaseModel):
@@ -33,6 +38,21 @@ class Param(BaseModel):
         if not nums or any(isinstance(o, bool) or not isinstance(o, (int, float)) for o in nums):
             return None
         return sorted(nums) + [None] * (len(opts) - len(nums))
+
+    def annotation(self) -> Any:
+        """Its type for the method's config model: one of the choices; a whole number in the range (a count, whose
+        default is an int); a number in the range, kept as given (0 stays 0, 0.5 stays 0.5: strategy keys hash
+        the values); else anything (free-form)."""
+        if self.choices is not None:
+            return Literal[tuple(self.choices)]
+        if self.low is None:
+            return Any
+        whole = Annotated[StrictInt, Field(ge=math.ceil(self.low), le=math.floor(self.high))]
+        number = whole if self.counts() else whole | Annotated[StrictFloat, Field(ge=self.low, le=self.high)]
+        return number | None if self.default is None else number
+
+    def counts(self) -> bool:
+        return isinstance(self.default, int) and not isinstance(self.default, bool)
 
     def domain(self) -> str:
         """What values it takes, in words: choices, a range, or (a free-form parameter) its help."""
@@ -92,27 +112,56 @@ class Method:
         return {p.name: p.default for p in cls.params}
 
     @classmethod
+    def config(cls) -> type[BaseModel]:
+        """The method's parameters as a pydantic model generated from ``params`` (unknown names refused), as
+        torchao's config dataclasses and llm-compressor's modifiers type theirs. A policy's step is validated
+        against it once, when it is made (``validated``); a Step read back from an experiment folder is not, so an
+        earlier version's strategies stay readable."""
+        if "_config" not in cls.__dict__:
+            fields = {p.name: (p.annotation(), Field(default=p.default, description=p.help)) for p in cls.params}
+            cls._config = create_model(f"{cls.__name__}Config", __config__=ConfigDict(extra="forbid"), **fields)
+        return cls._config
+
+    @classmethod
+    def validated(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter's value, the given ones validated against the config model and the rest at their
+        defaults: how a policy makes a step. ParamError (one line) when one is unknown or outside its domain."""
+        try:
+            return cls.config().model_validate(params).model_dump()
+        except ValidationError as e:
+            raise ParamError(cls._say(e, params)) from None
+
+    @classmethod
     def resolve(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """Every parameter's value: the given ones over the defaults."""
-        return {**cls.defaults(), **params}
+        """Every parameter's value, the given ones over the defaults, not validated: what apply() reads. A
+        parameter's range is what a policy may propose; a caller of apply() may go below it (a test's 2
+        calibration windows)."""
+        return cls.config().model_construct(**params).model_dump()
 
     @classmethod
     def check(cls, params: dict[str, Any], config: dict[str, Any]) -> str | None:
         """Why these parameters cannot work on a model with this HF config, or None when they can."""
-        known = {p.name: p for p in cls.params}
-        for k, v in params.items():
-            p = known.get(k)
-            if p is None:
-                return f"{cls.name} takes no parameter '{k}' (it takes {', '.join(known)})"
-            if p.choices is not None and v not in p.choices:
-                return f"{cls.name}.{k}={v!r} is not one of {p.choices}"
-            if p.low is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                return f"{cls.name}.{k}={v!r} is not a number in [{p.low}, {p.high}]"
-            if p.low is not None and isinstance(p.default, int) and not isinstance(v, int):  # a count, not a size
-                return f"{cls.name}.{k}={v!r} is not a whole number in [{p.low:g}, {p.high:g}]"
-            if p.low is not None and not (p.low <= v <= p.high):
-                return f"{cls.name}.{k}={v!r} is outside [{p.low}, {p.high}]"
+        try:
+            cls.config().model_validate(params)
+        except ValidationError as e:
+            return cls._say(e, params)
         return None
+
+    @classmethod
+    def _say(cls, e: ValidationError, params: dict[str, Any]) -> str:
+        """The first invalid parameter in words (the config model says which; the words name its domain)."""
+        known = {p.name: p for p in cls.params}
+        k = str(e.errors()[0]["loc"][0])
+        p, v = known.get(k), params.get(k)
+        if p is None:
+            return f"{cls.name} takes no parameter '{k}' (it takes {', '.join(known)})"
+        if p.choices is not None:
+            return f"{cls.name}.{k}={v!r} is not one of {p.choices}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"{cls.name}.{k}={v!r} is not a number in [{p.low}, {p.high}]"
+        if p.counts() and not isinstance(v, int):  # a count, not a size
+            return f"{cls.name}.{k}={v!r} is not a whole number in [{p.low:g}, {p.high:g}]"
+        return f"{cls.name}.{k}={v!r} is outside [{p.low}, {p.high}]"
 
     def apply(self, model, tokenizer, params: dict[str, Any], ctx: Context):
         """Compress ``model`` (in place or not) and return the model to save."""

@@ -32,7 +32,7 @@ class PolicyView:
 
     def step(self, method: str, chosen: dict[str, Any] | None = None) -> Step:
         """A step of ``method``: its defaults, then ``chosen``, then the user's overrides (which always win)."""
-        params = self.methods[method].resolve({**(chosen or {}), **self.overrides.get(method, {})})
+        params = self.methods[method].validated({**(chosen or {}), **self.overrides.get(method, {})})
         return Step(method=method, params=params)
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import LLMSettings, brief
 from ..errors import UserError
-from ..methods import REGISTRY
+from ..methods import REGISTRY, ParamError
 from ..pipelines import AUTO, TEMPLATES, fit_group_size, parse_condition
 from ..schemas import ACTIONS, OBJECTIVES, Action, Step, Strategy
 from .base import Policy, PolicyView, chainable, propose, with_pending
@@ -141,7 +141,10 @@ def _step(method: str, params: dict, condition: str | None, view: PolicyView, wh
                                 f"({REGISTRY[method].available()[1]}); available: {avail}")
         raise DecisionError(f"{where}unknown method '{method}'; available: {avail}")
     m = view.methods[method]
-    merged = view.step(method, params).params
+    try:
+        merged = view.step(method, params).params
+    except ParamError as e:
+        raise DecisionError(f"{where}{e}") from None
     if "group_size" in merged and "group_size" not in params and "group_size" not in view.overrides.get(method, {}):
         merged["group_size"] = AUTO  # an omitted group size fits the model, not the method's generic default
     merged = fit_group_size(method, merged, view.model_config)
