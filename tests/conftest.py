@@ -40,21 +40,38 @@ def smollm2_dir() -> Path:
     return resolve("smollm2-135m")[0]
 
 
+# SmolLM2's tokenizer, which tiny_dir pairs with the tiny weights (checked there)
+VOCAB, BOS, EOS = 49152, 1, 1
+
+
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, smollm2_dir) -> Path:
-    """A 2-layer llama built from a config (random weights, seeded) with SmolLM2's real tokenizer; widths 64/128
-    so group sizes 32 and 64 divide every Linear and 128 does not divide the attention width."""
+def tiny_weights_dir(tmp_path_factory) -> Path:
+    """A 2-layer llama built from a config (random weights, seeded), without a tokenizer: what policy, frontier and
+    spec tests read (config and safetensors), with no GGUF conversion behind it. Widths 64/128 so group sizes 32
+    and 64 divide every Linear and 128 does not divide the attention width."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=BOS, eos_token_id=EOS)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-llama-weights")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_weights_dir, smollm2_dir) -> Path:
+    """The tiny llama with SmolLM2's real tokenizer (converted once from the GGUF)."""
+    import shutil
+
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
+    assert (len(tok), tok.bos_token_id, tok.eos_token_id) == (VOCAB, BOS, EOS)
     out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out)
+    shutil.copytree(tiny_weights_dir, out, dirs_exist_ok=True)
     tok.save_pretrained(out)
     return out
 

@@ -140,12 +140,12 @@ def _view(env, history, goals):
 
 
 @pytest.fixture(scope="module")
-def env(tiny_dir):
+def env(tiny_weights_dir):
     from agentic_compression.methods import available_methods
     from agentic_compression.spec import infer_spec
 
-    return infer_spec("tiny", tiny_dir, online=False), json.loads((tiny_dir / "config.json").read_text()), \
-        available_methods()
+    config = json.loads((tiny_weights_dir / "config.json").read_text())
+    return infer_spec("tiny", tiny_weights_dir, online=False), config, available_methods()
 
 
 def test_the_rule_policy_steers_toward_the_feasible_region(env):

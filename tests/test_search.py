@@ -23,11 +23,11 @@ def _baseline():
 
 
 @pytest.fixture(scope="module")
-def env(tiny_dir):
+def env(tiny_weights_dir):
     from agentic_compression.spec import infer_spec
 
-    spec = infer_spec("tiny", tiny_dir, online=False)
-    config = json.loads((tiny_dir / "config.json").read_text())
+    spec = infer_spec("tiny", tiny_weights_dir, online=False)
+    config = json.loads((tiny_weights_dir / "config.json").read_text())
     from agentic_compression.targets import get
 
     avail = {n: m for n, m in available_methods().items() if get("transformers").offers(m)}  # a transformers run's

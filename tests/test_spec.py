@@ -7,12 +7,12 @@ from agentic_compression.errors import UserError
 from agentic_compression.spec import classify, infer_spec, params_from_name
 
 
-def test_local_spec_counts_parameters_exactly(tiny_dir):
+def test_local_spec_counts_parameters_exactly(tiny_weights_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
-    spec = infer_spec("tiny", tiny_dir)
+    m = AutoModelForCausalLM.from_pretrained(tiny_weights_dir, dtype=torch.float32)
+    spec = infer_spec("tiny", tiny_weights_dir)
     assert spec.source == "local"
     assert spec.num_params == sum(p.numel() for p in m.parameters())  # tied embedding stored once
     assert spec.dtype == "F32" and spec.model_family == "llama"
