@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/grid.py run   [--model smollm2-135m] [--limit 50] [--ppl-tokens 2048] [--out DIR] [--to F]
     .venv/bin/python bench/grid.py table EXPERIMENT_DIR [--to bench/grid_smollm2.json] [--fill-from OLD_TABLE]
+    .venv/bin/python bench/grid.py resume EXPERIMENT_DIR [--first KEY,KEY,...] [--to F]
 
 `run` executes GRID (every method at its main parameter values, plus the recovery template) through the real
-loop: workers, the evaluation subprocess, the frontier. `table` turns the experiment folder (complete or not) into
-the data file bench/replay.py reads: the baseline's and every episode's measured objectives. `--fill-from` completes
-an unfinished experiment's table with an earlier table's rows for the strategies it has not measured yet, each
-marked with the experiment it was measured in; their latency and CO2 keep their ratio to their own baseline (paired
-ratios are what carries from one run to another), the other objectives are taken as measured.
+loop: workers, the evaluation subprocess, the frontier. `resume` continues a stopped grid experiment (the episode
+that was running starts again), the strategies named by `--first` (their keys, as the table lists them) before the
+others. `table` turns the experiment folder (complete or not) into the data file bench/replay.py reads: the
+baseline's and every episode's measured objectives. `--fill-from` completes an unfinished experiment's table with
+an earlier table's rows for the strategies it has not measured yet, each marked with the run it was measured in;
+their latency and CO2 keep their ratio to their own baseline (paired ratios are what carries from one run to
+another), the other objectives are taken as measured.
 """
 from __future__ import annotations
 
@@ -134,6 +137,10 @@ def main() -> None:
     r.add_argument("--to", type=Path, default=REPO / "bench" / "grid_smollm2.json")
     r.add_argument("--last", type=Path, help="a table: the strategies it measured run last (a partial run then "
                                              "covers what it lacks first)")
+    res = sub.add_parser("resume")
+    res.add_argument("experiment_dir", type=Path)
+    res.add_argument("--first", default="", help="strategy keys to measure before the others, in this order")
+    res.add_argument("--to", type=Path, default=REPO / "bench" / "grid_smollm2.json")
     t = sub.add_parser("table")
     t.add_argument("experiment_dir", type=Path)
     t.add_argument("--to", type=Path, default=REPO / "bench" / "grid_smollm2.json")
@@ -153,6 +160,19 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from agentic_compression.config import EvalSettings, RunConfig
     from agentic_compression.experiment import Experiment
+
+    if a.cmd == "resume":
+        exp = Experiment(RunConfig.from_file(a.experiment_dir / "config.json"), resume_dir=a.experiment_dir)
+        exp.policy = GridPolicy(exp.model_config)
+        first = [k for k in a.first.split(",") if k]
+        exp.policy.todo.sort(key=lambda st: first.index(st.key()) if st.key() in first else len(first))
+        try:
+            exp._resume()
+        finally:
+            exp._close()
+        a.to.write_text(json.dumps(table(exp.dir), indent=1))
+        print(f"wrote {a.to}")
+        return
 
     n = len(GRID) + len(TEMPLATES)
     exp = Experiment(RunConfig(model=a.model, data_dir=a.data_dir, output_dir=a.out, experiment=a.experiment,

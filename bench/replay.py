@@ -1,6 +1,6 @@
 """Replay policies against a measured grid: hypervolume versus episodes, relative to the grid's full hypervolume.
 
-    .venv/bin/python bench/replay.py [--table bench/grid_smollm2_l200.json] [--episodes 15] [--seeds 20]
+    .venv/bin/python bench/replay.py [--table bench/grid_smollm2_l200_paired.json] [--episodes 15] [--seeds 20]
                                      [--policies rule,random,tpe,nsga2,bandit,pbt] [--llm-base-url URL --llm-model M]
 
 Every policy sees what it would see in a real run (the model's spec and config, the registry's available methods,
@@ -134,7 +134,7 @@ SEEDED = {"random", "tpe", "nsga2", "pbt", "llm"}
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--table", type=Path, default=REPO / "bench" / "grid_smollm2_l200.json")
+    ap.add_argument("--table", type=Path, default=REPO / "bench" / "grid_smollm2_l200_paired.json")
     ap.add_argument("--episodes", type=int, default=15)
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--policies", default="rule,random,tpe,nsga2,bandit,pbt")

@@ -3,11 +3,12 @@ methods with rules a practitioner would use and never repeats a strategy.
 
 Rules:
 - methods in the order the spec prefers for this size class (small -> AutoRound, medium -> GPTQ/AWQ, ...);
-- while no compressed candidate keeps the baseline accuracy (within one standard error), 8-bit options rank up;
-  once one does, the 4-bit options rank up (push compression further);
-- a (method, bits) family already tried ranks down for each try, and so does, less, every method of a runtime
-  already tried (compressed-tensors, bitsandbytes, low-rank, smaller dense, ...): candidates of one runtime sit in
-  one region of objective space, so the frontier is explored broadly first;
+- while no compressed candidate keeps the baseline accuracy (within one standard error), 8-bit quantization ranks
+  up; once one does, 4-bit quantization ranks up (push compression further); pruning and low rank are neither;
+- a (method, bits) family already tried ranks down for each try, and so does, more, every method of a runtime
+  already tried (compressed-tensors, bitsandbytes, low-rank, smaller dense, ...), by more than two places of the
+  spec's preference: candidates of one runtime sit in one region of objective space, so the first episodes visit
+  every region before refining one;
 - at 8 bits every method is near-lossless, so the cheaper ones rank up (method cost);
 - group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
 - structured pruning starts with MLP channels at about 10% (then heads, then whole layers);
@@ -30,6 +31,9 @@ from ..schemas import Step, Strategy
 from .base import PolicyView, candidate_steps, m_action, single
 
 
+# a runtime already tried ranks its methods down by more than two places of the spec's preference: each runtime
+# (format) is a region of objective space, and the first episodes should visit each before refining one
+RUNTIME_TRIED = 3.0
 WRECKED = 2.0  # perplexity over the baseline's beyond which a method's result is not a trade-off but a broken model
 
 
@@ -92,21 +96,22 @@ class RulePolicy:
             rank = pref.index(step.method) if step.method in pref else len(pref)
             b = bits(step)
             s = 0.5 * rank + 2.0 * tried_families.get(_family(step), 0)
-            s += 1.5 * tried_runtimes.get(view.methods[step.method].runtime, 0)
+            s += RUNTIME_TRIED * tried_runtimes.get(view.methods[step.method].runtime, 0)
             s += 0.3 if step.params.get("mode") == "fp4" else 0.0  # NF4 is the better 4-bit float (QLoRA paper)
             if "granularity" in step.params:  # bench/methods.py: 10% of MLP channels cost far less than 10% of layers
                 s += {"mlp": 0.0, "head": 0.3, "layer": 0.6}[step.params["granularity"]]
                 s += 0.3 * abs(math.log2(step.params["ratio"] / 0.1))
-            s += (0.25 if not quality_kept else 1.5) if b >= 8 else (0.0 if not quality_kept else -0.5)
+            if b < 16:  # quantization: its bit width follows whether quality is kept (pruning, low rank: neither)
+                s += (0.25 if not quality_kept else 1.5) if b >= 8 else (0.0 if not quality_kept else -0.5)
             s += (1.5 if b >= 8 else -0.5) if size_unmet else 0.0
-            s += (5.0 if _family(step) in accuracy_broken else 0.0) + (-1.0 if accuracy_broken and b >= 8 else 0.0)
+            s += (5.0 if _family(step) in accuracy_broken else 0.0) + (-1.0 if accuracy_broken and b == 8 else 0.0)
             s += view.methods[step.method].cost * (1.0 if b == 8 else 0.1)
             g = step.params.get("group_size", "absent")
             if g != "absent":
                 s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))
-            s += 0.0 if view.methods[step.method].reduces else 4.0
+            s += 0.0 if view.methods[step.method].reduces else 10.0  # below every method that can lower a cost
             s -= 3.0 * learned.get(_family(step), 0.0)
-            return s + (5.0 if step.method in dropped_methods else 0.0)
+            return s + (20.0 if step.method in dropped_methods else 0.0)  # far: below every runtime's repeats
 
         def score_strategy(st: Strategy) -> float:
             compressing = [x for x in st.steps if view.methods[x.method].standalone]
