@@ -1,17 +1,14 @@
 """Measure a grid of strategies on one model once, as a normal acf experiment, and store the table for replay.
 
     .venv/bin/python bench/grid.py run   [--model smollm2-135m] [--limit 50] [--ppl-tokens 2048] [--out DIR] [--to F]
-    .venv/bin/python bench/grid.py table EXPERIMENT_DIR [--to bench/grid_smollm2.json] [--fill-from OLD_TABLE]
+    .venv/bin/python bench/grid.py table EXPERIMENT_DIR [--to bench/grid_smollm2.json]
     .venv/bin/python bench/grid.py resume EXPERIMENT_DIR [--first KEY,KEY,...] [--to F]
 
 `run` executes GRID (every method at its main parameter values, plus the recovery template) through the real
 loop: workers, the evaluation subprocess, the frontier. `resume` continues a stopped grid experiment (the episode
 that was running starts again), the strategies named by `--first` (their keys, as the table lists them) before the
 others. `table` turns the experiment folder (complete or not) into the data file bench/replay.py reads: the
-baseline's and every episode's measured objectives. `--fill-from` completes an unfinished experiment's table with
-an earlier table's rows for the strategies it has not measured yet, each marked with the run it was measured in;
-their latency and CO2 keep their ratio to their own baseline (paired ratios are what carries from one run to
-another), the other objectives are taken as measured.
+baseline's and every episode's measured objectives.
 """
 from __future__ import annotations
 
@@ -97,30 +94,10 @@ def table(exp_dir: Path) -> dict:
                      # control workload's time over the baseline's (absent in tables measured before it existed)
                      "machine_speed": (res.get("relative") or {}).get("machine_speed") if res else None,
                      "compress_seconds": r["compress_seconds"]})
-    for r in rows:
-        r["measured_in"] = exp_dir.name
     cfg = json.loads((exp_dir / "config.json").read_text())
     return {"model": cfg["model"], "eval": cfg["eval"], "experiment": exp_dir.name,
             "baseline": base,
             "rows": rows}
-
-
-def fill(table: dict, old: dict, label: str) -> dict:
-    """``table`` with ``old``'s successful rows for the strategies it lacks (see the module's docstring)."""
-    scale = {k: table["baseline"][k] / old["baseline"][k] for k in ("latency_ms", "co2_grams")}
-    have = {r["key"] for r in table["rows"]}
-    for r in old["rows"]:
-        if r["key"] in have or r["status"] != "success":
-            continue
-        r = json.loads(json.dumps(r))
-        for k, f in scale.items():
-            r["objectives"][k] *= f
-            if (r.get("intervals") or {}).get(k):
-                r["intervals"][k] = [x * f for x in r["intervals"][k]]
-        r["measured_in"] = label
-        table["rows"].append(r)
-    table["filled_from"] = label
-    return table
 
 
 def main() -> None:
@@ -144,15 +121,9 @@ def main() -> None:
     t = sub.add_parser("table")
     t.add_argument("experiment_dir", type=Path)
     t.add_argument("--to", type=Path, default=REPO / "bench" / "grid_smollm2.json")
-    t.add_argument("--fill-from", type=Path, help="an earlier table whose rows stand in for strategies not measured")
-    t.add_argument("--fill-label", help="what to call that table's run in the rows it fills (default: its experiment)")
     a = ap.parse_args()
     if a.cmd == "table":
-        out = table(a.experiment_dir)
-        if a.fill_from:
-            old = json.loads(a.fill_from.read_text())
-            out = fill(out, old, a.fill_label or old["experiment"])
-        a.to.write_text(json.dumps(out, indent=1))
+        a.to.write_text(json.dumps(table(a.experiment_dir), indent=1))
         print(f"wrote {a.to}")
         return
     import os

@@ -150,12 +150,8 @@ def main() -> None:
     rows = env[4]
     paired = any(r.get("intervals") for r in rows.values())
     print(f"table: {a.table} (latency {'paired with the baseline' if paired else 'unpaired: measured before pairing'})")
-    runs = {}
-    for r in rows.values():
-        runs[r.get("measured_in", "?")] = runs.get(r.get("measured_in", "?"), 0) + 1
-    print(f"grid: {len(rows)} strategies ({sum(r['status'] == 'success' for r in rows.values())} measured"
-          + (f"; rows per run: {', '.join(f'{k}: {v}' for k, v in runs.items())}" if len(runs) > 1 else "")
-          + f"), full hypervolume {full:.4f}\n")
+    print(f"grid: {len(rows)} strategies ({sum(r['status'] == 'success' for r in rows.values())} measured), "
+          f"full hypervolume {full:.4f}\n")
     if a.goal:
         return goal_mode(env, a)
     at = [int(x) for x in a.at.split(",") if int(x) <= a.episodes]

@@ -122,10 +122,6 @@ class Wanda(_Pruner):
             lin.weight.mul_(mask)
         return model
 
-    @classmethod
-    def supports(cls, arch) -> str | None:
-        return None if arch.widths else f"a {arch.family} model has no Linear layers in decoder blocks to prune"
-
 
 def _two_of_four(score: torch.Tensor) -> torch.Tensor:
     """Keep mask: the two highest scores of every four consecutive input weights."""
