@@ -97,3 +97,27 @@ def test_the_cli_and_the_api_default_to_the_same_run(tmp_path, monkeypatch):
     api = RunRequest(model="smollm2-135m", experiment="x").to_config("m", tmp_path, tmp_path).model_dump()
     assert cli == api
     assert cli["eval"]["limit"] == 100 and cli["max_episodes"] == 10 and cli["llm"]["model"] == "gpt-4o"
+
+
+def test_the_same_options_given_to_the_cli_and_the_api_make_the_same_run(tmp_path, monkeypatch):
+    """Both are generated from one option list (options.py): each option lands at the same RunConfig paths,
+    e.g. --threads in the loop's and the evaluation's settings, --set in method_overrides, a goal in goals."""
+    from agentic_compression.cli import _parser, run_config
+    from agentic_compression.service import RunRequest
+
+    for var in ("ACF_LLM_MODEL", "ACF_LLM_BASE_URL", "OPENAI_BASE_URL", "ACF_LLM_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    argv = ["run", "--model", "m", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path), "--experiment", "x",
+            "--benchmarks", "arc_easy", "--max-episodes", "3", "--budget-hours", "1.5", "--patience", "2",
+            "--policy", "random", "--parallel", "2", "--limit", "20", "--ppl-tokens", "512", "--repeats", "2",
+            "--threads", "1", "--targets", "llamacpp,ortgenai", "--seed", "7", "--force",
+            "--set", "gptq.num_samples=32", "--max-size-gb", "0.2"]
+    cli = run_config(_parser().parse_args(argv), argv[1:])
+    api = RunRequest(model="smollm2-135m", experiment="x", benchmarks="arc_easy", max_episodes=3, budget_hours=1.5,
+                     patience=2, policy="random", parallel=2, limit=20, ppl_tokens=512, repeats=2, threads=1,
+                     target="llamacpp,ortgenai", seed=7, force=True, method_overrides={"gptq": {"num_samples": 32}},
+                     goals={"max_size_gb": 0.2}).to_config("m", tmp_path, tmp_path)
+    assert cli.model_dump() == api.model_dump()
+    assert (cli.threads, cli.eval.threads, cli.eval.benchmark, cli.eval.target) == (1, 1, "arc_easy",
+                                                                                   "llamacpp,ortgenai")
+    assert cli.method_overrides == {"gptq": {"num_samples": 32}} and cli.goals.max_size_gb == 0.2

@@ -23,6 +23,8 @@ def _override(text: str) -> tuple[str, str, object]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import options
+
     p = argparse.ArgumentParser(prog="acf", description="Agentic Compression Framework")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run compression episodes and write the experiment folder")
@@ -32,81 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                    "flags) as YAML and exit")
     r.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' output live (it always "
                    "goes to baseline/log.txt and episode_NNN/log.txt)")
-    r.add_argument("--model", help="'smollm2-135m', a local model folder, a .gguf file or a Hub id")
-    r.add_argument("--dataset", "--benchmarks", dest="dataset",
-                   help="benchmark(s), comma-separated, or 'all': hellaswag, arc_easy, arc_challenge, piqa, "
-                        "winogrande, commonsense_qa, truthfulqa_mc1, truthfulqa_mc2, mmlu, gsm8k, bbh; the accuracy "
-                        "objective is the mean of their headline scores")
-    r.add_argument("--eval-source", choices=["local", "hub"],
-                   help="benchmark data from --data-dir, or (with --online) lm-eval's own Hub datasets")
-    r.add_argument("--no-eval-cache", action="store_true",
-                   help="measure every checkpoint even when a cached result exists (ACF_EVAL_CACHE)")
-    r.add_argument("--data-dir", type=Path, default=os.environ.get("ACF_DATA_DIR"),
-                   help="local benchmark data laid out like ../shared/data (or set ACF_DATA_DIR)")
-    r.add_argument("--max-episodes", type=int)
-    r.add_argument("--budget-hours", type=float)
-    r.add_argument("--patience", type=int, help="stop after N episodes without frontier improvement")
-    r.add_argument("--output-dir", type=Path)
-    r.add_argument("--experiment", help="folder name under --output-dir (default: model-dataset-timestamp)")
-    r.add_argument("--policy", help="rule (built-in) | llm (GPT-4o or an OpenAI-compatible server) "
-                   "| tpe | nsga2 | bandit | pbt | random")
-    r.add_argument("--search-seed", type=int, help="seed of the search policies")
-    r.add_argument("--parallel", type=int, metavar="K", help="run up to K episodes at once, each a Ray "
-                   "task (an embedded local cluster unless --ray-address); use with --threads")
-    r.add_argument("--ray-address", help="a running Ray cluster to join, e.g. 10.0.0.5:6379 (default: "
-                   "ACF_RAY_ADDRESS, else an embedded local one); on several machines --output-dir must be a "
-                   "filesystem they share")
-    r.add_argument("--episode-retries", type=int,
-                   help="times an episode re-runs when its Ray worker or node dies, before it fails")
-    r.add_argument("--skills", type=Path, help="skill memory file (default ACF_SKILLS or "
-                   "~/.local/share/acf/skills.sqlite)")
-    r.add_argument("--no-skills", action="store_true", help="neither read nor write the skill memory")
-    r.add_argument("--accuracy-floor", type=float,
-                   help="reward: a candidate under this fraction of the baseline's accuracy scores -1")
-    env = os.environ.get
-    r.add_argument("--llm-model", default=env("ACF_LLM_MODEL"), help="model the endpoint serves")
-    r.add_argument("--llm-base-url", default=env("ACF_LLM_BASE_URL") or env("OPENAI_BASE_URL"),
-                   help="OpenAI-compatible endpoint (default api.openai.com); the key comes from OPENAI_API_KEY "
-                        "or ACF_LLM_API_KEY, never from a flag")
-    r.add_argument("--llm-mode", default=env("ACF_LLM_MODE"),
-                   help="json_schema | function_calling | json_mode | prompt (plain chat, parsed)")
-    r.add_argument("--llm-temperature", type=float)
-    r.add_argument("--llm-timeout", type=float, help="seconds per request")
-    r.add_argument("--llm-retries", type=int, help="invalid answers sent back with the error")
-    r.add_argument("--limit", type=int, help="benchmark items (seeded subset shared by all candidates)")
-    r.add_argument("--ppl-tokens", type=int, help="tokens of the perplexity text scored")
-    r.add_argument("--ppl-text",
-                   help="perplexity text: the evaluation half of WikiText-2, or a .txt / .jsonl file")
-    r.add_argument("--country", help="ISO code of the grid codecarbon's CO2 factor is for")
-    r.add_argument("--repeats", type=int, help="latency repeats after one warm-up")
-    r.add_argument("--threads", type=int, help="torch threads (under load, 1 can beat 2)")
-    r.add_argument("--device", choices=["cpu", "cuda"],
-                   help="where candidates are measured (cuda: CUDA-event latency, CUDA peak memory)")
-    r.add_argument("--target", "--targets", dest="target", metavar="RUNTIME[,RUNTIME]",
-                   help="where candidates are exported to and measured: transformers, llamacpp (GGUF), ortgenai "
-                        "(ONNX), each with its own quantization as methods; several, comma-separated, give one "
-                        "frontier across runtimes (the transformers fp32 baseline is always measured too)")
-    r.add_argument("--calibration",
-                   help="calibration/training text: the default, or a .txt / .jsonl file (never evaluation text)")
-    r.add_argument("--noise-tolerance", type=float,
-                   help="relative latency/memory/CO2 differences treated as ties in Pareto dominance")
-    r.add_argument("--seed", type=int, help="seed of the benchmark subset and evaluation")
+    options.add_flags(r)
     r.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
                    metavar="METHOD.PARAM=VALUE", help="fix a method parameter, e.g. gptq.num_samples=32")
-    r.add_argument("--online", action="store_true", help="allow Hub look-ups (spec inference, model download)")
-    g = r.add_argument_group("goals", "constraints every episode is judged against; the summary names the best "
-                             "feasible candidates and recommends the smallest, then the fastest, of them")
-    g.add_argument("--max-accuracy-drop", help="0.01 = at most 0.01 below the baseline's accuracy; 1%% = at most 1%% "
-                   "of it (judged with the measured standard errors)")
-    g.add_argument("--max-size-gb", type=float)
-    g.add_argument("--max-latency-ratio", type=float, help="decode latency over the baseline's")
-    g.add_argument("--max-memory-gb", type=float)
-    g.add_argument("--target-size-ratio", type=float, help="with --stop-when-met: the size over the baseline's a "
-                   "feasible candidate must reach")
-    g.add_argument("--stop-when-met", action="store_true", help="end the run once a feasible candidate reaches "
-                   "--target-size-ratio (or, without it, once any candidate is feasible)")
-    r.add_argument("--force", action="store_true", help="run even when the baseline looks broken (absurd "
-                   "perplexity, every benchmark at chance, one repeated token); recorded in baseline/results.json")
     s = sub.add_parser("spec", help="infer and print a model's spec")
     s.add_argument("model")
     s.add_argument("--online", action="store_true")
@@ -140,26 +70,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# flag -> where it goes in RunConfig (dotted); a flag listed twice sets both places
-FLAG_PATHS: dict[str, tuple[str, ...]] = {
-    "model": ("model",), "dataset": ("dataset", "eval.benchmark"), "data_dir": ("data_dir",),
-    "output_dir": ("output_dir",), "experiment": ("experiment",), "max_episodes": ("max_episodes",),
-    "budget_hours": ("budget_hours",), "patience": ("patience",), "policy": ("policy",),
-    "noise_tolerance": ("noise_tolerance",), "online": ("online",), "threads": ("threads", "eval.threads"),
-    "search_seed": ("seed",), "skills": ("skills_path",), "no_skills": ("use_skills",),
-    "accuracy_floor": ("reward.accuracy_floor",), "calibration": ("calibration.source",),
-    "llm_model": ("llm.model",), "llm_base_url": ("llm.base_url",), "llm_mode": ("llm.mode",),
-    "llm_temperature": ("llm.temperature",), "llm_timeout": ("llm.timeout_s",), "llm_retries": ("llm.retries",),
-    "eval_source": ("eval.source",), "no_eval_cache": ("eval.cache",), "limit": ("eval.limit",),
-    "ppl_tokens": ("eval.ppl_tokens",), "ppl_text": ("eval.ppl_text",), "country": ("eval.country_iso_code",),
-    "repeats": ("eval.repeats",), "device": ("eval.device",), "target": ("eval.target",), "seed": ("eval.seed",),
-    "overrides": ("method_overrides",), "force": ("force",), "parallel": ("parallel",),
-    "ray_address": ("ray_address",), "episode_retries": ("episode_retries",),
-    **{f: (f"goals.{f}",) for f in ("max_accuracy_drop", "max_size_gb", "max_latency_ratio", "max_memory_gb",
-                                    "target_size_ratio", "stop_when_met")}}
-NEGATED = {"no_skills", "no_eval_cache"}
-
-
 def _explicit(argv: list[str]) -> set[str]:
     """The `acf run` flags given on the command line (not defaults): they override --config."""
     p = _parser()
@@ -168,13 +78,6 @@ def _explicit(argv: list[str]) -> set[str]:
         action.default = argparse.SUPPRESS
         action.required = False
     return set(vars(p.parse_args(argv)))
-
-
-def _put(d: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for k in parents:
-        d = d.setdefault(k, {})
-    d[leaf] = value
 
 
 def _read_config(path: Path) -> dict:
@@ -199,22 +102,22 @@ def run_config(a, argv: list[str]):
 
     from .config import RunConfig, brief
     from .errors import UserError
+    from .options import OPTIONS, flag_value, put
 
-    given = _explicit(argv) if a.config else set(FLAG_PATHS)
+    given = _explicit(argv) if a.config else {o.name for o in OPTIONS}
     cfg = _read_config(a.config) if a.config else {}
-    for flag, paths in FLAG_PATHS.items():
-        if flag not in given and any(_has(cfg, path) for path in paths):
+    for o in OPTIONS:
+        if o.name not in given and any(_has(cfg, path) for path in o.paths):
             continue  # the file says it, and no flag overrides it
-        value = getattr(a, flag)
-        if flag == "overrides":
+        if o.name == "overrides":  # --set METHOD.PARAM=VALUE, repeated
             value = {}
             for method, param, v in a.overrides:
                 value.setdefault(method, {})[param] = v
-        elif flag in NEGATED:
-            value = not value
+        else:
+            value = flag_value(o, getattr(a, o.name, None))
         if value is not None:
-            for path in paths:
-                _put(cfg, path, str(value) if isinstance(value, Path) else value)
+            for path in o.paths:
+                put(cfg, path, value)
     if a.print_config:  # a runnable file: the README's main job where nothing says otherwise
         cfg.setdefault("model", "smollm2-135m")
         cfg.setdefault("data_dir", "../shared/data")

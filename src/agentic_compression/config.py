@@ -37,22 +37,23 @@ class EvalSettings(BaseModel):
     batch_size: int = Field(default=4, gt=0)
     ppl_text: str = Field(default="wikitext2-second-half", description="perplexity text: the evaluation half of "
                           "WikiText-2, or a .txt / .jsonl file")
-    ppl_tokens: int = Field(default=4096, gt=64, description="tokens of that text scored (sliding window)")
+    ppl_tokens: int = Field(default=4096, gt=64, description="tokens of the perplexity text scored (sliding window)")
     ppl_window: int = Field(default=512, gt=16)
     ppl_stride: int = Field(default=256, gt=0)
     prompt_tokens: int = Field(default=128, gt=0)
     decode_tokens: int = Field(default=16, gt=0)
     max_new_tokens: int = Field(default=128, gt=0, description="HumanEval completion length (greedy)")
     warmup: int = Field(default=1, ge=0)
-    repeats: int = Field(default=5, gt=0)
-    seed: int = 1234
-    threads: int | None = Field(default=None, description="torch threads in the evaluation process (None = torch's)")
+    repeats: int = Field(default=5, gt=0, description="latency repeats after the warm-up")
+    seed: int = Field(default=1234, description="seed of the benchmark subset and evaluation")
+    threads: int | None = Field(default=None, gt=0, description="torch threads in the evaluation process (None = "
+                                "torch's)")
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="where the candidate is measured: on cuda, "
                                            "latency is timed with CUDA events and memory is the CUDA peak")
     target: str = Field(default="transformers", description="the runtime(s) candidates are exported to and measured "
                         "in (targets/): transformers, llamacpp (GGUF), ortgenai (ONNX), or several, comma-separated, "
-                        "for one frontier across runtimes")
-    country_iso_code: str = "USA"
+                        "for one frontier across runtimes (the transformers fp32 model is always measured too)")
+    country_iso_code: str = Field(default="USA", description="ISO code of the grid codecarbon's CO2 factor is for")
     timeout_s: int = Field(default=3600, gt=0)
 
     @field_validator("target")
@@ -101,11 +102,12 @@ class LLMSettings(BaseModel):
     the environment (OPENAI_API_KEY, or ACF_LLM_API_KEY) when the policy starts, so it reaches no artifact."""
 
     model: str = Field(default="gpt-4o", description="model name the endpoint serves")
-    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None = api.openai.com")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None = api.openai.com. The "
+                          "key comes from OPENAI_API_KEY or ACF_LLM_API_KEY, never from an option")
     mode: Literal["json_schema", "function_calling", "json_mode", "prompt"] = Field(
         default="json_schema", description="how a structured answer is asked for: a JSON schema (GPT-4o), a forced "
         "function call, JSON mode, or plain chat parsed by us (servers that ignore response_format)")
-    temperature: float = Field(default=0.2, ge=0, le=2)
+    temperature: float = Field(default=0.2, ge=0, le=2, description="sampling temperature of its answers")
     max_tokens: int = Field(default=800, gt=0)
     timeout_s: float = Field(default=60.0, gt=0, description="per request")
     retries: int = Field(default=2, ge=0, description="invalid answers sent back with the error")
@@ -128,18 +130,22 @@ class LLMSettings(BaseModel):
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
-    model: str = Field(max_length=1000)
-    dataset: str = "hellaswag"
-    data_dir: Path
-    output_dir: Path = Path("experiments")
+    model: str = Field(max_length=1000, description="'smollm2-135m', a local model folder, a .gguf file or a Hub id")
+    dataset: str = Field(default="hellaswag", description="benchmark(s), comma-separated, or 'all': hellaswag, "
+                         "arc_easy, arc_challenge, piqa, winogrande, commonsense_qa, truthfulqa_mc1, truthfulqa_mc2, "
+                         "mmlu, gsm8k, bbh, humaneval; the accuracy objective is the mean of their headline scores")
+    data_dir: Path = Field(description="local benchmark data laid out like ../shared/data (or set ACF_DATA_DIR)")
+    output_dir: Path = Field(default=Path("experiments"), description="where experiment folders are written")
     experiment: str | None = Field(default=None, pattern=NAME.pattern, description="the folder's name under "
                                    "output_dir: letters, digits, '.', '_', '-'; no path")
-    max_episodes: int = Field(default=10, gt=0)
-    budget_hours: float = Field(default=4.0, gt=0)
+    max_episodes: int = Field(default=10, gt=0, description="episodes after the baseline")
+    budget_hours: float = Field(default=4.0, gt=0, description="wall time after which no episode starts")
     patience: int = Field(default=5, gt=0, description="stop after this many episodes without frontier improvement")
-    policy: str = "rule"
-    online: bool = False
-    threads: int | None = None
+    policy: str = Field(default="rule", description="rule (built-in) | llm (GPT-4o or an OpenAI-compatible server) "
+                        "| tpe | nsga2 | bandit | pbt | random")
+    online: bool = Field(default=False, description="allow Hub look-ups (spec inference, model download)")
+    threads: int | None = Field(default=None, gt=0, description="torch threads, in the episodes and the "
+                                "evaluation (under load, 1 can beat 2); None = torch's")
     history_limit: int = 100
     noise_tolerance: float = Field(default=NOISE, ge=0, lt=1, description="relative differences in latency, memory "
                                    "and CO2 below this are ties when comparing candidates (accuracy, size: exact)")
@@ -150,19 +156,20 @@ class RunConfig(BaseModel):
     goals: Goals = Field(default_factory=Goals, description="constraints every episode is judged against (goals.py)")
     skills_path: Path | None = Field(default=None, description="skill memory (SQLite); None = ACF_SKILLS or "
                                      "~/.local/share/acf/skills.sqlite; pass --no-skills to run without")
-    use_skills: bool = True
+    use_skills: bool = Field(default=True, description="read and write the skill memory")
     force: bool = Field(default=False, description="run even when the baseline looks broken (sanity.py); the "
                         "baseline's results record that it was forced")
     seed: int = Field(default=0, description="seed of the search policies")
-    parallel: int = Field(default=1, gt=0, le=256, description="episodes run at once, each a Ray task (episodes.py)"
-                          "; 1 = one after another in this process")
+    parallel: int = Field(default=1, gt=0, le=256, description="episodes run at once, each a Ray task (an embedded "
+                          "local cluster unless ray_address; episodes.py); 1 = one after another in this process")
     ray_address: str | None = Field(default=None, description="a running Ray cluster to join; None: the one "
                                     "ACF_RAY_ADDRESS names where the run executes (an acf worker's), else an "
-                                    "embedded local one")
+                                    "embedded local one; on several machines, output_dir must be a filesystem they "
+                                    "share")
     episode_retries: int = Field(default=1, ge=0, le=10, description="times an episode re-runs when its worker "
                                  "process or node dies, before it fails")
-    # method -> parameter overrides the policy applies (e.g. fewer GPTQ samples for a quick run)
-    method_overrides: dict[str, dict] = Field(default_factory=dict)
+    method_overrides: dict[str, dict] = Field(default_factory=dict, description="method -> parameters fixed for "
+                                              "every step of it (e.g. fewer GPTQ samples for a quick run)")
 
     @model_validator(mode="after")
     def _benchmarks_from_dataset(self):
@@ -182,13 +189,6 @@ class RunConfig(BaseModel):
         except ValidationError as e:
             raise UserError(f"{path} is not a valid configuration: {brief(e)}",
                             "restore it, or start a new run with 'acf run'") from None
-
-    @field_validator("threads")
-    @classmethod
-    def _threads(cls, v):
-        if v is not None and v <= 0:
-            raise ValueError("threads must be positive")
-        return v
 
 
 def default(path: str) -> Any:

@@ -23,19 +23,18 @@ import threading
 from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from .config import NAME, EvalSettings, RunConfig, brief, default
+from .config import NAME, brief
+from .options import request_model
 from .errors import UserError
 from .store import CANCEL, FAILED, PROGRESS, finished
 from .files import read_json
-from .goals import Goals
 from .models import ALIASES
 
 TOKEN_FILE = ".api-token"
@@ -85,39 +84,7 @@ class Guard:
         await send({"type": "http.response.body", "body": body})
 
 
-class RunRequest(BaseModel):
-    """What a client may set: the same options as `acf run`, minus anything that names a path on the server."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    model: str = Field(max_length=80, description="a built-in alias ('smollm2-135m') or the name of a folder in the "
-                       "server's models directory (acf serve --models-dir)")
-    experiment: str = Field(pattern=NAME.pattern)
-    benchmarks: str = default("dataset")
-    max_episodes: int = Field(default=default("max_episodes"), gt=0, le=1000)
-    budget_hours: float = Field(default=default("budget_hours"), gt=0)
-    patience: int = Field(default=default("patience"), gt=0)
-    policy: str = default("policy")
-    limit: int = Field(default=default("eval.limit"), gt=0)
-    ppl_tokens: int = Field(default=default("eval.ppl_tokens"), gt=64)
-    repeats: int = Field(default=default("eval.repeats"), gt=0)
-    threads: int | None = Field(default=None, gt=0)
-    device: Literal["cpu", "cuda"] = default("eval.device")
-    seed: int = default("eval.seed")
-    parallel: int = Field(default=default("parallel"), gt=0, le=64, description="episodes at once on the Ray "
-                          "cluster that ACF_RAY_ADDRESS names (an embedded local one if unset)")
-    method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    force: bool = Field(default=False, description="run even when the baseline looks broken")
-    goals: Goals = Field(default_factory=Goals, description="constraints every episode is judged against")
-
-    def to_config(self, model: str, data_dir: Path, output_dir: Path) -> RunConfig:
-        """The run this request asks for (``model``: the path its name resolved to on the server)."""
-        return RunConfig(model=model, dataset=self.benchmarks, data_dir=data_dir, output_dir=output_dir,
-                         experiment=self.experiment, max_episodes=self.max_episodes, budget_hours=self.budget_hours,
-                         patience=self.patience, policy=self.policy, threads=self.threads, parallel=self.parallel,
-                         method_overrides=self.method_overrides, force=self.force, goals=self.goals,
-                         eval=EvalSettings(benchmark=self.benchmarks, limit=self.limit, ppl_tokens=self.ppl_tokens,
-                                           repeats=self.repeats, threads=self.threads, device=self.device,
-                                           seed=self.seed))
+RunRequest = request_model()  # the options of `acf run` that name no path on the server (options.py)
 
 
 def token(output_dir: Path) -> str:
