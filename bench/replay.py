@@ -108,9 +108,13 @@ def full_hypervolume(env) -> float:
 
     _, _, _, base, rows, _ = env
     f = ParetoFrontier(baseline=base.objectives(), tolerance={})
-    for eid, obj in [("baseline", base.objectives())] + [(k, r["objectives"]) for k, r in rows.items()
-                                                          if r["status"] == "success"]:
-        f.add(ParetoSolution(episode_id=eid, objectives=obj, strategy=Strategy(action="pipeline")))
+    # every measured point (a dominated one adds no volume), with its intervals: an objective no measurement can
+    # tell apart is left out of the volume, as in a run (ParetoFrontier.hypervolume)
+    f.solutions = [ParetoSolution(episode_id=k, objectives=r["objectives"], intervals=r.get("intervals") or {},
+                                  strategy=Strategy(action="pipeline")) for k, r in rows.items()
+                   if r["status"] == "success"]
+    f.solutions.append(ParetoSolution(episode_id="baseline", objectives=base.objectives(), strategy=Strategy(
+        action="pipeline")))
     return f.hypervolume()
 
 

@@ -55,6 +55,25 @@ def test_frontier_hypervolume_is_baseline_normalised_and_grows():
     assert f.hypervolume() == pytest.approx(1.5)
 
 
+def test_an_estimated_energy_adds_no_volume():
+    """Where energy is estimated (its interval None: the latency times a power model), a lower estimate neither
+    dominates (paired timing decides) nor adds hypervolume: the volume is over the measured objectives."""
+    def est(s):
+        return s.model_copy(update={"intervals": {"co2_grams": None}})
+
+    base = sol("baseline", 0.5).objectives
+    f = ParetoFrontier(baseline=base, ref_factor=2.0, tolerance={})
+    f.add(est(sol("baseline", 0.5)))
+    assert f.add(est(sol("half", 0.5, size=0.5, co2=1.2)))  # half the size: dominates despite a higher estimate
+    assert f.hypervolume() == pytest.approx(1.5)  # size 0.5..2 over accuracy 1: the CO2 axis is not counted
+    assert not f.add(est(sol("cheap", 0.5, size=0.5, co2=0.5)))  # a lower estimate only: the same candidate
+    assert f.hypervolume() == pytest.approx(1.5)
+    measured = ParetoFrontier(baseline=base, ref_factor=2.0, tolerance={})
+    for s in (sol("baseline", 0.5), sol("half", 0.5, size=0.5, co2=1.2)):
+        measured.add(s)
+    assert measured.hypervolume() == pytest.approx(1 + 0.5 * 0.8)  # measured, CO2 is an objective like any other
+
+
 def test_dominance_lists_and_balanced_pick():
     f = ParetoFrontier(tolerance={})
     for s in (sol("acc", 0.9, size=1.0), sol("mid", 0.85, size=0.5), sol("small", 0.3, size=0.1)):

@@ -136,7 +136,14 @@ class ParetoFrontier:
                                  dominates(v, to_min(o), self.tol, own, bounds(iv.get(e))))
 
     def hypervolume(self) -> float:
-        return hypervolume([self._norm(s.objectives) for s in self.solutions], self.reference())
+        """The volume the members dominate, over the objectives that were measured: one that some member's
+        measurement cannot tell apart (an interval of None: energy estimated from the latency and a power model,
+        where RAPL is not readable) is left out, as it is left out of dominance, so its noise adds no volume."""
+        blind = {i for s in self.solutions for i, b in enumerate(bounds(s.intervals)) if b is None}
+        keep = [i for i in range(len(OBJECTIVES)) if i not in blind]
+        ref = self.reference()
+        return hypervolume([tuple(v[i] for i in keep) for v in (self._norm(s.objectives) for s in self.solutions)],
+                           tuple(ref[i] for i in keep))
 
     def balanced(self) -> ParetoSolution | None:
         """With a baseline: the member with the highest reward (reward.py: weighted relative changes against the
