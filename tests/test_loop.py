@@ -141,6 +141,19 @@ def test_resource_check_refuses_what_cannot_fit(tiny_dir, data_dir, tmp_path, fa
     assert resources.check(strategy, exp.spec, available_gb=100.0) is None
 
 
+def test_a_strategy_its_target_cannot_build_spends_no_episode(tiny_dir, data_dir, tmp_path, fast_eval):
+    """GPTQ with per-channel scales has no ONNX form (MatMulNBits takes power-of-two blocks): on --target ortgenai
+    it is refused with the reason before any work, as the resource check refuses, and the policy asked again."""
+    exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, fast_eval.model_copy(update={"target": "ortgenai"})))
+    exp.policy = Scripted([Step(method="gptq", params={"group_size": None}), Step(method="gptq",
+                                                                                 params={"group_size": 32})])
+    out = exp.coordinator({"current_episode": 0, "consecutive_no_improvement": 0, "history": [], "refused": []})
+    assert out["current_strategy"]["steps"][0]["params"]["group_size"] == 32
+    (refused,) = out["refused"]
+    assert refused["reason"] == ("the ortgenai target: step 0: gptq: group_size None is not a power-of-two block of "
+                                 "at least 16, which MatMulNBits needs")
+
+
 def test_rule_policy_never_repeats_and_ends(tiny_dir, data_dir, tmp_path, fast_eval):
     from agentic_compression.policies import PolicyView
 

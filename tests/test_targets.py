@@ -162,6 +162,40 @@ def test_int4_onnx_chains_after_structured_pruning(tmp_path, tiny_dir, data_dir)
     assert torch.isfinite(torch.from_numpy(out.logits([1, 2, 3]))).all()
 
 
+def _graph_ops(folder: Path) -> dict:
+    """(op type, bits) -> count of the ONNX graph's MatMul and Gather nodes."""
+    import collections
+
+    import onnx
+
+    g = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    return dict(collections.Counter((n.op_type, next((a.i for a in n.attribute if a.name == "bits"), None))
+                                    for n in g.graph.node if n.op_type.startswith(("MatMul", "Gather"))))
+
+
+@needs_ort
+@pytest.mark.parametrize("method,params,bits", [
+    ("gptq", {"scheme": "W4A16", "group_size": 32, "num_samples": 8, "seq_len": 64}, {4}),
+    ("mixed", {"avg_bits": 6.0, "group_size": 32, "num_samples": 2, "seq_len": 64}, {4, 8})])
+def test_llmcompressor_integers_run_in_onnx_as_they_are(tmp_path, tiny_dir, data_dir, method, params, bits):
+    """A GPTQ (or mixed W4/W8) candidate exported to ONNX Runtime GenAI through the AutoGPTQ layout its builder
+    reads: the decoder's Linears become MatMulNBits of the candidate's own bit widths, the head and embeddings stay
+    float as in the candidate, and the runtime's next-token distribution equals the compressed-tensors model's."""
+    res = apply_strategy(Strategy(action="quantization", steps=[Step(method=method, params=params)]), tiny_dir,
+                         tmp_path / "ckpt", _ctx(data_dir), target=ORT)
+    assert res.error is None, res.error
+    fmt = json.loads((tmp_path / "ckpt" / "acf_format.json").read_text())
+    assert fmt["from"] == "compressed-tensors" and fmt["type"] == "+".join(f"int{b}" for b in sorted(bits))
+    assert fmt["conversion_check"]["kl"] < 1e-4 and fmt["conversion_check"]["top1_agreement"] == 1.0
+    ops = _graph_ops(tmp_path / "ckpt")
+    assert {b for (op, b) in ops if op == "MatMulNBits"} == bits
+    assert ops[("MatMul", None)] == 1 and not any(op == "GatherBlockQuantized" for op, _ in ops)  # head, embeddings
+    if method == "mixed":  # each Linear at the width the allocation gave it
+        assignment = res.steps[0]["measured"]["mixed"]["assignment"]
+        assert ops[("MatMulNBits", 8)] == sum(f == "W8A16" for f in assignment.values())
+    assert not list(tmp_path.glob(".stage-*"))
+
+
 @pytest.mark.parametrize("target,method,params,says", [
     pytest.param(LLAMACPP, "gguf", {"type": "Q4_0"}, ("llama.cpp's converter failed", "NoSuchModelForCausalLM"),
                  marks=needs_cpp, id="llamacpp"),
@@ -184,6 +218,9 @@ def test_a_failed_conversion_fails_the_episode_with_the_converters_error(tmp_pat
     ([("gguf", {"type": "Q4_0"}), ("structured", {})], "llamacpp", "must be the last step"),
     ([("gptq", {})], "llamacpp", "produces compressed-tensors checkpoints, which the llamacpp target does not run"),
     ([("gguf", {"type": "Q4_0"})], "transformers", "produces gguf checkpoints, which the transformers target"),
+    ([("gptq", {"group_size": None})], "ortgenai", "group_size None is not a power-of-two block"),
+    ([("rtn", {"scheme": "W8A8", "group_size": None})], "ortgenai", "W8A8 quantizes activations"),
+    ([("gptq", {"group_size": 64}), ("lora", {})], "ortgenai", "exported to ONNX as they are, so it must be the last"),
 ])
 def test_a_strategy_the_target_cannot_run_is_refused_before_any_work(tmp_path, steps, target, why):
     s = Strategy(action="pipeline", steps=[Step(method=m, params=p) for m, p in steps])
@@ -327,8 +364,10 @@ def test_a_run_across_two_targets_measures_each_candidate_in_its_runtime(tmp_pat
     assert abs(final["baseline"]["perplexity"] / ref["result"]["perplexity"] - 1) < 0.005
     ok = [e for e in final["episodes"] if e["status"] == "success"]
     assert ok
-    for e in ok:  # a PyTorch-only strategy goes to the first target listed
-        name = next((n for n, (_, m, _) in RUNTIMES.items() if e["steps"][-1]["method"] == m), "llamacpp")
+    for e in ok:  # a PyTorch-only strategy goes to the first target listed, compressed-tensors to ONNX
+        last = methods.get(e["steps"][-1]["method"])
+        name = next((n for n, (_, m, _) in RUNTIMES.items() if last.name == m),
+                    "ortgenai" if last.runtime == "compressed-tensors" else "llamacpp")
         runtime, method, weights = RUNTIMES[name]
         assert e["runtime"]["runtime"] == runtime and Path(e["checkpoint"], weights).is_file()
         if e["steps"][-1]["method"] == method:

@@ -99,9 +99,20 @@ class Experiment:
         format (llama.cpp for a GGUF type, ONNX Runtime GenAI for its own quantization; a PyTorch-only strategy
         goes to the first target listed)."""
         for t in self.targets.values():
-            if all(m in methods.REGISTRY and t.offers(methods.get(m)) for m in (s.method for s in strategy.steps)):
+            if self._runs(t, strategy) and t.refuses(strategy.steps) is None:
                 return t
-        return self.target  # apply_strategy's validation then says which step this target cannot run
+        return next((t for t in self.targets.values() if self._runs(t, strategy)), self.target)  # validation says why
+
+    @staticmethod
+    def _runs(target, strategy: Strategy) -> bool:
+        return all(m in methods.REGISTRY and target.offers(methods.get(m)) for m in (s.method for s in strategy.steps))
+
+    def refused_by_target(self, strategy: Strategy) -> str | None:
+        """Why the target whose formats a strategy needs cannot run it as written (a converter's limits): refused
+        before an episode is spent on it, as the resource check refuses."""
+        t = self.target_for(strategy)
+        found = t.refuses(strategy.steps) if self._runs(t, strategy) else None
+        return f"the {t.name} target: {found[1]}" if found else None
 
     # ---- the loop ----
     def _graph(self):
@@ -343,14 +354,14 @@ class Experiment:
                 if strategy.action == "end":
                     end = f"policy ended the search: {strategy.reasoning}"
                     if newly_refused:
-                        end = (f"no strategy fits this machine: {newly_refused} refused by the resource check "
+                        end = (f"no strategy fits: {newly_refused} refused by the resource check or the target "
                                f"(last: {refused[-1]['reason']}); {end}")
                     break
                 if strategy.key() in tried:
                     end = f"policy {self.policy.name} repeated a strategy it had tried"
                     break
                 tried.add(strategy.key())
-                why_not = resources.check(strategy, self.spec)
+                why_not = resources.check(strategy, self.spec) or self.refused_by_target(strategy)
                 if why_not is None:
                     batch.append(strategy)
                 else:

@@ -86,7 +86,7 @@ def validate(strategy: Strategy, target=None) -> tuple[int, str] | None:
         if target is not None and not target.offers(m):
             return i, (f"step {i}: {st.method} produces {m.runtime} checkpoints, which the {target.name} target does "
                        f"not run (it runs {', '.join(sorted(target.runs))})")
-    return None
+    return target.refuses(strategy.steps) if target is not None else None
 
 
 class Probe:

@@ -34,6 +34,11 @@ class Target:
         """Whether a method's result runs here (alone, or chained into this target's own export)."""
         return method.runtime in self.runs
 
+    def refuses(self, steps) -> tuple[int, str] | None:
+        """(step index, why) when this target cannot run these steps although it runs each one's format (a
+        converter's limits), else None."""
+        return None
+
     def exported(self, checkpoint: Path) -> bool:
         """Whether ``checkpoint`` is already in this target's format (the PyTorch side needs no export)."""
         return True

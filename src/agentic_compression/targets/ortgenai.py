@@ -3,9 +3,11 @@ checkpoint to ONNX (fp32 for the baseline, or int8 / int4 weight-only MatMulNBit
 levels and RTN or k-quant rounding), and onnxruntime-genai's Generator runs it. The fp32 export is checked against the
 PyTorch model (next-token KL below F32_KL on the check text), as the llama.cpp export is.
 
-What chains here: dense PyTorch-side results (structured pruning, distillation, LoRA merged, sparsity stored dense).
-What does not: compressed-tensors checkpoints (GPTQ, AWQ, AutoRound from llm-compressor) - the builder reads the
-AutoGPTQ/AutoAWQ layouts, not compressed-tensors - and bitsandbytes or low-rank ones."""
+What chains here: dense PyTorch-side results (structured pruning, distillation, LoRA merged, sparsity stored dense),
+and llm-compressor's weight-only integer results (GPTQ, AWQ, AutoRound, RTN, mixed W4/W8), which the builder reads
+once they are rewritten in the AutoGPTQ layout (``gptq_layout``): the same integers and scales, so the ONNX model
+computes what the candidate computes, checked like the fp32 export. What does not: W8A8 (activations quantized),
+per-channel scales (MatMulNBits takes power-of-two blocks), and bitsandbytes or low-rank checkpoints."""
 from __future__ import annotations
 
 import json
@@ -79,6 +81,91 @@ def build(dense: Path, out: Path, precision: str, options: dict[str, str | int])
         raise RuntimeError(f"onnxruntime-genai's model builder failed (exit {proc.returncode}): {' | '.join(last)}")
 
 
+# the builder leaves these in float when it writes a prequantized checkpoint (acf's compressed-tensors keep them float)
+KEEP_FLOAT = {"nodes_to_exclude": "/lm_head/MatMul,/model/embed_tokens/Gather"}
+
+
+def gptq_problem(params: dict) -> str | None:
+    """Why a compressed-tensors step's result cannot be rewritten for the builder, from its parameters."""
+    if str(params.get("scheme", "W4A16")).endswith("A8"):
+        return f"{params['scheme']} quantizes activations, which the builder's prequantized path does not take"
+    g = params.get("group_size")
+    if not g or g < 16 or g & (g - 1):
+        return f"group_size {g} is not a power-of-two block of at least 16, which MatMulNBits needs"
+    return None
+
+
+def gptq_layout(ct: Path, out: Path) -> dict[str, tuple[int, int]]:
+    """A compressed-tensors checkpoint of symmetric integer weights in groups, rewritten in the AutoGPTQ layout
+    onnxruntime-genai's builder reads: qweight (input rows packed 32 bits at a time), qzeros (the zero point minus
+    one, as AutoGPTQ stores it), scales, g_idx. The integers and scales are the same; a module whose bits or group
+    size differ from the most common ones gets the builder's per-module ('dynamic') override. Returns each
+    module's (bits, group size)."""
+    import collections
+    import re
+    import shutil
+
+    import torch
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((ct / "config.json").read_text())
+    for group in (cfg.get("quantization_config") or {}).get("config_groups", {}).values():
+        if group.get("input_activations"):
+            raise ValueError("its activations are quantized, which the builder's prequantized path does not take")
+    tensors = {}
+    for f in sorted(ct.glob("*.safetensors")):
+        tensors |= load_file(f)
+    kept, kinds = {}, {}
+    for name, t in tensors.items():
+        if re.search(r"\.weight_(scale|shape|g_idx|zero_point)$", name):
+            if name.endswith("zero_point"):
+                raise ValueError(f"{name}: asymmetric weights are not rewritten (acf's methods store symmetric ones)")
+            continue
+        if not name.endswith(".weight_packed"):
+            if t.ndim == 2 and re.search(r"\.layers\.\d+\..*_proj\.weight$", name):
+                raise ValueError(f"{name} is left in float, which the builder would read as packed integers")
+            kept[name] = t
+            continue
+        base = name.removesuffix(".weight_packed")
+        rows, cols = (int(x) for x in tensors[f"{base}.weight_shape"])
+        bits, scale = 32 * t.shape[1] // cols, tensors[f"{base}.weight_scale"].float()
+        group = cols // scale.shape[1]
+        if problem := gptq_problem({"group_size": group}):
+            raise ValueError(f"{base}: {problem}")
+        g_idx = torch.arange(cols, dtype=torch.int32) // group
+        if f"{base}.weight_g_idx" in tensors and not torch.equal(tensors[f"{base}.weight_g_idx"].int(), g_idx):
+            raise ValueError(f"{base}: its groups follow an activation order, which MatMulNBits blocks cannot")
+        mid = 2 ** (bits - 1)  # signed integers stored offset by half the range, zero point there
+        q = unpack_from_int32(t, bits, torch.Size((rows, cols))).to(torch.int64) + mid
+        zeros = torch.full((scale.shape[1], rows), mid - 1)
+        kept |= {f"{base}.qweight": _pack_rows(q, bits).T.contiguous(), f"{base}.scales": scale.T.contiguous(),
+                 f"{base}.qzeros": _pack_rows(zeros, bits), f"{base}.g_idx": g_idx}
+        kinds[base] = (bits, group)
+    if not kinds:
+        raise ValueError(f"{ct} holds no packed integer weights")
+    (bits, group), _ = collections.Counter(kinds.values()).most_common(1)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(kept, out / "model.safetensors", metadata={"format": "pt"})
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": False,
+                                  "sym": True, "dynamic": {rf"+:{re.escape(b)}\.": {"bits": k[0], "group_size": k[1]}
+                                                           for b, k in kinds.items() if k != (bits, group)}}
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    for f in ct.iterdir():
+        if f.is_file() and f.suffix in (".json", ".jinja", ".model", ".txt") and f.name != "config.json":
+            shutil.copy2(f, out / f.name)
+    return kinds
+
+
+def _pack_rows(t, bits: int):
+    """(rows, n) integers of ``bits`` bits -> (rows, n * bits / 32) int32, value j in bits [bits*(j % k), ...)."""
+    import torch
+
+    per = 32 // bits
+    words = (t.to(torch.int64).reshape(t.shape[0], -1, per) << (torch.arange(per) * bits)).sum(-1)
+    return ((words + 2 ** 31) % 2 ** 32 - 2 ** 31).to(torch.int32)
+
+
 def check(model, tokenizer, runtime, kl_tolerance: float) -> dict:
     """The exported model against the PyTorch one on the check text: perplexity ratio and next-token KL."""
     import torch
@@ -100,8 +187,21 @@ def check(model, tokenizer, runtime, kl_tolerance: float) -> dict:
 class OrtGenAITarget(Target):
     name = "ortgenai"
     runtime = "onnxruntime-genai"
-    runs = frozenset({"dense", "dense-smaller", "onnx"})
+    runs = frozenset({"dense", "dense-smaller", "onnx", "compressed-tensors"})
     requires = ("onnxruntime_genai", "onnx_ir")
+
+    def refuses(self, steps) -> tuple[int, str] | None:
+        """A compressed-tensors result is exported as it is: it ends the strategy, in a layout the builder takes."""
+        from ..methods import get
+
+        for i, st in enumerate(steps):
+            if get(st.method).runtime == "compressed-tensors":
+                if i != len(steps) - 1:
+                    return i, (f"step {i}: {st.method}'s integer weights are exported to ONNX as they are, so it "
+                               "must be the last step")
+                if problem := gptq_problem(get(st.method).resolve(st.params)):
+                    return i, f"step {i}: {st.method}: {problem}"
+        return None
 
     def version(self) -> str:
         from importlib.metadata import version
@@ -109,12 +209,23 @@ class OrtGenAITarget(Target):
         return f"onnxruntime-genai {version('onnxruntime-genai')}"
 
     def export(self, dense: Path, out: Path, final=None, ctx=None) -> dict:
+        from .. import formats
         from ..models import load
 
         out.parent.mkdir(parents=True, exist_ok=True)
         model, tok = load(dense)
-        params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        if final is None:
+        params = formats.logical_params(model)
+        if formats.stored_as(dense).name == "compressed-tensors":  # the candidate's own integers, rewritten
+            stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=".stage-gptq-"))
+            kinds = gptq_layout(dense, stage)
+            build(stage, out, "int4", KEEP_FLOAT)
+            c = check(model, tok, OrtGenAI(out, 1024), F32_KL)
+            if not c["ok"]:
+                raise RuntimeError(f"the ONNX export does not compute what the compressed-tensors model does: "
+                                   f"{c['why']}")
+            info = {"format": "onnx", "type": "+".join(f"int{b}" for b in sorted({b for b, _ in kinds.values()})),
+                    "from": "compressed-tensors", "conversion_check": c}
+        elif final is None:
             build(dense, out, "fp32", {})
             c = check(model, tok, OrtGenAI(out, 1024), F32_KL)
             if not c["ok"]:
