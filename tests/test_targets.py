@@ -458,6 +458,11 @@ def test_vllm_stepper_gives_decode_one_engine_step_per_token(monkeypatch):
     assert first == [103, 104, 105, 106, 107]
     second = measure.latency(st, [1, 2], 4, 0, 1)["generated"]
     assert second == [102, 103, 104, 105, 106] and st.engine.aborted == ["acf-1"]
+    # throughput: a fixed batch in flight at once, every request to its last token, the open one aborted first
+    tp = target.VLLMTarget().throughput(st, [1, 2, 3], SimpleNamespace(decode_tokens=4))
+    assert st.engine.aborted == ["acf-1", "acf-2"]
+    assert (tp["batch"], tp["output_tokens"]) == (target.THROUGHPUT_BATCH, 4 * target.THROUGHPUT_BATCH)
+    assert tp["tokens_per_s"] == pytest.approx(tp["output_tokens"] / tp["seconds"])
 
 
 def test_vllm_is_refused_in_one_line_where_it_cannot_run(tiny_dir, data_dir, tmp_path, capsys):

@@ -77,6 +77,8 @@ def main(request: Path, result: Path) -> None:
         getattr(baseline, "close", lambda: None)()
         del baseline
     lat["control_ms"] = control
+    if (tp := target.throughput(model, prompt, s)) is not None:
+        lat["throughput"] = tp
     # on a GPU the model's memory is the allocator's peak since before loading (weights, KV cache, activations)
     memory = {"peak_rss_bytes": peak, "runtime_rss_bytes": rss_runtime, "loaded_rss_bytes": rss_loaded,
               "model_peak_bytes": peak - rss_runtime, "source": "VmHWM - runtime RSS"}

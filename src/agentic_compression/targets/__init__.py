@@ -61,6 +61,10 @@ class Target:
         """An lm-eval ``LM`` over the loaded model."""
         raise NotImplementedError
 
+    def throughput(self, model, prompt: list[int], settings) -> dict | None:
+        """Output tokens per second at a fixed batch where the runtime serves batches (vLLM), else None."""
+        return None
+
     def perplexity(self, model, ids: list[int], settings, bos: int | None) -> dict:
         """evaluation.measure.perplexity through the model's logits (a runtime without full logits overrides it)."""
         from ..evaluation import measure

@@ -2,6 +2,7 @@
 GPTQ, AWQ, AutoRound, RTN W8A8 and 2:4 sparsity, which run on its low-bit kernels) measured as vLLM serves them:
 - latency per output token: the engine stepped one token at a time (``Stepper``), so evaluation.measure times
   and pairs it exactly as it times every other runtime;
+- throughput: output tokens per second with a fixed batch of requests in flight (``Stepper.throughput``);
 - perplexity from vLLM's prompt log-probabilities over the same windows as everywhere else;
 - accuracy through lm-eval's own ``vllm`` model;
 - memory: the GPU memory every process of the evaluation holds (NVML), with the KV cache sized for the timed
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 from . import Target, register
 
 MEMORY_FRACTION = 0.4  # of the GPU, per engine: a candidate and the baseline it is timed beside share one GPU
+THROUGHPUT_BATCH = 16  # requests in flight at once for the throughput figure
 
 
 def greedy(max_tokens: int, prompt_logprobs: int | None = None):
@@ -70,6 +73,28 @@ class Stepper:
         token = self._next_token()
         return SimpleNamespace(next_token=torch.tensor([[token]]),
                                past_key_values=(past_key_values or 0) + input_ids.shape[-1])
+
+    def throughput(self, prompt: list[int], new_tokens: int, batch: int) -> dict:
+        """Output tokens per second with ``batch`` copies of the prompt in flight at once (vLLM's continuous
+        batching), each greedy for exactly ``new_tokens`` tokens: the serving figure a GPU is sized by. Wall clock
+        from the first request added to the last token."""
+        from vllm.inputs import TokensPrompt
+
+        if self.request is not None and self.engine.has_unfinished_requests():
+            self.engine.abort_request([self.request])
+        ids, got = [f"acf-batch-{self.count}-{i}" for i in range(batch)], {}
+        self.count += 1
+        t0 = time.perf_counter()
+        for rid in ids:
+            self.engine.add_request(rid, TokensPrompt(prompt_token_ids=list(prompt)), greedy(new_tokens))
+        while self.engine.has_unfinished_requests():
+            for out in self.engine.step():
+                if out.request_id in ids:
+                    got[out.request_id] = len(out.outputs[0].token_ids)
+        seconds = time.perf_counter() - t0
+        tokens = sum(got.values())
+        return {"batch": batch, "new_tokens": new_tokens, "output_tokens": tokens, "seconds": seconds,
+                "tokens_per_s": tokens / seconds}
 
     def prompt_nll(self, ids: list[int], scored: int) -> float:
         """The summed negative log-likelihood of the last ``scored`` tokens of ``ids`` given what precedes them."""
@@ -140,6 +165,9 @@ class VLLMTarget(Target):
 
     def load(self, checkpoint: Path, settings):
         return Stepper(checkpoint, settings, settings.decode_tokens + 1)
+
+    def throughput(self, model, prompt: list[int], settings) -> dict:
+        return model.throughput(prompt, settings.decode_tokens, THROUGHPUT_BATCH)
 
     def perplexity(self, model, ids: list[int], settings, bos: int | None) -> dict:
         """The same windows as evaluation.measure.perplexity, each scored by vLLM's prompt log-probabilities."""
