@@ -81,8 +81,12 @@ def build(dense: Path, out: Path, precision: str, options: dict[str, str | int])
         raise RuntimeError(f"onnxruntime-genai's model builder failed (exit {proc.returncode}): {' | '.join(last)}")
 
 
-# the builder leaves these in float when it writes a prequantized checkpoint (acf's compressed-tensors keep them float)
-KEEP_FLOAT = {"nodes_to_exclude": "/lm_head/MatMul,/model/embed_tokens/Gather"}
+# a prequantized checkpoint's build: the head and embeddings left float (acf's compressed-tensors keep them float), and
+# accuracy level 4, the CPU kernels that quantize activations to int8 inside the matmul (as the `ort` method's default)
+PREQUANTIZED = {"nodes_to_exclude": "/lm_head/MatMul,/model/embed_tokens/Gather", "accuracy_level": 4}
+# next-token KL against the compressed-tensors model that the int8 activations may cost (SmolLM2: 0.003 nats; at
+# accuracy level 1, 0.0); a wrong layout costs nats (a zero point off by one: 14)
+PREQUANTIZED_KL = 0.05
 
 
 def gptq_problem(params: dict) -> str | None:
@@ -218,13 +222,14 @@ class OrtGenAITarget(Target):
         if formats.stored_as(dense).name == "compressed-tensors":  # the candidate's own integers, rewritten
             stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=".stage-gptq-"))
             kinds = gptq_layout(dense, stage)
-            build(stage, out, "int4", KEEP_FLOAT)
-            c = check(model, tok, OrtGenAI(out, 1024), F32_KL)
+            build(stage, out, "int4", PREQUANTIZED)
+            c = check(model, tok, OrtGenAI(out, 1024), PREQUANTIZED_KL)
             if not c["ok"]:
                 raise RuntimeError(f"the ONNX export does not compute what the compressed-tensors model does: "
                                    f"{c['why']}")
             info = {"format": "onnx", "type": "+".join(f"int{b}" for b in sorted({b for b, _ in kinds.values()})),
-                    "from": "compressed-tensors", "conversion_check": c}
+                    "from": "compressed-tensors", "accuracy_level": PREQUANTIZED["accuracy_level"],
+                    "conversion_check": c}
         elif final is None:
             build(dense, out, "fp32", {})
             c = check(model, tok, OrtGenAI(out, 1024), F32_KL)
