@@ -6,7 +6,8 @@ over the baseline's raw median of that run), and frontier membership in both run
     .venv/bin/python bench/noise_drill.py --data-dir ../shared/data [--seed 7] [--burners 2] [--limit 50]
 
 Goal (issue 15): paired ratios agree within 10% between the runs and membership is identical, where unpaired
-medians differ by up to 3x.
+medians differ by up to 3x. The last column is the paired ratio as estimated before the quieter-half rule
+(measure.quiet_half), from the same steps.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ while time.time() < end:
 
 
 def compress(out: Path, data_dir: Path) -> tuple[Path, list[Path]]:
-    from agentic_compression import methods
+    from agentic_compression import formats, methods
     from agentic_compression.data import calibration_samples
     from agentic_compression.models import load, resolve
 
@@ -45,7 +46,7 @@ def compress(out: Path, data_dir: Path) -> tuple[Path, list[Path]]:
         model, tok = load(base)
         m = methods.get(name)()
         paths.append(out / f"c{i}")
-        m.save(m.apply(model, tok, params, ctx), tok, paths[-1])
+        formats.save(m.apply(model, tok, params, ctx), tok, paths[-1])
     return base, paths
 
 
@@ -69,6 +70,16 @@ def frontier(results) -> list[bool]:
                              strategy=Strategy(action="pipeline")))
     members = {s.episode_id for s in f.solutions}
     return [str(i) in members for i in range(len(results))]
+
+
+def all_steps(lat: dict) -> float:
+    """The paired ratio as estimated before the quieter-half rule: each run's median step over the baseline's in
+    that run, every step counted (the geometric mean over the runs, as pair_stats combines them)."""
+    import math
+    import statistics
+
+    runs = zip(lat["run_steps"], lat["paired"]["baseline_run_steps"])
+    return math.exp(statistics.fmean(math.log(statistics.median(c) / statistics.median(b)) for c, b in runs))
 
 
 def main() -> None:
@@ -100,15 +111,17 @@ def main() -> None:
           f"{loaded[0].latency['decode_ms_per_token']['median']:.1f} ms/token")
     fq, fl = frontier(quiet), frontier(loaded)
     print(f"{'candidate':<34} {'paired quiet':>13} {'paired loaded':>14} {'agree':>6} {'unpaired quiet':>15} "
-          f"{'unpaired loaded':>16} {'frontier q/l':>13}")
+          f"{'unpaired loaded':>16} {'frontier q/l':>13} {'all-steps q/l (agree)':>22}")
     for i, (name, params) in enumerate(STRATEGIES, start=1):
         q, ld = quiet[i].latency, loaded[i].latency
         pq, pl = q["paired"]["ratio"], ld["paired"]["ratio"]
         uq = q["decode_ms_per_token"]["median"] / quiet[0].latency["decode_ms_per_token"]["median"]
         ul = ld["decode_ms_per_token"]["median"] / loaded[0].latency["decode_ms_per_token"]["median"]
         label = f"{name} {','.join(f'{k}={v}' for k, v in params.items())}"
+        aq, al = all_steps(q), all_steps(ld)
         print(f"{label:<34} {pq:>13.3f} {pl:>14.3f} {abs(pl / pq - 1):>6.1%} {uq:>15.3f} {ul:>16.3f} "
-              f"{('yes' if fq[i] else 'no') + '/' + ('yes' if fl[i] else 'no'):>13}")
+              f"{('yes' if fq[i] else 'no') + '/' + ('yes' if fl[i] else 'no'):>13} "
+              f"{f'{aq:.3f}/{al:.3f} ({abs(al / aq - 1):.1%})':>22}")
     cost = [r.latency["paired"]["extra_s"] / r.eval_seconds for r in quiet[1:] + loaded[1:]]
     print(f"baseline on the frontier: {fq[0]}/{fl[0]}; membership identical: {fq == fl}; pairing cost "
           f"{min(cost):.1%}-{max(cost):.1%} of an evaluation")

@@ -1,6 +1,7 @@
 """Objectives a loaded machine cannot bend: latency as a ratio paired with the baseline (timed in turn with it),
 ties decided by confidence intervals, and energy per 1,000 tokens that never decides what latency did not."""
 import math
+import statistics
 import subprocess
 import sys
 
@@ -21,6 +22,21 @@ def test_pair_stats_is_a_geometric_mean_with_a_t_interval_on_log_ratios():
     assert two["ratio"] == pytest.approx(math.sqrt(8))
     assert two["ci"] == pytest.approx([math.sqrt(8) * math.exp(-half), math.sqrt(8) * math.exp(half)], rel=1e-6)
     assert pair_stats([(2.0, 1.0)])["ci"] is None  # one round tells nothing apart
+
+
+def test_a_run_is_judged_on_the_pairs_a_passing_load_did_not_reach():
+    """Steps paired in turn: 7 quiet pairs (candidate 30 ms, baseline 40 ms, with jitter) and 9 hit by a load that
+    slowed the candidate's kernels by 1.2x and the baseline's by 2x. The quieter half gives the quiet ratio; the
+    medians over every step would not."""
+    from agentic_compression.evaluation.measure import quiet_half
+
+    jitter = [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01]
+    cand = [36.0] * 5 + [30 * j for j in jitter] + [36.0] * 4
+    base = [80.0] * 5 + [40 * j for j in reversed(jitter)] + [80.0] * 4
+    c, b = quiet_half(cand, base)
+    assert c / b == pytest.approx(0.75, rel=0.02)
+    assert statistics.median(cand) / statistics.median(base) < 0.5  # every step counted: bent by the load
+    assert quiet_half([30.0] * 4, [40.0] * 4) == (30.0, 40.0)
 
 
 def test_the_latency_objective_is_the_paired_ratio_times_the_first_baseline_time():

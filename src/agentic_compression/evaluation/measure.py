@@ -86,7 +86,7 @@ def timed_runs(models: list, prompt_ids: list[int], decode_tokens: int, warmup: 
     models, they are timed in turn step by step (each prefill, then each model's first decode step, and so on), the
     order reversed every other run: a machine whose speed changes over seconds slows every model alike."""
     clock = Clock(*(m.device for m in models))
-    prefill, decode, medians = ([[] for _ in models] for _ in range(3))
+    prefill, decode, medians, run_steps = ([[] for _ in models] for _ in range(4))
     busy = [0.0] * len(models)  # ms each model was timed, warm-up included
     gens = []
     for run in range(warmup + repeats):
@@ -104,12 +104,14 @@ def timed_runs(models: list, prompt_ids: list[int], decode_tokens: int, warmup: 
                 prefill[i].append(p[i])
                 decode[i].extend(steps[i])
                 medians[i].append(statistics.median(steps[i]))
+                run_steps[i].append(steps[i])
     out = []
     for i in range(len(models)):
         d = _spread(decode[i])
         out.append({"prefill_ms": _spread(prefill[i]), "decode_ms_per_token": d, "prompt_tokens": len(prompt_ids),
                     "decode_tokens": decode_tokens, "warmup": warmup, "repeats": repeats,
-                    "generated": gens[i].generated, "run_medians": medians[i], "busy_s": busy[i] / 1e3,
+                    "generated": gens[i].generated, "run_medians": medians[i], "run_steps": run_steps[i],
+                    "busy_s": busy[i] / 1e3,
                     "decode_tokens_per_s": 1e3 / d["median"], "timer": "cuda events" if clock.cuda else "perf_counter"})
     return out
 
@@ -123,11 +125,27 @@ def paired_latency(model, baseline, prompt_ids: list[int], decode_tokens: int, w
                    repeats: int) -> dict[str, Any]:
     """The candidate's latency timed in turn with the baseline's, step by step, in one process, window and thread
     setting, on the same prompt and decode length (timed_runs); its ``paired`` entry is the ratio of each run's
-    median decode step to the baseline's in that run (pair_stats)."""
+    median decode step to the baseline's in that run, over the run's quieter half of step pairs (quiet_half),
+    combined over the runs (pair_stats)."""
     cand, base = timed_runs([model, baseline], prompt_ids, decode_tokens, warmup, repeats)
-    return {**cand, "paired": {**pair_stats(list(zip(cand["run_medians"], base["run_medians"]))),
-                               "baseline_busy_s": base["busy_s"]},
+    rounds = [quiet_half(c, b) for c, b in zip(cand["run_steps"], base["run_steps"])]
+    return {**cand, "paired": {**pair_stats(rounds), "baseline_busy_s": base["busy_s"],
+                               "baseline_run_steps": base["run_steps"]},
             "baseline_in_pairing": {k: base[k] for k in ("prefill_ms", "decode_ms_per_token")}}
+
+
+PAIRING = "quiet-half"  # how a paired ratio is estimated (part of the eval cache's key: results of another differ)
+
+
+def quiet_half(cand: list[float], base: list[float]) -> tuple[float, float]:
+    """One run's decode steps of the candidate and the baseline, paired step by step -> the two medians over the
+    half of the pairs that were quickest together (each step relative to its model's median, so the slower model
+    does not choose alone). A load that comes and goes reaches some pairs and not others, and it need not slow the
+    two models' kernels alike (bitsandbytes' NF4 under contention slowed less than torch's fp32 matmuls); the pairs
+    it did not reach say what the models cost. On a quiet machine the halves differ by jitter only."""
+    mc, mb = statistics.median(cand), statistics.median(base)
+    pairs = sorted(zip(cand, base), key=lambda p: p[0] / mc + p[1] / mb)[: max(1, (len(cand) + 1) // 2)]
+    return statistics.median(c for c, _ in pairs), statistics.median(b for _, b in pairs)
 
 
 def pair_stats(rounds: list[tuple[float, float]], level: float = 0.95) -> dict[str, Any]:
@@ -143,7 +161,7 @@ def pair_stats(rounds: list[tuple[float, float]], level: float = 0.95) -> dict[s
     return {"ratio": math.exp(mean), "ci": ci, "level": level, "n": n,
             "candidate_ms": statistics.median(c for c, _ in rounds),
             "baseline_ms": statistics.median(b for _, b in rounds), "rounds": [list(x) for x in rounds],
-            "order": "step by step, reversed every other run"}
+            "order": "step by step, reversed every other run", "steps": "the quieter half of each run's pairs"}
 
 
 CONTROL_SHAPE = (1024, 4096)  # fp32, 16 MB: out of cache, so memory-bound like a decode step

@@ -42,7 +42,10 @@ class EvalRequest(BaseModel):
         import hashlib
         import json
 
+        from .measure import PAIRING
+
         body = {"settings": self.settings.model_dump(exclude={"cache", "timeout_s"}), "include_path": None,
+                "pairing": PAIRING,
                 "tasks": [t.model_dump(exclude={"task"}, exclude_none=True) for t in self.tasks],
                 "ppl_ids": self.ppl_ids, "prompt_ids": self.prompt_ids, "bos_id": self.bos_id}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
