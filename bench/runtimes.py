@@ -25,7 +25,9 @@ sys.path.insert(0, str(REPO / "src"))
 ROWS = [("transformers", None, None), ("llamacpp", None, None), ("llamacpp", "gguf", {"type": "Q8_0"}),
         ("llamacpp", "gguf", {"type": "Q4_K_M"}), ("llamacpp", "gguf", {"type": "Q4_0"}),
         ("ortgenai", None, None), ("ortgenai", "ort", {"precision": "int8"}),
-        ("ortgenai", "ort", {"precision": "int4", "block_size": 32})]
+        ("ortgenai", "ort", {"precision": "int4", "block_size": 32}),
+        # llm-compressor's GPTQ on the PyTorch side, its integers rewritten for the builder (head kept fp32)
+        ("ortgenai", "gptq", {"scheme": "W4A16", "group_size": 32})]
 
 
 def bandwidth_gb_s(threads: int, mb: int = 512, repeats: int = 5) -> float:
@@ -52,12 +54,15 @@ def main() -> None:
     from agentic_compression import targets
     from agentic_compression.config import EvalSettings
     from agentic_compression.evaluation import Evaluator
-    from agentic_compression.methods import Context
+    from agentic_compression import methods
+    from agentic_compression.data import calibration_samples
     from agentic_compression.models import load_tokenizer, resolve
-    from agentic_compression.schemas import Step
+    from agentic_compression.schemas import Step, Strategy
+    from agentic_compression.workers import apply_strategy
 
     base, _ = resolve("smollm2-135m")
     tok = load_tokenizer(base)
+    ctx = methods.Context(calibration=lambda tk, n, L: calibration_samples(tk, a.data_dir, n, L, seed=0))
     bw = bandwidth_gb_s(a.threads)
     s = EvalSettings(limit=a.limit, threads=a.threads, decode_tokens=64, repeats=3, ppl_tokens=1024, cache=False)
     rows = []
@@ -68,7 +73,12 @@ def main() -> None:
             ckpt = base
             if name != "transformers":
                 ckpt = Path(tmp) / f"row{i}"
-                t.export(base, ckpt, Step(method=method, params=params) if method else None, Context(calibration=None))
+                step = Step(method=method, params=params) if method else None
+                if step and not methods.get(method).final:  # a PyTorch-side method, exported as acf's episodes do
+                    done = apply_strategy(Strategy(action="quantization", steps=[step]), base, ckpt, ctx, target=t)
+                    assert done.error is None, done.error
+                else:
+                    t.export(base, ckpt, step, ctx)
             r = ref
             if name != "transformers":
                 ev = Evaluator(s.model_copy(update={"target": name}), a.data_dir, tok, Path(tmp))
@@ -76,7 +86,7 @@ def main() -> None:
                 r = ev.evaluate(ckpt)
             pair = r.latency.get("paired") or {"ratio": 1.0, "ci": None}
             ms = pair["ratio"] * ref.latency_ms
-            fmt = r.runtime.get("type", "fp32")
+            fmt = r.runtime.get("type", "fp32") + (f" ({method})" if method and method not in ("gguf", "ort") else "")
             bpw = r.runtime.get("bits_per_weight", 32.0)
             bound_ms = r.size_bytes / (bw * 1e9) * 1e3
             rows.append({"row": f"{t.runtime} {fmt}", "ms": ms, "ratio": pair["ratio"], "ci": pair["ci"],
@@ -94,11 +104,14 @@ def main() -> None:
         print(f"| {r['row']} | {r['ms']:.1f} | {r['ratio']:.3f}{ci} | {r['mib']:.0f} | {r['mb']:.0f} | "
               f"{r['bpw']:.2f} | {r['ppl']:.2f} | {r['acc']:.3f} | {r['bound']:.2f} | {r['ms'] / r['bound']:.1f} |")
     four = [r for r in rows if r["bpw"] < 6.5]
-    best = min(four, key=lambda r: r["ms"])
+    for r in sorted(four, key=lambda r: r["ms"]):
+        met = 1 / r["ratio"] >= 4 and r["mem_ratio"] <= 0.3
+        print(f"4-bit row {r['row']}: {1 / r['ratio']:.1f}x faster than transformers fp32 (goal >= 4x), "
+              f"{r['mem_ratio']:.2f}x its peak memory (goal <= 0.3x){': both met' if met else ''}")
+    fastest = min(four, key=lambda r: r["ms"])
+    print(f"fastest 4-bit row ({fastest['row']}): {fastest['ms'] / fastest['bound']:.1f}x its bandwidth bound "
+          "(goal <= 2x)")
     f32 = [r for r in rows if r["bpw"] > 31]
-    print(f"\nbest 4-bit row: {best['row']}, {1 / best['ratio']:.1f}x faster than transformers fp32 (goal >= 4x), "
-          f"{best['mem_ratio']:.2f}x its peak memory (goal <= 0.3x), {best['ms'] / best['bound']:.1f}x its bandwidth "
-          "bound (goal <= 2x)")
     worst = max(abs(r["ppl"] / rows[0]["ppl"] - 1) for r in f32)
     print(f"f32 exports' perplexity vs transformers fp32: at most {worst:.3%} apart (goal <= 0.5%)")
 
