@@ -83,7 +83,8 @@ class World:
 
         d = self.out / name
         d.mkdir()
-        cfg = RunConfig(model=str(self.tiny), data_dir=self.data, output_dir=self.out, experiment=name)
+        cfg = RunConfig(model=str(self.tiny), data_dir=self.data, output_dir=self.out, experiment=name,
+                        presets=False)
         (d / "config.json").write_text(cfg.model_dump_json())
         for rel, content in files.items():
             (d / rel.replace("__", "/")).parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,7 @@ class Case:
 
 def run_args(w: World, *extra: str, model: str | None = None, data: Path | None = None, experiment: str = "exp",
              out: Path | None = None) -> list[str]:
-    return ["run", "--model", model or str(w.tiny), "--data-dir", str(data or w.data), "--output-dir",
+    return ["run", "--no-presets", "--model", model or str(w.tiny), "--data-dir", str(data or w.data), "--output-dir",
             str(out or w.out), "--experiment", experiment, "--limit", "8", "--ppl-tokens", "256", *extra]
 
 
@@ -418,7 +419,7 @@ def crashed(tmp_path_factory, tiny_dir, data_dir):
     fast = EvalSettings(limit=8, ppl_tokens=256, ppl_window=128, ppl_stride=64, prompt_tokens=16, decode_tokens=4,
                         warmup=1, repeats=2, batch_size=8, threads=1)
     cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=out, experiment="exp", eval=fast, threads=1,
-                    max_episodes=2, patience=9, use_skills=False, force=True)
+                    presets=False, max_episodes=2, patience=9, use_skills=False, force=True)
     work = Experiment.work
 
     def dies_in_episode_1(self, state):
@@ -506,7 +507,7 @@ def test_a_failed_new_run_removes_only_its_own_files(tiny_dir, data_dir, tmp_pat
         raise EvaluationError("evaluation process failed (exit 1):\nRuntimeError: boom")
 
     monkeypatch.setattr(Evaluator, "evaluate", fails)
-    code = main(["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+    code = main(["run", "--no-presets", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
                  "--experiment", "exp", "--limit", "8", "--ppl-tokens", "256"])
     err = capsys.readouterr().err
     assert code == 2 and "could not be measured: RuntimeError: boom" in err and "Traceback" not in err

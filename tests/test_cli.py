@@ -10,7 +10,7 @@ def out(tmp_path):
 
 
 def _run(capsys, *args):
-    code = main(["run", *args])
+    code = main(["run", "--no-presets", *args])
     return code, capsys.readouterr().err
 
 

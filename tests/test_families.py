@@ -88,7 +88,7 @@ def test_two_gemma3_episodes_on_a_baseline_that_matches_llama_cpp(gemma, data_di
 
     gguf, folder = gemma
     out = tmp_path_factory.mktemp("gemma-run")
-    assert main(["run", "--model", str(gguf), "--dataset", "arc_easy", "--data-dir", str(data_dir),
+    assert main(["run", "--no-presets", "--model", str(gguf), "--dataset", "arc_easy", "--data-dir", str(data_dir),
                  "--output-dir", str(out), "--experiment", "gemma", "--max-episodes", "2", "--limit", "40",
                  "--ppl-tokens", "1024", "--repeats", "2", "--no-skills", "--set", "autoround.iters=2",
                  "--set", "autoround.num_samples=8", "--set", "autoround.seq_len=128"]) == 0
@@ -182,7 +182,7 @@ def test_a_broken_baseline_stops_the_run_unless_forced(tiny_dir, data_dir, tmp_p
 
     from agentic_compression.cli import main
 
-    args = ["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
+    args = ["run", "--no-presets", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
             "--experiment", "random", "--max-episodes", "1", "--limit", "8", "--ppl-tokens", "256", "--repeats", "2",
             "--threads", "1", "--no-skills"]
     assert main(args) == 2

@@ -175,7 +175,7 @@ def test_a_run_stops_when_its_goal_is_met_and_recommends_the_feasible_candidate(
     from agentic_compression.cli import main
     from agentic_compression.report import render
 
-    args = ["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
+    args = ["run", "--no-presets", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
             "--experiment", "goal", "--max-episodes", "4", "--limit", "8", "--ppl-tokens", "256", "--repeats", "2",
             "--threads", "1", "--no-skills", "--force", "--max-size-gb", "0.05", "--stop-when-met"]
     assert main(args) == 0
@@ -193,8 +193,8 @@ def test_a_run_stops_when_its_goal_is_met_and_recommends_the_feasible_candidate(
 def test_a_wrong_goal_on_the_command_line_is_one_line_and_exit_2(tiny_dir, data_dir, tmp_path, capsys):
     from agentic_compression.cli import main
 
-    assert main(["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
-                 "--max-accuracy-drop", "5"]) == 2
+    assert main(["run", "--no-presets", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir",
+                 str(tmp_path), "--max-accuracy-drop", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) <= 2 and "goals.max_accuracy_drop" in err[0] and "below 1" in err[0], err
     assert not any(tmp_path.iterdir())

@@ -12,9 +12,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def run_dir(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("integration")
-    code = main(["run", "--model", "smollm2-135m", "--dataset", "hellaswag", "--data-dir", str(data_dir),
-                 "--output-dir", str(out), "--experiment", "smoke", "--max-episodes", "2", "--limit", "24",
-                 "--ppl-tokens", "1024", "--repeats", "2", "--set", "gptq.num_samples=16", "--set", "gptq.seq_len=128"])
+    code = main(["run", "--no-presets", "--model", "smollm2-135m", "--dataset", "hellaswag", "--data-dir",
+                 str(data_dir), "--output-dir", str(out), "--experiment", "smoke", "--max-episodes", "2",
+                 "--limit", "24", "--ppl-tokens", "1024", "--repeats", "2", "--set", "gptq.num_samples=16", "--set",
+                 "gptq.seq_len=128"])
     assert code == 0
     return out / "smoke"
 

@@ -275,8 +275,8 @@ def test_llm_policy_needs_a_key_or_a_base_url(tmp_path, data_dir, monkeypatch):
     monkeypatch.delenv("ACF_LLM_API_KEY", raising=False)
     monkeypatch.delenv("ACF_LLM_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    rc = main(["run", "--model", "smollm2-135m", "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
-               "--policy", "llm"])
+    rc = main(["run", "--no-presets", "--model", "smollm2-135m", "--data-dir", str(data_dir), "--output-dir",
+               str(tmp_path), "--policy", "llm"])
     assert rc == 2 and not any(tmp_path.iterdir())
 
 
@@ -293,7 +293,8 @@ def test_drills_in_a_whole_run(tiny_dir, data_dir, tmp_path, fast_eval, monkeypa
                   (200, '{"action": "quantization", "method": "rtn", "params": {"scheme": "W8A16", '
                         '"group_size": 32}, "reasoning": "cheap 8-bit first"}', 0)])
     cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
-                    eval=fast_eval, threads=1, max_episodes=3, policy="llm", llm=_settings(srv.url), force=True)
+                    presets=False, eval=fast_eval, threads=1, max_episodes=3, policy="llm", llm=_settings(srv.url),
+                    force=True)
     try:
         final = Experiment(cfg).run()
     finally:
@@ -349,7 +350,7 @@ def test_real_endpoint_decides_two_episodes(served_smollm2, smollm2_dir, tiny_di
     settings = LLMSettings(model=str(smollm2_dir), base_url=served_smollm2, mode="prompt", max_tokens=96,
                            timeout_s=240, retries=1, temperature=0.0)
     cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
-                    eval=fast_eval, threads=1, max_episodes=2, policy="llm", llm=settings, force=True)
+                    presets=False, eval=fast_eval, threads=1, max_episodes=2, policy="llm", llm=settings, force=True)
     final = Experiment(cfg).run()
     assert final["complete"] and final["episodes_run"] == 2
     policies = []

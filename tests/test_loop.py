@@ -49,7 +49,8 @@ class Scripted:
 
 def _cfg(tiny_dir, data_dir, tmp_path, fast_eval, **kw):
     return RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
-                     eval=fast_eval, threads=1, force=True, **kw)  # random weights: a broken baseline, on purpose
+                     presets=False, eval=fast_eval, threads=1, force=True,
+                     **kw)  # random weights: a broken baseline, on purpose
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ W4 = Step(method="rtn", params={"scheme": "W4A16", "group_size": 32})
 
 def _run(tiny_dir, data_dir, out, fast_eval, name, parallel, **kw):
     cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=out, experiment=name, eval=fast_eval,
-                    threads=1, force=True, max_episodes=2, patience=9, parallel=parallel, use_skills=False, **kw)
+                    presets=False, threads=1, force=True, max_episodes=2, patience=9, parallel=parallel,
+                    use_skills=False, **kw)
     exp = Experiment(cfg)
     exp.policy = Scripted([W8, W4])
     return exp.run()
@@ -95,7 +96,7 @@ def _acf(*args):
 def test_the_driver_killed_mid_batch_then_resumed_loses_and_repeats_nothing(tiny_dir, data_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACF_SKILLS": str(tmp_path / "skills.sqlite")}
     out, exp = tmp_path / "out", tmp_path / "out" / "exp"
-    run = _acf("run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+    run = _acf("run", "--no-presets", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
                "--experiment", "exp", "--max-episodes", "4", "--patience", "9", "--limit", "8", "--ppl-tokens", "256",
                "--repeats", "2", "--threads", "1", "--force", "--parallel", "2", "--policy", "random")
     proc = subprocess.Popen(run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

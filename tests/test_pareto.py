@@ -136,5 +136,6 @@ def test_each_objective_is_declared_once_and_everything_reads_it_from_there():
     assert list(OBJECTIVES) == names and list(RewardSettings().weights) == names
     assert list(report._LABELS) == names and DEFAULT_TOLERANCE == objectives.tolerances(0.05)
     tol = objectives.tolerances(0.2)  # --noise-tolerance moves the measured-noise objectives only
-    assert tol == {"accuracy": 0.0, "latency_ms": 0.2, "memory_gb": 0.2, "model_size_gb": 0.001, "co2_grams": 0.2}
+    assert tol == {"accuracy": 0.0, "latency_ms": 0.2, "memory_gb": 0.2, "model_size_gb": 0.001, "co2_grams": 0.2,
+                   "kld": 0.0}  # KL divergence: its standard errors decide
     assert objectives.ratio(3.0, 2.0) == 1.5 and objectives.ratio(0.0, 2.0) == 0.0 and objectives.ratio(1.0, 0) is None

@@ -53,9 +53,10 @@ def calm_run(tiny_dir, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("calm")
     env = {**os.environ, "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1", "COLUMNS": "200",
            "ACF_SKILLS": str(out / "skills.sqlite")}
-    code, screen = _under_pty(_acf("run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir",
-                                   str(out), "--experiment", "calm", "--max-episodes", "1", "--limit", "8",
-                                   "--ppl-tokens", "256", "--repeats", "2", "--threads", "1", "--force"), env)
+    code, screen = _under_pty(_acf("run", "--no-presets", "--model", str(tiny_dir), "--data-dir", str(data_dir),
+                                   "--output-dir", str(out), "--experiment", "calm", "--max-episodes", "1",
+                                   "--limit", "8", "--ppl-tokens", "256", "--repeats", "2", "--threads", "1",
+                                   "--force"), env)
     return code, screen, out / "calm"
 
 

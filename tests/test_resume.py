@@ -21,7 +21,7 @@ def cli_env(tmp_path):
 
 def test_kill_9_mid_episode_then_resume(tiny_dir, data_dir, tmp_path, cli_env):
     out = tmp_path / "out"
-    run = _acf("run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+    run = _acf("run", "--no-presets", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
                "--experiment", "exp", "--max-episodes", "3", "--patience", "9", "--limit", "8", "--ppl-tokens", "256",
                "--repeats", "2", "--threads", "1", "--force")
     proc = subprocess.Popen(run, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -66,7 +66,7 @@ def test_a_run_killed_in_evaluation_resumes_with_the_checkpoint_it_had_made(tiny
     from agentic_compression.experiment import Experiment
 
     cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
-                    eval=fast_eval, threads=1, force=True, max_episodes=2, patience=9)
+                    presets=False, eval=fast_eval, threads=1, force=True, max_episodes=2, patience=9)
     evaluation = Experiment.evaluation
 
     def dies_in_episode_1(self, state):
@@ -97,7 +97,7 @@ def test_a_run_killed_while_finishing_resumes_to_complete(tiny_dir, data_dir, tm
     from agentic_compression.experiment import Experiment
 
     cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
-                    eval=fast_eval, threads=1, force=True, max_episodes=1)
+                    presets=False, eval=fast_eval, threads=1, force=True, max_episodes=1)
 
     def dies(exp_dir):
         raise Crash

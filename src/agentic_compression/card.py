@@ -47,6 +47,17 @@ def _row(name: str, unit: str, mine: float | None, base: float | None, err: floa
     return f"| {name}{unit} | {mine:.4g}{pm} | {base:.4g}{bpm} | {ratio} |"
 
 
+def kld_row(r: EvaluationResult) -> str:
+    """KL divergence from the baseline's next-token distributions, with llama-perplexity's statistics."""
+    d = r.kld_detail
+    if r.kld is None:
+        return "| KL divergence to the baseline | not measured in this runtime | 0 | - |"
+    more = ", ".join(f"{k} {d[k]:.4g}" for k in ("median", "p99", "p99.9") if k in d)
+    top = f"; same top token {d['same_top']:.1%}, Δp RMS {d['delta_p_rms']:.2%}" if "same_top" in d else ""
+    return (f"| KL divergence to the baseline (nats/token, n={d.get('n')} tokens{'; ' + more if more else ''}{top}) "
+            f"| {r.kld:.4g} ± {d.get('stderr', 0):.2g} | 0 | - |")
+
+
 def _how_to_load(tags: list[str]) -> str:
     lines = ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
              'model = AutoModelForCausalLM.from_pretrained("PATH")  # this folder',
@@ -98,7 +109,7 @@ def model_card(ep: Episode, baseline: EvaluationResult, base_model: str, calibra
         _row("size on disk", " (GB)", r.model_size_gb, b.model_size_gb),
         _row("parameters", "", r.num_params, b.num_params),
         _row(f"CO2 per 1,000 generated tokens ({r.energy.get('source', 'measured')})", " (g)", r.co2_grams,
-             b.co2_grams)])
+             b.co2_grams), kld_row(r)])
     content = f"""---
 {data.to_yaml()}
 ---

@@ -157,6 +157,8 @@ class RunConfig(BaseModel):
     skills_path: Path | None = Field(default=None, description="skill memory (SQLite); None = ACF_SKILLS or "
                                      "~/.local/share/acf/skills.sqlite; pass --no-skills to run without")
     use_skills: bool = Field(default=True, description="read and write the skill memory")
+    presets: bool = Field(default=True, description="measure each target's community presets once (llama.cpp "
+                          "Q4_K_M and Q8_0, ORT GenAI int4, GPTQ W4A16) beside the frontier (presets.py)")
     force: bool = Field(default=False, description="run even when the baseline looks broken (sanity.py); the "
                         "baseline's results record that it was forced")
     seed: int = Field(default=0, description="seed of the search policies")

@@ -111,6 +111,7 @@ def baseline_line(result: dict) -> str:
     r = result
     ppl = f"ppl {r['perplexity']:.2f}  " if r.get("perplexity") else ""
     return (f"baseline     acc {r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f} (n={r['accuracy_n']})  {ppl}"
+            f"{kld_text(r)}"
             f"{r['latency_ms']:.1f} ms/token  {r['memory_gb']:.3f} GB peak  {r['model_size_gb']:.3f} GB on disk")
 
 
@@ -121,8 +122,14 @@ def episode_line(ep: dict) -> str:
     r, rel = ep["result"], ep["result"].get("relative") or {}
     ratios = "  ".join(f"{label} {rel[k]:.2f}x" for k, label in (("model_size_gb", "size"), ("latency_ms", "latency"),
                                                                     ("memory_gb", "memory")) if k in rel)
-    return (f"{head}  acc {r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f}  {ratios}  "
+    return (f"{head}  acc {r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f}  {kld_text(r)}{ratios}  "
             f"frontier: {'yes' if ep.get('entered_frontier') else 'no'}")
+
+
+def kld_text(r: dict) -> str:
+    """'KLD 0.0559 ± 0.0021  ' from a result (as llama-perplexity prints its mean), or nothing when not measured."""
+    d = r.get("kld_detail") or {}
+    return f"KLD {d['mean']:.4f} ± {d.get('stderr', 0):.4f}  " if d.get("mean") is not None else ""
 
 
 class RunConsole:

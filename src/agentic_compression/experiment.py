@@ -19,7 +19,8 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import console, episodes, goals, methods, models, objectives, policies, resources, sanity, stats_cache, targets
+from . import (console, episodes, goals, methods, models, objectives, policies, presets, resources, sanity,
+               stats_cache, targets)
 from .card import write_card
 from .config import RunConfig
 from .errors import UserError
@@ -76,6 +77,7 @@ class Experiment:
         self.policy = policies.make(cfg.policy, cfg)
         self.frontier = ParetoFrontier(tolerance=objectives.tolerances(cfg.noise_tolerance), reward=cfg.reward)
         self.episodes: list[Episode] = []
+        self.presets: list[presets.Preset] = []
         self.entered: dict[str, bool] = {}  # episode_id -> it entered the frontier when it finished (resume)
         self.hv_history: list[dict] = []
         self.baseline: EvaluationResult | None = None
@@ -134,6 +136,7 @@ class Experiment:
                 if discard_on_failure:
                     self.store.discard()
                 raise
+            self._measure_presets()
             return self._loop(self._fresh_state([]))
         finally:
             self._close()
@@ -201,6 +204,7 @@ class Experiment:
         else:  # it stopped before the baseline was measured (episodes, if any, are kept and reloaded)
             self.store.write_spec(self.spec)
             self._evaluate_baseline()
+        self._measure_presets()
         values = self._checkpointed_values()
         resumable = values is not None and values.get("current_episode", -1) == done
         # a batch in flight (--parallel): its episodes' folders keep what finished tasks left (outcome.json)
@@ -310,6 +314,10 @@ class Experiment:
                                    if n != self.target.name})
         self._add_baseline()
 
+    def _measure_presets(self) -> None:
+        """The targets' community presets, measured once beside the frontier, never in it (presets.py)."""
+        self.presets = presets.measure_all(self) if self.cfg.presets else []
+
     def _add_baseline(self) -> None:
         """The first target's baseline normalises the frontier; every other target's joins it as a candidate."""
         self.frontier.baseline = self.baseline.objectives()
@@ -409,11 +417,14 @@ class Experiment:
         ep_dir = self.episode_dir(index)
         if (ep_dir / "results.json").exists():  # the state and the folder disagree: never overwrite a result
             raise UserError(f"{ep_dir} already holds a finished episode", f"'acf resume {self.dir}' continues it")
+        return self.job(index, strategy, ep_dir, self.target_for(strategy).name)
+
+    def job(self, index: int, strategy: Strategy, ep_dir: Path, target: str) -> EpisodeJob:
+        """The work of one strategy into ``ep_dir``, measured in ``target``: an episode's, or a preset's."""
         base = self.model_path if strategy.base == "base" else self._checkpoint_of(strategy.base)
         ctx = methods.Context(calibration=self.calibration, seed=self.cfg.calibration.seed, probe=self.probe,
                               stats=self.dir / stats_cache.FOLDER,
                               extras={"teacher": Path(self.model_path).absolute()})
-        target = self.target_for(strategy).name
         return EpisodeJob(index=index, strategy=strategy, ep_dir=ep_dir, base=Path(base).absolute(), target=target,
                           threads=self.cfg.threads, ctx=ctx, evaluator=self.evaluators[target],
                           country=self.cfg.eval.country_iso_code)
@@ -543,6 +554,15 @@ class Experiment:
                 "memory_ratio": b.memory_gb / self.reference.memory_gb if self.reference.memory_gb > 0 else None}
         return out
 
+    def _versus_preset(self, balanced) -> str | None:
+        """How the recommended candidate (the goals' pick, else the balanced one) compares with the closest
+        preset of its target."""
+        g = self._goal_summary()
+        pick = (g or {}).get("recommended") or (balanced.episode_id if balanced else None)
+        ep = next((e for e in self.episodes if e.episode_id == pick and e.result), None)
+        near = ep and presets.closest(ep.result, ep.result.runtime.get("target", ""), self.presets)
+        return presets.comparison(ep.episode_id, ep.result, near) if near else None
+
     def _write_summary(self, state: dict, complete: bool) -> dict:
         frontier = {
             "objectives": {o.name: o.goal for o in objectives.SPECS},
@@ -566,6 +586,8 @@ class Experiment:
             "pareto_frontier": [s.episode_id for s in self.frontier.solutions],
             "balanced": balanced.episode_id if balanced else None,
             "hypervolume_history": self.hv_history,
+            "presets": presets.summary(self.presets),
+            "versus_preset": self._versus_preset(balanced),
             "refused": state.get("refused", []),
             "goals": self._goal_summary(),
             "coordinator_messages": [getattr(m, "content", m) for m in state.get("messages", [])],
@@ -575,6 +597,7 @@ class Experiment:
                           "accuracy_stderr": e.result.accuracy_stderr if e.result else None,
                           "accuracy_n": e.result.accuracy_n if e.result else None,
                           "perplexity": e.result.perplexity if e.result else None,
+                          "kld": e.result.kld_detail or None if e.result else None,
                           "relative": e.result.relative if e.result else None,
                           "intervals": e.result.intervals if e.result else None, "error": e.error,
                           "feasible": e.feasible, "infeasible_because": e.infeasible_because,

@@ -29,6 +29,8 @@ class Goals(BaseModel):
     max_size_gb: float | None = Field(default=None, gt=0, description="bytes on disk / 1e9")
     max_latency_ratio: float | None = Field(default=None, gt=0, description="decode latency / the baseline's")
     max_memory_gb: float | None = Field(default=None, gt=0, description="peak memory")
+    max_kld: float | None = Field(default=None, gt=0, description="mean KL divergence to the baseline, nats/token "
+                                  "(llama.cpp's 'Mean KLD'): Q8_0 is near 0.004, a good 4-bit near 0.03")
     target_size_ratio: float | None = Field(default=None, gt=0, description="with stop_when_met: the size / the "
                                             "baseline's a feasible candidate must reach to end the run")
     stop_when_met: bool = Field(default=False, description="end the run once a feasible candidate reaches "
@@ -47,7 +49,7 @@ class Goals(BaseModel):
 
     def active(self) -> bool:
         return any(v is not None for v in (self.max_accuracy_drop, self.max_size_gb, self.max_latency_ratio,
-                                           self.max_memory_gb, self.target_size_ratio))
+                                           self.max_memory_gb, self.max_kld, self.target_size_ratio))
 
     def allowed_drop(self, baseline_accuracy: float) -> float:
         value, pct = _DROP.match(self.max_accuracy_drop).groups()
@@ -74,6 +76,11 @@ def _checks(result: EvaluationResult, baseline: EvaluationResult, goals: Goals) 
     if goals.max_memory_gb is not None:
         out.append(("memory", result.memory_gb / goals.max_memory_gb - 1,
                     f"peak memory {result.memory_gb:.3f} GB > {goals.max_memory_gb:g} GB"))
+    if goals.max_kld is not None:  # the mean, as the accuracy goal reads its score: n is in the thousands
+        kld = result.kld
+        out.append(("kld", 1e6 if kld is None else kld / goals.max_kld - 1,
+                    f"KL divergence not measured in {result.runtime.get('runtime', 'this runtime')}" if kld is None
+                    else f"KL divergence {kld:.4f} > {goals.max_kld:g} nats/token"))
     return out
 
 
@@ -100,8 +107,11 @@ def pick(results: dict[str, EvaluationResult], baseline: EvaluationResult, goals
     """Among the measured candidates (the baseline included, by its id): which are feasible, the best feasible for
     each objective, and the recommended one: the smallest, then the fastest, then the most accurate."""
     feasible = {k: r for k, r in results.items() if not judge(r, baseline, goals)}
-    best = {obj: (max if sign > 0 else min)(feasible, key=lambda k, o=obj: getattr(feasible[k], o))
-            for obj, sign in OBJECTIVES.items()} if feasible else {}
+    best = {}
+    for obj, sign in OBJECTIVES.items():  # among those that measured it
+        have = [k for k in feasible if getattr(feasible[k], obj) is not None]
+        if have:
+            best[obj] = (max if sign > 0 else min)(have, key=lambda k, o=obj: getattr(feasible[k], o))
     rec = min(feasible, key=lambda k: (feasible[k].model_size_gb, feasible[k].latency_ms,
                                        -feasible[k].accuracy)) if feasible else None
     return {"goals": goals.model_dump(exclude_none=True), "feasible": sorted(feasible), "best_feasible": best,

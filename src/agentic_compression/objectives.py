@@ -14,6 +14,10 @@ class Objective:
     label: str  # axis and column titles
     tolerance: float | None  # relative difference that ties two values; None: the run's --noise-tolerance
     weight: float  # the reward's default weight of its relative change (reward.py)
+    # None: compared relative to the baseline's value. A number: the baseline's value is zero by definition (a
+    # divergence from the baseline), so it is read in units of this fixed scale instead, where the others read
+    # ratios to the baseline (the frontier's normalisation, the reward)
+    scale: float | None = None
 
     @property
     def goal(self) -> str:
@@ -26,6 +30,10 @@ SPECS = (
     Objective("memory_gb", -1, "GB", "peak memory GB", None, 0.5),
     Objective("model_size_gb", -1, "GB", "size on disk GB", 0.001, 1.0),  # bytes on disk: a real difference
     Objective("co2_grams", -1, "g per 1k tokens", "CO2 g per 1k tokens", None, 0.25),
+    # the quantization community's quality measure: mean KL divergence of the candidate's next-token distribution
+    # from the baseline's, over the perplexity windows' tokens; ties are decided by its standard errors. Scale
+    # 0.5 nats: the hypervolume's reference point (2 units) is 1 nat, a broken model; a reward of -5 x KLD
+    Objective("kld", -1, "nats/token", "KL divergence to the baseline (nats/token)", 0.0, 2.5, scale=0.5),
 )
 BY_NAME = {o.name: o for o in SPECS}
 OBJECTIVES: dict[str, int] = {o.name: o.sign for o in SPECS}  # name -> +1 maximise, -1 minimise, in order
@@ -40,3 +48,17 @@ def tolerances(noise: float = NOISE) -> dict[str, float]:
 def ratio(value: float, baseline: float) -> float | None:
     """A value relative to the baseline's; None when the baseline's is 0 (no ratio exists)."""
     return value / baseline if baseline else None
+
+
+def normalised(name: str, value: float | None, baseline: float | None) -> float | None:
+    """An objective's value as the frontier and the reward compare it: relative to the baseline's, or in units of
+    its fixed scale; None when it was not measured (or no ratio exists)."""
+    o = BY_NAME[name]
+    if value is None:
+        return None
+    if o.scale is not None:
+        return value / o.scale
+    return ratio(value, baseline) if baseline is not None else None
+
+
+RELATIVE = tuple(o.name for o in SPECS if o.scale is None)  # the objectives a result also states as ratios

@@ -54,6 +54,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("episode_retries", ("episode_retries",)),
     Option("skills", ("skills_path",)),
     Option("no_skills", ("use_skills",), negated=True, help="neither read nor write the skill memory"),
+    Option("no_presets", ("presets",), negated=True, api="presets",
+           help="do not measure the targets' community presets (llama.cpp Q4_K_M, ORT int4, GPTQ W4A16) beside "
+                "the frontier"),
     Option("accuracy_floor", ("reward.accuracy_floor",)),
     Option("llm_model", ("llm.model",), env=("ACF_LLM_MODEL",)),
     Option("llm_base_url", ("llm.base_url",), env=("ACF_LLM_BASE_URL", "OPENAI_BASE_URL")),
@@ -76,8 +79,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("force", ("force",), api="force"),
     Option("overrides", ("method_overrides",), cli=False, api="method_overrides"),  # the CLI's --set
     Option("goals", ("goals",), cli=False, api="goals"),
-    *map(_goal, ("max_accuracy_drop", "max_size_gb", "max_latency_ratio", "max_memory_gb", "target_size_ratio",
-                 "stop_when_met")),
+    *map(_goal, ("max_accuracy_drop", "max_size_gb", "max_latency_ratio", "max_memory_gb", "max_kld",
+                 "target_size_ratio", "stop_when_met")),
 )
 
 

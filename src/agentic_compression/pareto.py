@@ -1,30 +1,37 @@
-"""The 5-objective Pareto frontier (accuracy max; latency, memory, size, CO2 min), its hypervolume, and a
-balanced pick. Objective vectors are compared after turning every objective into one to minimise."""
+"""The Pareto frontier over the declared objectives (objectives.py: accuracy max; latency, memory, size, CO2 and
+KL divergence min), its hypervolume, and a balanced pick. Objective vectors are compared after turning every
+objective into one to minimise."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 from .reward import RewardSettings, reward
-from .objectives import OBJECTIVES, ratio, tolerances
+from .objectives import OBJECTIVES, normalised, tolerances
 from .schemas import ParetoSolution
 
 Vector = tuple[float, ...]
 
 
-def to_min(objectives: Mapping[str, float]) -> Vector:
-    """Objective dict -> vector to minimise (maximised objectives negated), in OBJECTIVES order."""
-    return tuple(-sign * objectives[k] for k, sign in OBJECTIVES.items())
+def to_min(objectives: Mapping[str, float | None]) -> Vector:
+    """Objective dict -> vector to minimise (maximised objectives negated), in OBJECTIVES order. An objective that
+    was not measured (None: a runtime without full logits has no KL divergence) reads 0 here; ``bounds`` makes it
+    None, so it ties with everything and adds no hypervolume."""
+    return tuple(-sign * (objectives.get(k) or 0.0) for k, sign in OBJECTIVES.items())
 
 
 Bounds = tuple  # per objective, in to_min space: (low, high), POINT (no interval), or None (cannot tell apart)
 POINT = ()
 
 
-def bounds(intervals: Mapping[str, Sequence[float] | None] | None) -> Bounds:
-    """A solution's confidence intervals, turned like to_min: absent objectives are POINT, None stays None."""
+def bounds(intervals: Mapping[str, Sequence[float] | None] | None,
+           objectives: Mapping[str, float | None] | None = None) -> Bounds:
+    """A solution's confidence intervals, turned like to_min: absent objectives are POINT, None stays None, and an
+    objective that was not measured (its value None in ``objectives``) is None: it can tell nothing apart."""
     out = []
     for k, sign in OBJECTIVES.items():
         iv = (intervals or {}).get(k, POINT)
+        if objectives is not None and objectives.get(k) is None:
+            iv = None
         out.append(iv if iv is None or iv == POINT else tuple(sorted((-sign * iv[0], -sign * iv[1]))))
     return tuple(out)
 
@@ -99,8 +106,8 @@ class ParetoFrontier:
     def _norm(self, objectives: Mapping[str, float]) -> Vector:
         if not self.baseline:
             return to_min(objectives)
-        rel = {k: ratio(objectives[k], self.baseline[k]) for k in OBJECTIVES}
-        return tuple(-s * (objectives[k] if rel[k] is None else rel[k]) for k, s in OBJECTIVES.items())
+        rel = {k: normalised(k, objectives.get(k), self.baseline.get(k)) for k in OBJECTIVES}
+        return tuple(-s * ((objectives.get(k) or 0.0) if rel[k] is None else rel[k]) for k, s in OBJECTIVES.items())
 
     def reference(self) -> Vector:
         """Accuracy 0 and ``ref_factor`` x the baseline for each cost (in baseline-normalised units)."""
@@ -118,12 +125,12 @@ class ParetoFrontier:
 
     def beats(self, a: ParetoSolution, b: ParetoSolution) -> bool:
         """a dominates b beyond the noise: the tolerance, or the intervals where measured (pareto.compare)."""
-        return dominates(to_min(a.objectives), to_min(b.objectives), self.tol, bounds(a.intervals),
-                         bounds(b.intervals))
+        return dominates(to_min(a.objectives), to_min(b.objectives), self.tol, bounds(a.intervals, a.objectives),
+                         bounds(b.intervals, b.objectives))
 
     def _equivalent(self, a: ParetoSolution, b: ParetoSolution) -> bool:
-        return equivalent(to_min(a.objectives), to_min(b.objectives), self.tol, bounds(a.intervals),
-                          bounds(b.intervals))
+        return equivalent(to_min(a.objectives), to_min(b.objectives), self.tol, bounds(a.intervals, a.objectives),
+                          bounds(b.intervals, b.objectives))
 
     def record_dominance(self, evaluated: Mapping[str, Mapping[str, float]],
                          intervals: Mapping[str, Mapping] | None = None) -> None:
@@ -131,15 +138,15 @@ class ParetoFrontier:
         (``intervals``: each candidate's confidence intervals, where measured)."""
         iv = intervals or {}
         for s in self.solutions:
-            v, own = to_min(s.objectives), bounds(s.intervals)
+            v, own = to_min(s.objectives), bounds(s.intervals, s.objectives)
             s.dominates = sorted(e for e, o in evaluated.items() if e != s.episode_id and
-                                 dominates(v, to_min(o), self.tol, own, bounds(iv.get(e))))
+                                 dominates(v, to_min(o), self.tol, own, bounds(iv.get(e), o)))
 
     def hypervolume(self) -> float:
         """The volume the members dominate, over the objectives that were measured: one that some member's
         measurement cannot tell apart (an interval of None: energy estimated from the latency and a power model,
         where RAPL is not readable) is left out, as it is left out of dominance, so its noise adds no volume."""
-        blind = {i for s in self.solutions for i, b in enumerate(bounds(s.intervals)) if b is None}
+        blind = {i for s in self.solutions for i, b in enumerate(bounds(s.intervals, s.objectives)) if b is None}
         keep = [i for i in range(len(OBJECTIVES)) if i not in blind]
         ref = self.reference()
         return hypervolume([tuple(v[i] for i in keep) for v in (self._norm(s.objectives) for s in self.solutions)],

@@ -24,14 +24,18 @@ def _rows(final: dict) -> list[dict]:
     if ref := final.get("reference"):
         r = ref["result"]
         rows.append({"id": "reference", "label": "transformers fp32, what you started from (timed beside each "
-                     "target's baseline)", "objectives": {k: r[k] for k in OBJECTIVES}, "status": "success",
+                     "target's baseline)", "objectives": {k: r.get(k) for k in OBJECTIVES}, "status": "success",
                      "perplexity": r["perplexity"]})
     rows.append({"id": "baseline", "label": "baseline (uncompressed)" + _where(b and b.get("runtime")),
-                 "objectives": b and {k: b[k] for k in OBJECTIVES}, "status": "success",
+                 "objectives": b and {k: b.get(k) for k in OBJECTIVES}, "status": "success",
                  "perplexity": b["perplexity"] if b else None})
     for name, other in list((final.get("baselines") or {}).items())[1:]:
         rows.append({"id": f"baseline-{name}", "label": "baseline (uncompressed)" + _where(other["runtime"]),
                      "objectives": other["objectives"], "status": "success", "perplexity": None})
+    for p in final.get("presets") or []:  # the yardstick: measured like a candidate, never in the frontier
+        rows.append({"id": p["id"], "label": f"community preset {p['label']}", "objectives": p["objectives"],
+                     "status": "preset" if p["status"] == "success" else p["status"],
+                     "perplexity": p["perplexity"], "error": p["error"]})
     for e in final["episodes"]:
         label = " -> ".join(f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})"
                             for s in e["steps"]) + _where(e.get("runtime"))
@@ -68,13 +72,15 @@ def table(exp_dir: Path) -> str:
     lines = [head]
     for r in _rows(final):
         o = r["objectives"]
-        vals = " ".join(f"{o[k]:>13.4g}" if o else f"{'-':>13}" for k in OBJECTIVES)
+        vals = " ".join(f"{o[k]:>13.4g}" if o and o.get(k) is not None else f"{'-':>13}" for k in OBJECTIVES)
         ppl = f"{r['perplexity']:>8.2f}" if r.get("perplexity") else f"{'-':>8}"
         lines.append(f"{r['id']:<12} {r['status']:<8} {'*' if r['id'] in front else '':<6} {vals} {ppl}  {r['label']}")
     lines.append(f"termination: {final['termination_reason']}; balanced pick: {final['balanced']}; "
                  f"hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}")
     if ref := reference_line(final):
         lines.append(ref)
+    if versus := final.get("versus_preset"):
+        lines.append(f"against the closest community preset: {versus}")
     if goal := goal_line(final):
         lines.append(goal)
     if drift := drifted(final):
@@ -124,17 +130,20 @@ def markdown(exp_dir: Path) -> str:
         return "-" if v is None else format(v, fmt)
 
     lines = ["| episode | status | Pareto | accuracy | decode ms/token | peak memory GB | size GB | CO2 g/1k tokens | "
-             "perplexity | strategy |", "|---|---|:-:|---:|---:|---:|---:|---:|---:|---|"]
+             "KLD nats/token | perplexity | strategy |", "|---|---|:-:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in records(exp_dir):
         acc = num(r["accuracy"], ".3f") + (f" ± {r['accuracy_stderr']:.3f}" if r["accuracy_stderr"] else "")
         lines.append(f"| {r['episode']} | {r['status']} | {'✓' if r['pareto'] else ''} | {acc} | "
                      f"{num(r['latency_ms'], '.1f')} | {num(r['memory_gb'], '.3f')} | {num(r['model_size_gb'], '.3f')} "
-                     f"| {num(r['co2_grams'], '.3g')} | {num(r['perplexity'], '.2f')} | `{r['strategy']}` |")
+                     f"| {num(r['co2_grams'], '.3g')} | {num(r['kld'], '.4f')} | {num(r['perplexity'], '.2f')} "
+                     f"| `{r['strategy']}` |")
     lines.append("")
     lines.append(f"Stopped: {final['termination_reason']}. Recommended (balanced): {final['balanced']}. "
                  f"Hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}.")
     if ref := reference_line(final):
         lines += ["", ref[0].upper() + ref[1:] + "."]
+    if versus := final.get("versus_preset"):
+        lines += ["", f"Against the closest community preset: {versus}."]
     if goal := goal_line(final):
         lines += ["", *goal.splitlines()]
     return "\n".join(lines)
@@ -202,13 +211,15 @@ def write_visualization(exp_dir: Path) -> Path:
     rows = [r for r in _rows(final) if r["objectives"]]
     colour = ["crimson" if r["id"] in front else "steelblue" for r in rows]
     text = [f"{r['id']}: {r['label']}" for r in rows]
-    o = {k: [r["objectives"][k] for r in rows] for k in OBJECTIVES}
+    o = {k: [r["objectives"].get(k) for r in rows] for k in OBJECTIVES}
     dims = [{"label": _LABELS[k], "values": o[k]} for k in OBJECTIVES]
     splom = go.Figure(go.Splom(
         dimensions=dims, text=text, diagonal_visible=False,
         marker={"size": 10, "color": colour,
-                "symbol": ["star" if r["id"] == "baseline" else "circle" for r in rows]}))
-    splom.update_layout(title="All evaluated candidates (red: Pareto-optimal, star: baseline)", height=900)
+                "symbol": ["star" if r["id"] == "baseline" else "diamond" if r["id"].startswith("preset:") else "circle"
+                           for r in rows]}))
+    splom.update_layout(title="All evaluated candidates (red: Pareto-optimal, star: baseline, diamond: community "
+                        "preset)", height=900)
     cube = go.Figure(go.Scatter3d(x=o["model_size_gb"], y=o["latency_ms"], z=o["accuracy"], mode="markers",
                                   text=text, marker={"size": 6, "color": colour}))
     cube.update_layout(title="3-D: size on disk, decode latency, accuracy (red: Pareto-optimal)", height=600,
@@ -217,17 +228,19 @@ def write_visualization(exp_dir: Path) -> Path:
     par = go.Figure(go.Parcoords(
         line={"color": [1 if r["id"] in front else 0 for r in rows], "colorscale": [[0, "steelblue"], [1, "crimson"]]},
         dimensions=dims))
-    par.update_layout(title="Parallel coordinates over the five objectives (red: Pareto-optimal)", height=450)
+    par.update_layout(title="Parallel coordinates over the objectives (red: Pareto-optimal)", height=450)
     hv = final["hypervolume_history"]
     hv_fig = go.Figure(go.Scatter(x=[h["after"] for h in hv], y=[h["hypervolume"] for h in hv], mode="lines+markers"))
     hv_fig.update_layout(title="Hypervolume of the frontier after each episode (baseline-normalised)", height=350)
     bars = [sensitivity_chart(e) for e in final["episodes"] if e.get("mixed")]
     cells = "".join(
         f"<tr><td>{html.escape(r['id'])}</td><td>{r['status']}</td><td>{'yes' if r['id'] in front else ''}</td>"
-        + "".join(f"<td>{r['objectives'][k]:.4g}</td>" if r["objectives"] else "<td>-</td>" for k in OBJECTIVES)
+        + "".join(f"<td>{r['objectives'][k]:.4g}</td>" if r["objectives"] and r["objectives"].get(k) is not None
+                  else "<td>-</td>" for k in OBJECTIVES)
         + f"<td>{html.escape(r['label'])}</td></tr>" for r in _rows(final))
-    drift, goal = drifted(final), goal_line(final)
+    drift, goal, versus = drifted(final), goal_line(final), final.get("versus_preset")
     warning = (f"<p style='color:crimson'>{html.escape(drift)}</p>" if drift else "") + \
+        (f"<p><b>Against the closest community preset:</b> {html.escape(versus)}</p>" if versus else "") + \
         (f"<pre>{html.escape(goal)}</pre>" if goal else "")
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>acf: "

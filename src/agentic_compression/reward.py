@@ -4,7 +4,8 @@ frontier's balanced pick. The hypervolume stays the measure of the frontier as a
     reward = w_acc * (acc / acc_base - 1) + sum_cost w_c * (1 - cost / cost_base)      if acc / acc_base >= floor
            = -1                                                                        otherwise (or a failure)
 
-Each term is a relative change against the baseline, so a 1% accuracy gain and a 1% cost cut weigh what their
+A cost read on a fixed scale (KL divergence, objectives.py) adds w_c * (kld_base - kld) / scale instead. Each
+term is a relative change against the baseline, so a 1% accuracy gain and a 1% cost cut weigh what their
 weights say; the baseline itself scores 0. Weights and the floor come from the experiment's RewardSettings.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Mapping
 
 from pydantic import BaseModel, Field, model_validator
 
-from .objectives import OBJECTIVES, SPECS, ratio
+from .objectives import OBJECTIVES, SPECS, normalised, ratio
 
 FAILED = -1.0
 
@@ -43,6 +44,7 @@ def reward(objectives: Mapping[str, float] | None, baseline: Mapping[str, float]
         return FAILED
     total = 0.0
     for k, w in s.weights.items():
-        if (r := ratio(objectives[k], baseline.get(k, 0.0))) is not None:
-            total += w * OBJECTIVES[k] * (r - 1.0)
+        mine, base = normalised(k, objectives.get(k), baseline.get(k)), normalised(k, baseline.get(k), baseline.get(k))
+        if mine is not None and base is not None:  # a ratio's baseline is 1; a fixed scale's, the baseline's value
+            total += w * OBJECTIVES[k] * (mine - base)
     return total

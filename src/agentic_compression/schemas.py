@@ -6,7 +6,7 @@ import json
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from . import objectives
 
@@ -84,11 +84,26 @@ class EvaluationResult(BaseModel):
     relative: dict[str, float] = Field(default_factory=dict, description="each objective / the baseline's")
     runtime: dict[str, Any] = Field(default_factory=dict, description="where it was measured: target, runtime and "
                                     "its version, the checkpoint's format (type, real bits per weight)")
+    kld: float | None = Field(default=None, description="mean KL divergence (nats/token) of the candidate's "
+                              "next-token distribution from the baseline's, on the perplexity tokens; None: not "
+                              "measured (a runtime without full logits, or a result older than the measure)")
+    kld_detail: dict[str, Any] = Field(default_factory=dict, description="its standard error, n, median, "
+                                       "percentiles, same top token, Δp RMS (evaluation.measure.kl_stats)")
     intervals: dict[str, list[float] | None] = Field(
         default_factory=dict, description="objective -> [low, high], the confidence interval that decides ties in "
-        "dominance; None: this measurement cannot tell values apart (an estimate derived from latency)")
+        "dominance; None: this measurement cannot tell values apart (an estimate derived from latency, or an "
+        "objective not measured)")
 
-    def objectives(self) -> dict[str, float]:
+    @model_validator(mode="after")
+    def _unmeasured(self):
+        """An objective without a value (not measured in that runtime, or a result older than it) can tell nothing
+        apart: its interval is None, so it ties in dominance and adds no hypervolume (pareto.py)."""
+        for k, v in self.objectives().items():
+            if v is None:
+                self.intervals[k] = None
+        return self
+
+    def objectives(self) -> dict[str, float | None]:
         return {k: getattr(self, k) for k in OBJECTIVES}
 
     @property
@@ -130,7 +145,7 @@ class Episode(BaseModel):
 class ParetoSolution(BaseModel):
     episode_id: str
     strategy: Strategy
-    objectives: dict[str, float]
+    objectives: dict[str, float | None]
     intervals: dict[str, list[float] | None] = Field(default_factory=dict, description="as EvaluationResult's")
     dominates: list[str] = Field(default_factory=list)
     checkpoint: str | None = None

@@ -22,8 +22,8 @@ from ..console import log_text
 from ..data import read_text
 from ..errors import UserError
 from ..files import write_json
-from ..objectives import ratio
-from ..schemas import OBJECTIVES, EvaluationResult
+from ..objectives import RELATIVE, ratio
+from ..schemas import EvaluationResult
 from .protocol import EvalRequest, Measured, evaluator_for
 
 
@@ -149,6 +149,10 @@ class Evaluator:
         en = energy_per_1k_tokens(raw.energy, latency_ms)
         if en["source"] == "estimated":  # a function of the latency: it must not decide what the latency did not
             intervals["co2_grams"] = None
+        kld = raw.kld or {}
+        if kld.get("stderr"):  # the baseline itself (0 by definition) is a point
+            half = 1.96 * kld["stderr"]
+            intervals["kld"] = [max(kld["mean"] - half, 0.0), kld["mean"] + half]
         return EvaluationResult(
             accuracy=acc["value"], accuracy_stderr=acc["stderr"], accuracy_n=acc["n"],
             benchmark=self.s.benchmark, accuracy_detail=detail,
@@ -157,6 +161,7 @@ class Evaluator:
             model_size_gb=raw.size_bytes / 1e9, size_bytes=raw.size_bytes, num_params=raw.num_params,
             runtime=raw.runtime,
             co2_grams=en["per_1k_tokens_co2_grams"], energy_kwh=en["per_1k_tokens_kwh"], energy=en,
+            kld=kld.get("mean"), kld_detail=kld,
             intervals=intervals, eval_seconds=seconds)
 
 
@@ -207,7 +212,7 @@ def energy_per_1k_tokens(eval_energy: dict, latency_ms: float) -> dict:
 def relative(result: EvaluationResult, baseline: EvaluationResult) -> dict[str, float]:
     """Each objective, perplexity, parameter count and benchmark score divided by the baseline's, and the control
     workload's time (``machine_speed``: above 1, the machine was slower than when the baseline was timed)."""
-    keys = list(OBJECTIVES) + ["perplexity", "num_params"]
+    keys = list(RELATIVE) + ["perplexity", "num_params"]  # KL divergence is read as it is (the baseline's is 0)
     out = {k: ratio(getattr(result, k), getattr(baseline, k)) for k in keys if getattr(baseline, k)}
     if result.latency.get("control_ms") and baseline.latency.get("control_ms"):  # older cached results lack it
         out["machine_speed"] = result.latency["control_ms"] / baseline.latency["control_ms"]

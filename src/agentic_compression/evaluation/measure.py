@@ -185,12 +185,16 @@ def control_ms(device: torch.device, repeats: int = 100) -> float:
 
 
 @torch.no_grad()
-def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None = None) -> dict[str, Any]:
+def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None = None,
+               reference=None) -> dict[str, Any]:
     """Sliding-window perplexity (each token scored once, with up to ``window`` tokens of context). With ``bos``
     (a model whose tokenizer starts every text with it, such as Gemma) each window starts with that token, which
-    is context, never scored."""
+    is context, never scored. With ``reference`` (the baseline, loaded for scoring in its own runtime) the same
+    windows also give, at every scored token, the KL divergence of this model's next-token distribution from the
+    reference's over the full vocabulary (``kld``: KLDivergence.stats)."""
     ctx = [] if bos is None else [bos]
     nll, count, prev_end = 0.0, 0, 0
+    kld = KLDivergence() if reference is not None else None
     for begin in range(0, len(ids), stride):
         end = min(begin + window - len(ctx), len(ids))
         trg_len = end - prev_end
@@ -201,11 +205,69 @@ def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None 
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                                  ignore_index=-100, reduction="sum")
         n = int((labels != -100).sum())
+        if kld is not None:
+            scored = labels[0] != -100
+            ref = reference(input_ids=inp.to(reference.device)).logits[0, :-1].float().to(logits.device)
+            kld.add(logits[0][scored], ref[scored], labels[0][scored])
         nll, count, prev_end = nll + float(loss), count + n, end
         if end == len(ids):
             break
-    return {"perplexity": math.exp(nll / count), "tokens": count, "window": window, "stride": stride,
-            "bos": bos is not None}
+    out = {"perplexity": math.exp(nll / count), "tokens": count, "window": window, "stride": stride,
+           "bos": bos is not None}
+    return out | ({"kld": kld.stats()} if kld is not None else {})
+
+
+KLD = "full-vocabulary-float64"  # how KL divergence is measured (in the eval cache's key: older entries lack it)
+
+
+class KLDivergence:
+    """Per scored token, the candidate's next-token distribution Q against the reference's P (the baseline's),
+    exact over the whole vocabulary, in float64: KL(P || Q) = sum_v P(v) (ln P(v) - ln Q(v)), whether the two
+    top tokens agree, and Δp = Q(actual next token) - P(actual next token). ``stats`` summarises them as
+    llama.cpp's ``llama-perplexity --kl-divergence`` prints them."""
+
+    BLOCK = 128  # positions converted at a time: a 262k vocabulary in float64 is 2 MB a position
+
+    def __init__(self):
+        self.kl, self.same, self.dp, self.dlnp = [], [], [], []
+
+    def add(self, logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Scored positions only: ``logits`` and ``ref_logits`` [n, vocab], ``labels`` [n], the next tokens."""
+        if logits.shape != ref_logits.shape:
+            raise ValueError(f"the candidate has {logits.shape[-1]} logits a position and the reference "
+                             f"{ref_logits.shape[-1]}: KL divergence needs one vocabulary")
+        for i in range(0, len(labels), self.BLOCK):
+            lq = torch.log_softmax(logits[i:i + self.BLOCK].double(), -1)
+            lp = torch.log_softmax(ref_logits[i:i + self.BLOCK].double(), -1)
+            y = labels[i:i + self.BLOCK, None]
+            self.kl += (lp.exp() * (lp - lq)).sum(-1).clamp_min(0).tolist()  # rounding can give -1e-17
+            self.same += (lq.argmax(-1) == lp.argmax(-1)).tolist()
+            self.dp += (lq.gather(1, y).exp() - lp.gather(1, y).exp())[:, 0].tolist()
+            self.dlnp += (lp.gather(1, y) - lq.gather(1, y))[:, 0].tolist()  # ln(PPL(Q)/PPL(P)) per token
+
+    def stats(self) -> dict[str, Any]:
+        return kl_stats(self.kl, self.same, self.dp, self.dlnp)
+
+
+def kl_stats(kl: list[float], same: list[bool], dp: list[float], dlnp: list[float]) -> dict[str, Any]:
+    """Mean KLD ± its standard error, its median and upper percentiles, the share of tokens whose top token is the
+    reference's (± its binomial standard error), the RMS of Δp (± its delta-method error, as llama.cpp reports
+    it) and the mean of ln(PPL(Q)/PPL(P)) over the same tokens."""
+    n = len(kl)
+    k = torch.tensor(kl, dtype=torch.float64)
+    d = torch.tensor(dp, dtype=torch.float64)
+    sq = torch.tensor(dlnp, dtype=torch.float64)
+    se = (lambda t: float(t.std() / math.sqrt(n)) if n > 1 else 0.0)
+    top = sum(same) / n
+    ms = float((d ** 2).mean())
+    rms = math.sqrt(ms)
+    rms_se = se(d ** 2) / (2 * rms) if rms > 0 else 0.0
+    q = {f"p{p:g}": float(torch.quantile(k, p / 100)) for p in (90, 95, 99, 99.9)}
+    return {"mean": float(k.mean()), "stderr": se(k), "n": n, "median": float(k.median()), **q,
+            "max": float(k.max()), "same_top": top, "same_top_stderr": math.sqrt(top * (1 - top) / max(n - 1, 1)),
+            "delta_p_rms": rms, "delta_p_rms_stderr": rms_se, "mean_ln_ppl_ratio": float(sq.mean()),
+            "mean_ln_ppl_ratio_stderr": se(sq), "reference": "the baseline's next-token distributions, full "
+            "vocabulary, float64"}
 
 
 def accuracy(lm, include_path: Path | None, tasks: list[dict], seed: int,

@@ -42,10 +42,10 @@ class EvalRequest(BaseModel):
         import hashlib
         import json
 
-        from .measure import PAIRING
+        from .measure import KLD, PAIRING
 
         body = {"settings": self.settings.model_dump(exclude={"cache", "timeout_s"}), "include_path": None,
-                "pairing": PAIRING,
+                "pairing": PAIRING, "kld": KLD,
                 "tasks": [t.model_dump(exclude={"task"}, exclude_none=True) for t in self.tasks],
                 "ppl_ids": self.ppl_ids, "prompt_ids": self.prompt_ids, "bos_id": self.bos_id}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
@@ -57,6 +57,7 @@ class Measured(BaseModel):
     model_config = ConfigDict(extra="forbid")
     accuracy: dict[str, Any]  # value, stderr, n, and per benchmark (measure.aggregate)
     perplexity: dict[str, Any]  # perplexity, tokens (measure.perplexity)
+    kld: dict[str, Any] | None = None  # KL divergence to the baseline (measure.kl_stats); None: not measurable here
     latency: dict[str, Any]  # decode and prefill medians, repeats, and the pairing with the baseline
     energy: dict[str, Any]  # codecarbon's energy and CO2 over the scoring, its duration and source
     memory: dict[str, Any]  # peak and runtime RSS (or the CUDA allocator's peak), load time, threads, device

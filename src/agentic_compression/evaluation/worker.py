@@ -90,7 +90,16 @@ def main(request: Path, result: Path) -> None:
 
     with measure.Energy(s.country_iso_code) as energy:
         model = target.scoring(model, s)
-        ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos)
+        reference, kld = None, None
+        if pair and target.full_logits and base_target.full_logits:  # KL divergence to the baseline, same windows
+            reference = base_target.scoring(base_target.load(Path(base_ckpt), s), s)
+        ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos, reference)
+        if reference is not None:
+            kld = {**ppl.pop("kld"), "reference_runtime": base_target.runtime}
+            getattr(reference, "close", lambda: None)()
+            del reference
+        elif not pair:  # the baseline itself: its distributions are the reference
+            kld = {"mean": 0.0, "stderr": 0.0, "n": ppl["tokens"], "reference": "itself (the baseline)"}
         kinds, per = evaluators(), {}
         for kind in kinds:  # each kind of benchmark scores its own tasks (all of lm-eval's in one call)
             mine = [t for t in req.tasks if next(k for k in kinds if k.claims(t.name)) is kind]
@@ -99,7 +108,7 @@ def main(request: Path, result: Path) -> None:
         acc = measure.aggregate(per)
 
     out = Measured(
-        accuracy=acc, perplexity=ppl, latency=lat, energy=energy.result,
+        accuracy=acc, perplexity=ppl, kld=kld, latency=lat, energy=energy.result,
         memory={**memory, "load_seconds": load_s, "threads": torch.get_num_threads(), "device": s.device},
         size_bytes=target.size_bytes(ckpt), num_params=target.num_params(model),
         runtime={"target": target.name, "runtime": target.runtime, "version": target.version(),

@@ -131,7 +131,10 @@ class OptunaPolicy:
         if not candidate_steps(replace(view, methods={m: view.methods[m] for m in space})):
             return _end(self.name, "every configuration of the search space was tried")
         dists = _distributions(space)
-        study = optuna.create_study(directions=["maximize" if s > 0 else "minimize" for s in OBJECTIVES.values()],
+        # the objectives every measured episode has (KL divergence is missing in a runtime without full logits)
+        keys = [k for k in OBJECTIVES if all(h["objectives"].get(k) is not None for h in view.history
+                                             if h["status"] == "success")]
+        study = optuna.create_study(directions=["maximize" if OBJECTIVES[k] > 0 else "minimize" for k in keys],
                                     sampler=self._sampler(len(view.history)))
         def point(strategy: dict) -> dict | None:  # a single-step strategy of the space as the study's params
             steps = strategy["steps"]
@@ -151,7 +154,7 @@ class OptunaPolicy:
             ok = h["status"] == "success"
             study.add_trial(create_trial(
                 params=params, distributions={k: dists[k] for k in params},
-                values=[h["objectives"][k] for k in OBJECTIVES] if ok else None,
+                values=[h["objectives"][k] for k in keys] if ok else None,
                 state=TrialState.COMPLETE if ok else TrialState.FAIL,
                 # the goals as Optuna's constraints (<= 0 kept): c-TPE and NSGA-II's constrained domination
                 system_attrs={f"constraints:{g}": v for g, v in (h.get("goal_violations") or {}).items()}))

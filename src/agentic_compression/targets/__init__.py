@@ -20,6 +20,12 @@ class Target:
     requires: ClassVar[tuple[str, ...]] = ()
     # False: it serves the PyTorch-side checkpoint as saved (transformers, vLLM); True: export() writes its own file
     exports: ClassVar[bool] = True
+    # True: scoring mode gives every position's logits over the whole vocabulary, so KL divergence is measured here
+    full_logits: ClassVar[bool] = True
+    # the community's presets here, what a practitioner picks by hand in a minute: name -> the strategy's steps
+    # (a parameter "largest" takes the largest of its choices the model allows); measured beside every frontier
+    # (presets.py)
+    presets: ClassVar[dict[str, list[dict]]] = {}
 
     def available(self) -> tuple[bool, str]:
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -65,11 +71,12 @@ class Target:
         """Output tokens per second at a fixed batch where the runtime serves batches (vLLM), else None."""
         return None
 
-    def perplexity(self, model, ids: list[int], settings, bos: int | None) -> dict:
-        """evaluation.measure.perplexity through the model's logits (a runtime without full logits overrides it)."""
+    def perplexity(self, model, ids: list[int], settings, bos: int | None, reference=None) -> dict:
+        """evaluation.measure.perplexity through the model's logits, with the KL divergence from ``reference`` (the
+        baseline in scoring mode) on the same windows (a runtime without full logits overrides it)."""
         from ..evaluation import measure
 
-        return measure.perplexity(model, ids, settings.ppl_window, settings.ppl_stride, bos)
+        return measure.perplexity(model, ids, settings.ppl_window, settings.ppl_stride, bos, reference)
 
     def memory(self, model) -> dict | None:
         """The model's memory where the process's own peak cannot see it (a runtime in a process of its own), or

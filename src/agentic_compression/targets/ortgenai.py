@@ -192,6 +192,8 @@ class OrtGenAITarget(Target):
     name = "ortgenai"
     runtime = "onnxruntime-genai"
     runs = frozenset({"dense", "dense-smaller", "onnx", "compressed-tensors"})
+    # the model builder's defaults for int4 on the CPU: blocks of 32, int8 activations (accuracy level 4), RTN
+    presets = {"int4": [{"method": "ort", "params": {"precision": "int4", "block_size": 32, "accuracy_level": 4}}]}
     requires = ("onnxruntime_genai", "onnx_ir")
 
     def refuses(self, steps) -> tuple[int, str] | None:

@@ -147,8 +147,11 @@ class VLLMTarget(Target):
     name = "vllm"
     runtime = "vllm"
     runs = frozenset({"dense", "dense-smaller", "compressed-tensors"})
+    # GPTQ W4A16 (llm-compressor) at the largest group size the model's widths allow
+    presets = {"GPTQ W4A16": [{"method": "gptq", "params": {"scheme": "W4A16", "group_size": "largest"}}]}
     requires = ("vllm",)
     exports = False
+    full_logits = False  # prompt log-probabilities are the top few per position
 
     def available(self) -> tuple[bool, str]:
         ok, why = super().available()
@@ -169,8 +172,9 @@ class VLLMTarget(Target):
     def throughput(self, model, prompt: list[int], settings) -> dict:
         return model.throughput(prompt, settings.decode_tokens, THROUGHPUT_BATCH)
 
-    def perplexity(self, model, ids: list[int], settings, bos: int | None) -> dict:
-        """The same windows as evaluation.measure.perplexity, each scored by vLLM's prompt log-probabilities."""
+    def perplexity(self, model, ids: list[int], settings, bos: int | None, reference=None) -> dict:
+        """The same windows as evaluation.measure.perplexity, each scored by vLLM's prompt log-probabilities (the
+        top few per position: no KL divergence over the vocabulary, ``full_logits`` is False)."""
         ctx = [] if bos is None else [bos]
         nll, count, prev_end = 0.0, 0, 0
         for begin in range(0, len(ids), settings.ppl_stride):

@@ -1,0 +1,147 @@
+"""KL divergence to the baseline: the measure (exact over the vocabulary, llama-perplexity's statistics) and the
+objective (frontier, hypervolume, reward, goals, an unmeasured value). The runtime checks against llama.cpp's own
+tool are in test_targets.py."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from agentic_compression.evaluation import measure
+from agentic_compression.goals import Goals, judge
+from agentic_compression.pareto import ParetoFrontier
+from agentic_compression.reward import reward
+from agentic_compression.schemas import EvaluationResult, ParetoSolution, Strategy
+
+
+def test_kl_divergence_is_exact_against_a_brute_force_sum():
+    g = torch.Generator().manual_seed(0)
+    ref, cand = torch.randn(300, 50, generator=g) * 3, torch.randn(300, 50, generator=g) * 3
+    labels = torch.randint(0, 50, (300,), generator=g)
+    k = measure.KLDivergence()
+    k.add(cand, ref, labels)
+    st = k.stats()
+    kl = []
+    for r, c in zip(ref.double().tolist(), cand.double().tolist()):  # by the definition, one position at a time
+        zr, zc = math.log(sum(math.exp(x) for x in r)), math.log(sum(math.exp(x) for x in c))
+        kl.append(sum(math.exp(a - zr) * ((a - zr) - (b - zc)) for a, b in zip(r, c)))
+    mean = sum(kl) / len(kl)
+    assert st["n"] == 300 and st["mean"] == pytest.approx(mean, rel=1e-9)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in kl) / 299)
+    assert st["stderr"] == pytest.approx(sd / math.sqrt(300), rel=1e-9)
+    assert st["max"] == pytest.approx(max(kl)) and st["median"] <= st["p90"] <= st["p99"] <= st["p99.9"] <= st["max"]
+    same = (ref.argmax(-1) == cand.argmax(-1)).double().mean().item()
+    assert st["same_top"] == pytest.approx(same)
+    pq, pp = torch.softmax(cand.double(), -1), torch.softmax(ref.double(), -1)
+    dp = pq[torch.arange(300), labels] - pp[torch.arange(300), labels]
+    assert st["delta_p_rms"] == pytest.approx(dp.pow(2).mean().sqrt().item())
+    assert st["mean_ln_ppl_ratio"] == pytest.approx((pp[torch.arange(300), labels].log() -
+                                                     pq[torch.arange(300), labels].log()).mean().item())
+
+
+def test_a_model_against_itself_diverges_by_nothing_and_another_by_something():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(40, 40, generator=g)
+
+    class Toy:  # called like a transformers model: logits from a fixed random map of the token ids
+        device = torch.device("cpu")
+
+        def __init__(self, noise=0.0):
+            self.w = w + noise * torch.randn(40, 40, generator=g)
+
+        def __call__(self, input_ids, **_):
+            return SimpleNamespace(logits=self.w[input_ids])
+
+    ids = torch.randint(0, 40, (300,), generator=g).tolist()
+    a = measure.perplexity(Toy(), ids, 64, 32, reference=Toy())
+    assert a["kld"]["mean"] == pytest.approx(0.0, abs=1e-12) and a["kld"]["same_top"] == 1.0
+    assert a["kld"]["n"] == a["tokens"] == 299  # every scored token, once
+    b = measure.perplexity(Toy(0.5), ids, 64, 32, reference=Toy())
+    assert b["kld"]["mean"] > 0.01 and b["kld"]["stderr"] > 0
+    assert "kld" not in measure.perplexity(Toy(), ids, 64, 32)  # no reference, no divergence
+    with pytest.raises(ValueError, match="one vocabulary"):
+        measure.KLDivergence().add(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+
+
+def _solution(eid, kld, interval=None, **objectives):
+    base = {"accuracy": 0.5, "latency_ms": 10.0, "memory_gb": 1.0, "model_size_gb": 1.0, "co2_grams": 1.0}
+    return ParetoSolution(episode_id=eid, strategy=Strategy(action="quantization"),
+                          objectives={**base, **objectives, "kld": kld},
+                          intervals={"kld": interval} if interval else {})
+
+
+def test_kld_decides_dominance_by_its_intervals_and_an_unmeasured_one_ties():
+    f = ParetoFrontier(tolerance={})
+    assert f.add(_solution("q4_0", 0.27, [0.26, 0.28]))
+    assert f.add(_solution("imatrix", 0.03, [0.028, 0.032]))  # same costs, less divergence: dominates
+    assert [s.episode_id for s in f.solutions] == ["imatrix"]
+    assert not f.add(_solution("close", 0.031, [0.029, 0.033]))  # within the error: a tie, not a new point
+    assert not f.add(_solution("vllm", None))  # the same costs and a divergence nobody measured: nothing new
+    assert f.add(_solution("vllm", None, model_size_gb=0.9, latency_ms=12.0))  # a trade-off on the other axes
+    assert {s.episode_id for s in f.solutions} == {"imatrix", "vllm"}
+
+
+def test_kld_is_read_on_its_fixed_scale_by_the_hypervolume_and_the_reward():
+    base = {"accuracy": 0.5, "latency_ms": 10.0, "memory_gb": 1.0, "model_size_gb": 1.0, "co2_grams": 1.0, "kld": 0.0}
+    f = ParetoFrontier(baseline=base, tolerance={})
+    f.add(_solution("a", 0.05, [0.04, 0.06], model_size_gb=0.25))
+    hv_a = f.hypervolume()
+    g = ParetoFrontier(baseline=base, tolerance={})
+    g.add(_solution("b", 0.25, [0.24, 0.26], model_size_gb=0.25))
+    assert hv_a > g.hypervolume() > 0  # a zero baseline divides nothing: the scale (0.5 nats) does
+    assert reward(_solution("a", 0.05).objectives, base) - reward(_solution("b", 0.25).objectives, base) == \
+        pytest.approx(2.5 * 0.2 / 0.5)
+    assert reward(base, base) == 0.0
+
+
+def _result(kld, runtime="llama.cpp"):
+    return EvaluationResult(accuracy=0.5, accuracy_stderr=0.05, accuracy_n=100, benchmark="hellaswag", latency_ms=10,
+                            memory_gb=1, model_size_gb=1, size_bytes=10**9, num_params=10**8, co2_grams=1,
+                            energy_kwh=1, eval_seconds=1, kld=kld, runtime={"runtime": runtime})
+
+
+def test_the_kld_goal_judges_the_mean_and_an_unmeasured_divergence_is_not_feasible():
+    g = Goals(max_kld=0.05)
+    assert g.active() and judge(_result(0.04), _result(0.0), g) == []
+    assert judge(_result(0.06), _result(0.0), g) == ["KL divergence 0.0600 > 0.05 nats/token"]
+    assert judge(_result(None, "vllm"), _result(0.0), g) == ["KL divergence not measured in vllm"]
+    assert _result(None).intervals["kld"] is None and "kld" not in _result(0.01).intervals
+
+
+def test_a_preset_takes_the_largest_group_size_the_widths_allow(tiny_weights_dir):
+    from agentic_compression import methods, presets, targets
+    from agentic_compression.spec import read_config
+
+    cfg = read_config(tiny_weights_dir)  # widths 64 and 128: group 128 does not divide the attention width
+    avail = {n: m for n, m in methods.REGISTRY.items() if n == "gptq"}
+    ((target, name, strategy),) = presets.declared({"transformers": targets.get("transformers")}, cfg, avail)
+    assert (target, name) == ("transformers", "GPTQ W4A16")
+    assert strategy.steps[0].params == {"scheme": "W4A16", "group_size": 64}
+    ((_, _, why),) = presets.declared({"transformers": targets.get("transformers")}, cfg, {})
+    assert why == "gptq is not available here (acf methods says why)"
+
+
+@pytest.mark.slow
+def test_every_run_measures_its_targets_presets_beside_the_frontier(tmp_path, tiny_dir, data_dir):
+    """The transformers target's preset (GPTQ W4A16) is measured once, as a candidate is, kept out of the frontier
+    and the episode count, shown as a reference row, and the recommendation is compared with it."""
+    import json
+
+    from agentic_compression.cli import main
+    from agentic_compression.report import table
+
+    assert main(["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
+                 "--experiment", "p", "--max-episodes", "1", "--limit", "8", "--ppl-tokens", "256", "--repeats", "2",
+                 "--threads", "1", "--force", "--no-skills", "--policy", "random"]) == 0
+    final = json.loads((tmp_path / "p" / "final_results.json").read_text())
+    (p,) = final["presets"]
+    assert p["id"] == "preset:transformers:GPTQ W4A16" and p["status"] == "success", p
+    assert p["steps"][0]["params"]["group_size"] == 64 and p["objectives"]["kld"] > 0 and p["kld"]["n"] == 255
+    assert p["id"] not in final["pareto_frontier"] and final["episodes_run"] == 1
+    assert (tmp_path / "p" / "presets" / "transformers-GPTQ_W4A16" / "results.json").is_file()
+    text = table(tmp_path / "p")
+    assert "preset:transformers:GPTQ W4A16" in text and "community preset transformers GPTQ W4A16" in text
+    if final["versus_preset"]:  # the balanced pick measured: compared with the preset of its target
+        assert final["versus_preset"].startswith(final["balanced"]) and "of transformers GPTQ W4A16" in \
+            final["versus_preset"] and "against the closest community preset" in text
+
