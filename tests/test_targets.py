@@ -107,22 +107,30 @@ def test_per_tensor_types_override_the_quantization_type(tmp_path, tiny_dir):
 
 @needs_cpp
 def test_mixed_precision_becomes_llamacpp_per_tensor_types(tmp_path, tiny_dir, data_dir):
-    """gguf.avg_bits: every decoder weight's type chosen by measured sensitivity (methods/mixed.py), each pattern
-    naming exactly one tensor of the file, which holds that type."""
+    """gguf.avg_bits: every weight matrix's type (the token embedding too) chosen among the types llama.cpp stores
+    at its row width, by measured sensitivity (gguf_types.py), each pattern naming exactly one tensor of the file,
+    which holds that type; with an importance matrix too."""
     import re
 
     from gguf import GGUFReader
 
-    step = Step(method="gguf", params={"type": "Q8_0", "avg_bits": 6.0})
-    res = apply_strategy(Strategy(action="quantization", steps=[step]), tiny_dir, tmp_path / "ckpt", _ctx(data_dir),
-                         target=LLAMACPP)
-    assert res.error is None, res.error
-    mixed, overrides = res.export["mixed"], res.export["tensor_overrides"]
-    assert len(overrides) == 2 * 7 and set(overrides.values()) == {"q4_0", "q8_0"} and mixed["avg_bits"] <= 6
-    types = {t.name: t.tensor_type.name for t in GGUFReader(str(tmp_path / "ckpt" / "model.gguf")).tensors}
-    for pattern, ggml_type in overrides.items():
-        (name,) = [n for n in types if re.search(pattern, n)]
-        assert types[name] == ggml_type.upper()
+    from agentic_compression.targets.gguf_types import bits, fits
+
+    for imatrix in (False, True):
+        step = Step(method="gguf", params={"type": "Q8_0", "avg_bits": 6.0, "imatrix": imatrix, "imatrix_samples": 4})
+        ckpt = tmp_path / f"ckpt-{imatrix}"
+        res = apply_strategy(Strategy(action="quantization", steps=[step]), tiny_dir, ckpt, _ctx(data_dir),
+                             target=LLAMACPP)
+        assert res.error is None, res.error
+        mixed, overrides = res.export["mixed"], res.export["tensor_overrides"]
+        assert len(overrides) == 2 * 7 + 1 and mixed["avg_bits"] <= 6 and len(set(overrides.values())) > 1
+        types = {t.name: t.tensor_type.name for t in GGUFReader(str(ckpt / "model.gguf")).tensors}
+        shapes = {t.name: int(t.shape[0]) for t in GGUFReader(str(ckpt / "model.gguf")).tensors}  # row width first
+        for pattern, ggml_type in overrides.items():
+            (name,) = [n for n in types if re.search(pattern, n)]
+            assert types[name] == ggml_type.upper() == mixed["file_types"][name] and fits(types[name], shapes[name])
+        assert "token_embd.weight" in {n for p in overrides for n in types if re.search(p, n)}
+        assert all(bits(t) <= 8.5 for t in mixed["file_types"].values() if t not in ("F32", "F16"))
 
 
 @needs_cpp
@@ -332,6 +340,58 @@ def test_an_importance_matrix_changes_the_weights_and_lowers_the_calibration_err
     assert kl(tmp_path / "imat.gguf") < kl(tmp_path / "plain.gguf")
 
 
+def _kld_llama_perplexity_way(f32, quant, text, n_ctx, chunks):
+    """acf's KL divergence (measure.KLDivergence) on exactly the tokens llama-perplexity scores: the text in chunks of
+    n_ctx tokens, each starting with BOS where the vocabulary adds one, the second half of each chunk scored."""
+    from agentic_compression.evaluation import measure
+    from agentic_compression.llamacpp import LlamaCpp
+
+    ref, q = LlamaCpp(f32, n_ctx=n_ctx), LlamaCpp(quant, n_ctx=n_ctx)
+    ids, bos = ref.tokenize(text), ref.llm.token_bos()
+    k, first = measure.KLDivergence(), n_ctx // 2
+    for c in range(chunks):
+        chunk = ids[c * n_ctx:(c + 1) * n_ctx]
+        if ids[0] == bos:
+            chunk[0] = bos
+        lp, lq = torch.tensor(ref.logits(chunk)[:n_ctx].copy()), torch.tensor(q.logits(chunk)[:n_ctx].copy())
+        k.add(lq[first:n_ctx - 1], lp[first:n_ctx - 1], torch.tensor(chunk[first + 1:]))
+    ref.close()
+    q.close()
+    return k.stats()
+
+
+@needs_cpp
+@pytest.mark.integration
+def test_kld_agrees_with_llama_perplexity_and_orders_the_types(tmp_path, smollm2_f32, data_dir):
+    """Mean KL divergence from the f32 GGUF: Q8_0 < Q4_K_M < Q4_0 on SmolLM2, and acf's value for Q4_0 within 5%
+    of what llama.cpp's own `llama-perplexity --kl-divergence` prints on the same tokens (it stores the reference
+    as 16-bit log-probabilities; acf's is exact)."""
+    import re
+    import subprocess
+
+    from agentic_compression.targets.llamacpp import quantize, tool
+
+    exe = tool("llama-perplexity")
+    assert exe is not None, "setup.sh builds llama-perplexity beside llama-quantize"
+    f32 = smollm2_f32 / "model.gguf"
+    text = tmp_path / "wiki.txt"
+    text.write_text((data_dir / "wikitext-2" / "wiki.test.raw").read_text(encoding="utf-8")[:60000], encoding="utf-8")
+    ours = {}
+    for t in ("Q8_0", "Q4_K_M", "Q4_0"):
+        quantize(f32, tmp_path / f"{t}.gguf", t)
+        ours[t] = _kld_llama_perplexity_way(f32, tmp_path / f"{t}.gguf", text.read_text(encoding="utf-8"), 512, 4)
+    assert ours["Q8_0"]["mean"] < ours["Q4_K_M"]["mean"] < ours["Q4_0"]["mean"], ours
+    assert all(o["n"] == 4 * 255 for o in ours.values())
+    run = [str(exe), "-c", "512", "--chunks", "4", "-t", "2", "--kl-divergence-base", str(tmp_path / "base.kld")]
+    subprocess.run([*run, "-m", str(f32), "-f", str(text)], check=True, capture_output=True)
+    out = subprocess.run([*run, "-m", str(tmp_path / "Q4_0.gguf"), "--kl-divergence"], check=True,
+                         capture_output=True, text=True)
+    theirs = float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", out.stdout + out.stderr).group(1))
+    assert abs(ours["Q4_0"]["mean"] / theirs - 1) < 0.05, (ours["Q4_0"]["mean"], theirs)
+    same = float(re.search(r"Same top p:\s+([0-9.]+)", out.stdout + out.stderr).group(1)) / 100
+    assert abs(ours["Q4_0"]["same_top"] - same) < 0.02
+
+
 RUNTIMES = {"llamacpp": ("llama.cpp", "gguf", "model.gguf"), "ortgenai": ("onnxruntime-genai", "ort", "model.onnx")}
 
 
@@ -359,9 +419,20 @@ def test_a_run_across_two_targets_measures_each_candidate_in_its_runtime(tmp_pat
         assert 0 < side["latency_ratio"] and abs(side["size_ratio"] - 1) < 0.01
         # on the reference's scale: the baseline's paired ratio times transformers' own median
         assert b["objectives"]["latency_ms"] == pytest.approx(side["latency_ratio"] * ref["result"]["latency_ms"])
-    # the f32 GGUF scores as transformers fp32 does: the same items right, perplexity within 0.5%
+    # the f32 GGUF scores as transformers fp32 does: the same items right, perplexity within 0.5%, and its next-token
+    # distributions those of transformers (KL divergence measured on the perplexity tokens)
     assert final["baseline"]["accuracy"] == ref["result"]["accuracy"]
     assert abs(final["baseline"]["perplexity"] / ref["result"]["perplexity"] - 1) < 0.005
+    assert ref["result"]["kld"] == 0.0 and ref["result"]["kld_detail"]["reference"].startswith("itself")
+    for name in RUNTIMES:
+        assert 0 <= final["baselines"][name]["objectives"]["kld"] < 1e-5, (name, final["baselines"][name])
+    # the community presets, measured in their runtimes beside the frontier and never in it
+    presets = {p["id"]: p for p in final["presets"]}
+    assert set(presets) == {"preset:llamacpp:Q4_K_M", "preset:llamacpp:Q8_0", "preset:ortgenai:int4"}, presets
+    assert all(p["status"] == "success" and p["id"] not in final["pareto_frontier"] for p in presets.values())
+    kld = {k.split(":")[-1]: p["objectives"]["kld"] for k, p in presets.items()}
+    assert 0 < kld["Q8_0"] < kld["Q4_K_M"], kld
+    assert presets["preset:llamacpp:Q4_K_M"]["runtime"]["type"] == "Q4_K_M"
     ok = [e for e in final["episodes"] if e["status"] == "success"]
     assert ok
     for e in ok:  # a PyTorch-only strategy goes to the first target listed, compressed-tensors to ONNX
@@ -372,6 +443,10 @@ def test_a_run_across_two_targets_measures_each_candidate_in_its_runtime(tmp_pat
         assert e["runtime"]["runtime"] == runtime and Path(e["checkpoint"], weights).is_file()
         if e["steps"][-1]["method"] == method:
             assert e["relative"]["model_size_gb"] < 0.35
+        # KL divergence to its target's baseline (the f32 export), on every scored perplexity token
+        k = e["kld"]
+        assert k["n"] == 512 - 1 and k["reference_runtime"] == runtime and e["objectives"]["kld"] == k["mean"] > 0
+        assert e["intervals"]["kld"][0] <= k["mean"] <= e["intervals"]["kld"][1]
 
 
 # ---- vLLM (GPU): written, not run here; tested up to the engine call ----
@@ -469,8 +544,8 @@ def test_vllm_is_refused_in_one_line_where_it_cannot_run(tiny_dir, data_dir, tmp
     from agentic_compression.cli import main
 
     assert not targets.get("vllm").available()[0]  # no vLLM, no GPU on this machine
-    code = main(["run", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
-                 "--target", "vllm", "--force"])
+    code = main(["run", "--no-presets", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--output-dir",
+                 str(tmp_path), "--target", "vllm", "--force"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and any("target 'vllm' cannot run here" in line for line in err)
     assert not any("Traceback" in line for line in err)

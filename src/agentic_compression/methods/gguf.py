@@ -22,9 +22,10 @@ class GGUFQuant(Method):
                     help="weight the rounding error by llama.cpp's importance matrix over the calibration text"),
               Param(name="imatrix_samples", low=4, high=512, default=32, grid=[32],
                     help="512-token calibration windows the importance matrix is computed on"),
-              Param(name="avg_bits", low=4.0, high=8.0, default=None,
-                    help="mixed precision: q4_0 or q8_0 per decoder weight, allocated by measured sensitivity so that "
-                         "they average at most this many bits (methods/mixed.py); the rest keeps the type"),
+              Param(name="avg_bits", low=3.5, high=8.5, default=None,
+                    help="per-tensor types: each weight matrix (embedding and head included) gets one of the types "
+                         "llama.cpp stores at its row width, by measured sensitivity in llama.cpp's own rounding, "
+                         "averaging at most this many stored bits per weight (targets/gguf_types.py)"),
               Param(name="tensor_types", default=None,
                     help="per-tensor overrides, {tensor name or pattern: ggml type}, e.g. {\"attn_v\": \"q8_0\"} "
                          "(mixed precision; set by a person or an allocation, never enumerated by a policy)"))
@@ -46,6 +47,11 @@ class GGUFQuant(Method):
         if types is not None and not (isinstance(types, dict) and all(isinstance(k, str) and isinstance(v, str)
                                                                       for k, v in types.items())):
             return "gguf.tensor_types must map tensor names to ggml types, e.g. {\"attn_v\": \"q8_0\"}"
+        from ..targets.gguf_types import TYPES
+
+        unknown = [t for t in str(params.get("exclude") or "").upper().split(",") if t and t not in TYPES]
+        if unknown:
+            return f"gguf exclude names no type of the allocation: {', '.join(unknown)} (types: {', '.join(TYPES)})"
         return super().check(params, config)
 
     def apply(self, model, tokenizer, params, ctx):
@@ -65,3 +71,24 @@ class AutoRoundGGUF(GGUFQuant):
     params = (Param(name="type", choices=["q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k", "q8_0"], default="q4_k_m"),
               Param(name="num_samples", low=4, high=512, default=32, grid=[32], help="calibration windows"),
               Param(name="seq_len", low=64, high=2048, default=256, grid=[256], help="tokens per window"))
+
+
+@register
+class GGUFMixed(GGUFQuant):
+    """Per-tensor llama.cpp types under a bits-per-weight budget (gguf.avg_bits), as a search policy proposes it: the
+    budget and the importance matrix are what it chooses. Q4_K_M on SmolLM2 stores 6.3 bits per weight (its 576-wide
+    matrices fall back to Q5_0, the embedding is Q8_0), so the grid spans the presets' sizes."""
+
+    name = "gguf_mixed"
+    cost = 1  # the sensitivities: a forward per matrix and type, once per experiment (statistics/)
+    params = (Param(name="type", choices=["Q8_0"], default="Q8_0",
+                    help="the type of a matrix the allocation does not name (none: every one is allocated)"),
+              Param(name="avg_bits", low=3.5, high=8.5, default=5.0, grid=[4.5, 5.0, 5.5, 6.0, 6.5],
+                    help="stored bits per weight, averaged over the weight matrices"),
+              Param(name="imatrix", choices=[True, False], default=True,
+                    help="round with the importance of each input column (llama.cpp's importance matrix)"),
+              Param(name="imatrix_samples", low=4, high=512, default=32, grid=[32],
+                    help="512-token calibration windows the importance matrix is computed on"),
+              Param(name="exclude", default=None,
+                    help="types the allocation may not use, comma-separated (e.g. Q4_1 for a model whose own "
+                         "weights are a dequantized Q4_1, which Q4_1 stores without loss)"))

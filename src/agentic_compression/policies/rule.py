@@ -12,6 +12,9 @@ Rules:
 - at 8 bits every method is near-lossless, so the cheaper ones rank up (method cost);
 - group size 64 is the reference (finer costs size, coarser costs accuracy), per-channel is coarsest;
 - structured pruning starts with MLP channels at about 10% (then heads, then whole layers);
+- on llama.cpp, an importance-matrix candidate ranks up (it removed 41% of Q4_K_M's KL divergence at the same bytes
+  on SmolLM2), and a per-tensor allocation over every type (gguf_mixed) more, at a budget near 6 bits per weight
+  (the size of the Q4_K_M preset on a model whose widths are no multiple of 256; 4.5 while a size goal is unmet);
 - a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
 - a method that failed ranks far down, and so does one that wrecked the model once (perplexity more than twice the
   baseline's): its other settings are no milder by enough to matter;
@@ -106,6 +109,11 @@ class RulePolicy:
             s += (1.5 if b >= 8 else -0.5) if size_unmet else 0.0
             s += (5.0 if _family(step) in accuracy_broken else 0.0) + (-1.0 if accuracy_broken and b == 8 else 0.0)
             s += view.methods[step.method].cost * (1.0 if b == 8 else 0.1)
+            if step.params.get("imatrix"):  # measured: llama.cpp's importance matrix removes 41% of Q4_K_M's KLD
+                s -= 0.5
+            if step.params.get("avg_bits") is not None and view.methods[step.method].runtime == "gguf":
+                near = 4.5 if size_unmet else 6.0  # the presets' size, or less while a size goal is unmet
+                s += 0.3 * abs(step.params["avg_bits"] - near) - 0.2  # every type per tensor
             g = step.params.get("group_size", "absent")
             if g != "absent":
                 s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from . import Target, copy_side_files, register
+from .gguf_types import TYPES, importance
 
 GGUF = "model.gguf"
 FORMAT_FILE = "acf_format.json"
@@ -143,21 +145,27 @@ def tensor_facts(gguf: Path) -> dict:
             "tensor_types": types}
 
 
-def allocation(model, windows: list[list[int]], avg_bits: float, f32: Path, stats: Path | None = None) -> dict:
-    """Mixed precision in llama.cpp's types: each decoder weight's sensitivity to q4_0 and q8_0 (blocks of 32)
-    measured on the PyTorch model, allocated under ``avg_bits`` (methods/mixed.py), and named as the GGUF names the
-    tensor (llama-quantize's --tensor-type patterns)."""
-    import re
+def types_by_tensor(gguf: Path) -> dict[str, str]:
+    """{tensor name: its llama.cpp type}, as the file stores it."""
+    from gguf import GGUFReader
 
+    return {t.name: t.tensor_type.name for t in GGUFReader(str(gguf)).tensors}
+
+
+def allocation(model, windows: list[list[int]], avg_bits: float, f32: Path, importance: dict | None,
+               stats: Path | None = None, types: tuple[str, ...] = TYPES) -> dict:
+    """Per-tensor types over every type llama.cpp stores at each matrix's row width, under ``avg_bits`` stored bits
+    per weight, by measured sensitivity in llama.cpp's own rounding (gguf_types.py), named as the GGUF names each
+    matrix (llama-quantize's --tensor-type patterns, each matching exactly one tensor)."""
     import gguf
 
     from ..architecture import of_model
-    from ..methods.mixed import plan
+    from .gguf_types import plan
 
     arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[architecture_of(f32)]
     names = gguf.get_tensor_name_map(arch, of_model(model).n_layers)
-    out = plan(model, windows, avg_bits, 32, {"q4_0": 4, "q8_0": 8}, stats)
-    out["tensor_types"] = {re.escape(names.get_name(f"{n}.weight", try_suffixes=(".weight",))): t
+    out = plan(model, windows, avg_bits, importance, stats, types)
+    out["tensor_types"] = {"^" + re.escape(names.get_name(f"{n}.weight", try_suffixes=(".weight",))) + "$": t.lower()
                            for n, t in out["assignment"].items()}
     return out
 
@@ -176,6 +184,8 @@ class LlamaCppTarget(Target):
     runtime = "llama.cpp"
     runs = frozenset({"dense", "dense-smaller", "gguf"})
     requires = ("llama_cpp", "gguf")
+    presets = {"Q4_K_M": [{"method": "gguf", "params": {"type": "Q4_K_M"}}],  # llama.cpp's recommended default
+               "Q8_0": [{"method": "gguf", "params": {"type": "Q8_0"}}]}
 
     def available(self) -> tuple[bool, str]:
         ok, why = super().available()
@@ -188,7 +198,7 @@ class LlamaCppTarget(Target):
         return f"llama-cpp-python {version('llama_cpp_python')}"
 
     def export(self, dense: Path, out: Path, final=None, ctx=None) -> dict:
-        from .. import llamacpp
+        from .. import llamacpp, methods
         from ..models import load
 
         out.mkdir(parents=True, exist_ok=True)
@@ -203,13 +213,13 @@ class LlamaCppTarget(Target):
             if final is None:
                 f32.rename(out / GGUF)
             elif final.method == "autoround_gguf":
-                p = final.params
+                p = methods.get(final.method).resolve(final.params)
                 windows = ctx.calibration(tok, int(p["num_samples"]), int(p["seq_len"]) + 16)
                 autoround(dense, [tok.decode(w) for w in windows], int(p["seq_len"]), p["type"], out / GGUF)
                 info.update(type=p["type"], quantizer=f"auto-round {version('auto-round')}",
                             check=llamacpp.compare(model, tok, out / GGUF))
             else:
-                p = final.params
+                p = methods.get(final.method).resolve(final.params)
                 imat = None
                 if p.get("imatrix"):
                     imat = out / ".imatrix.gguf"
@@ -217,11 +227,24 @@ class LlamaCppTarget(Target):
                     importance_matrix(f32, "\n".join(tok.decode(s) for s in texts), imat, 512)
                 types = dict(p.get("tensor_types") or {})
                 if p.get("avg_bits") is not None:
-                    mixed = allocation(model, ctx.calibration(tok, 4, 128), float(p["avg_bits"]), f32, ctx.stats)
+                    imp = None
+                    if imat is not None:  # the rounding the file will get: weighted by the same kind of statistic
+                        imp = importance(model, ctx.calibration(tok, int(p.get("imatrix_samples", 32)), 512),
+                                         ctx.stats)
+                    offered = tuple(t for t in TYPES if t not in str(p.get("exclude") or "").upper().split(","))
+                    mixed = allocation(model, ctx.calibration(tok, 4, 128), float(p["avg_bits"]), f32, imp,
+                                       ctx.stats, offered)
                     types = {**mixed.pop("tensor_types"), **types}  # a person's own overrides win
                     info["mixed"] = mixed
                 quantize(f32, out / GGUF, p["type"], imat, tensor_types=types)
                 info.update(type=p["type"], imatrix=bool(imat), tensor_overrides=types)
+                if "mixed" in info:  # the file's real types, read back: each matrix holds what was allocated
+                    held = types_by_tensor(out / GGUF)
+                    info["mixed"]["file_types"] = held
+                    wrong = {n: (want, held[n]) for pat, want in types.items() for n in held
+                             if re.search(pat, n) and held[n] != want.upper()}
+                    if wrong:
+                        raise RuntimeError(f"llama-quantize wrote other types than allocated: {wrong}")
         finally:
             for tmp in (f32, out / ".imatrix.gguf"):
                 tmp.unlink(missing_ok=True)
