@@ -139,6 +139,8 @@ def allocate(sens: dict[str, dict[str, float]], numels: dict[str, int], budget_b
     import numpy as np
 
     names = list(sens)
+    if bare := [n for n in names if not sens[n]]:
+        raise ValueError(f"no offered type fits the row width of {bare[0]}: offer a 32-weight block type (Q8_0)")
     least = sum(min(bits(t) for t in sens[n]) * numels[n] for n in names) / sum(numels[n] for n in names)
     if least > budget_bits + 1e-9:
         raise ValueError(f"avg_bits {budget_bits:g} is below {least:.3f}, the smallest types these matrices offer")
@@ -169,15 +171,17 @@ def allocate(sens: dict[str, dict[str, float]], numels: dict[str, int], budget_b
 
 def plan(model, windows: list[list[int]], budget_bits: float, importance: dict[str, Any] | None,
          stats: Path | None = None, types: tuple[str, ...] = TYPES) -> dict[str, Any]:
-    """Sensitivities (reused from ``stats`` when this model, windows and importance were measured before) and the
-    allocation under the budget, with its average stored bits and the summed sensitivity it predicts."""
+    """Sensitivities to every type (reused from ``stats`` when this model, windows and importance were measured
+    before, whichever types a budget offers) and the allocation over ``types`` under the budget, with its average
+    stored bits and the summed sensitivity it predicts."""
     from ..stats_cache import cached, weights_digest, windows_digest
 
     t0 = time.perf_counter()
-    key = {"weights": weights_digest(model), "windows": windows_digest(windows), "types": list(types),
+    key = {"weights": weights_digest(model), "windows": windows_digest(windows), "types": list(TYPES),
            "importance": importance is not None,
            "measure": f"next-token KL at {PROBE}, one matrix in llama.cpp's rounding; weighted squared error ratios"}
-    sens, reused = cached(stats, "gguf-sensitivity", key, lambda: sensitivities(model, windows, types, importance))
+    every, reused = cached(stats, "gguf-sensitivity", key, lambda: sensitivities(model, windows, TYPES, importance))
+    sens = {n: {t: v for t, v in s.items() if t in types} for n, s in every.items()}
     seconds = time.perf_counter() - t0
     numels = {n: m.weight.numel() for n, m in matrices(model).items()}
     assignment = allocate(sens, numels, budget_bits)
