@@ -112,7 +112,7 @@ class EvaluationResult(BaseModel):
         return self.energy.get("eval_co2_grams", self.co2_grams)
 
 
-OBJECTIVES = objectives.OBJECTIVES  # name -> +1 maximise, -1 minimise (the seed's 5 objectives; objectives.py)
+OBJECTIVES = objectives.OBJECTIVES  # name -> +1 maximise, -1 minimise (objectives.py)
 
 
 class EpisodeStatus(str, Enum):

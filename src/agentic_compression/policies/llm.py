@@ -271,8 +271,9 @@ def context(view: PolicyView) -> dict:
 
 
 SYSTEM = """You are the coordinator of acf, a system that finds the best compressed versions of a language model.
-Each turn you choose ONE next strategy; workers apply it with real libraries and it is measured on five objectives
-(accuracy up; latency, memory, size on disk and CO2 down). Aim for a broad Pareto frontier relative to the
+Each turn you choose ONE next strategy; workers apply it with real libraries and it is measured on six objectives
+(accuracy up; latency, memory, size on disk, CO2 and the KL divergence from the baseline's next-token distribution
+down). Aim for a broad Pareto frontier relative to the
 uncompressed baseline within the remaining budget: learn from the measured results and from failures.
 Rules:
 - Use only the methods under available_methods, with parameters inside their choices or ranges (omitted ones take

@@ -4,7 +4,7 @@ history (rebuilt on every decision, deterministic for a seed), so it persists an
 
 - ``grid``: the next untried grid point, in the built-in policy's order.
 - ``tpe`` / ``nsga2``: Optuna's multi-objective TPE and NSGA-II over the registry's discrete search space
-  (method, then its choices and grids), told every measured episode's five objectives (failures as FAIL).
+  (method, then its choices and grids), told every measured episode's objectives (failures as FAIL).
 - ``bandit``: UCB1 over methods, each arm's reward from reward.py; inside an arm, the built-in policy's order.
 - ``pbt``: population-based training of the recovery (LoRA) hyper-parameters on the best compressed candidate.
 - ``random``: a seeded uniform choice among untried configurations (the baseline every searcher must beat).
