@@ -192,12 +192,14 @@ def sensitivity_chart(episode: dict):
     import plotly.graph_objects as go
 
     m = episode["mixed"]
-    low = min(m["formats"], key=m["formats"].get)
-    layers = list(m["sensitivity"])
+    sens, fmts = m["sensitivity"], m["formats"]
+    low = {n: min(sens[n], key=fmts.get) for n in sens}  # each layer's fewest-bits format (llama.cpp: by width)
+    layers = list(sens)
     fig = go.Figure([go.Bar(name=f"given {fmt}", x=[n for n in layers if m["assignment"][n] == fmt],
-                            y=[m["sensitivity"][n][low] for n in layers if m["assignment"][n] == fmt])
+                            y=[sens[n][low[n]] for n in layers if m["assignment"][n] == fmt])
                      for fmt in dict.fromkeys(m["assignment"].values())])
-    fig.update_layout(title=f"{episode['episode_id']}: each layer's sensitivity to {low} (next-token KL, nats) and "
+    fig.update_layout(title=f"{episode['episode_id']}: each layer's sensitivity to its fewest-bits format "
+                      f"({', '.join(sorted(set(low.values())))}; next-token KL, nats) and "
                       f"the format it was given ({m['avg_bits']:.2f} bits on average, budget {m['budget_bits']:g})",
                       height=400, xaxis={"categoryorder": "array", "categoryarray": layers})
     return fig

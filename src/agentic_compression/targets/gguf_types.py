@@ -186,7 +186,8 @@ def plan(model, windows: list[list[int]], budget_bits: float, importance: dict[s
     numels = {n: m.weight.numel() for n, m in matrices(model).items()}
     assignment = allocate(sens, numels, budget_bits)
     avg = sum(bits(assignment[n]) * numels[n] for n in assignment) / sum(numels.values())
-    return {"types": list(types), "sensitivity": sens, "assignment": assignment, "avg_bits": avg,
+    return {"types": list(types), "formats": {t: bits(t) for t in types}, "sensitivity": sens,
+            "assignment": assignment, "avg_bits": avg,
             "budget_bits": budget_bits, "predicted_kl": sum(sens[n][t] for n, t in assignment.items()),
             "sensitivity_seconds": seconds, "sensitivity_reused": reused}
 
