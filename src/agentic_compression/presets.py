@@ -111,12 +111,12 @@ def measure_all(exp) -> list[Preset]:
         if (done := read(folder)) is not None:
             out.append(done)
             continue
+        folder.mkdir(parents=True, exist_ok=True)
         if isinstance(strategy, str):
             p = Preset(target=target, name=name, strategy=Strategy(action="quantization", policy="preset"),
                        status="unavailable", error=strategy)
         else:
             exp.progress("preset", 0, preset=name, target=target)
-            folder.mkdir(parents=True, exist_ok=True)
             work = episodes.compress(exp.job(-1, strategy, folder, target))
             if not work["current_error"]:
                 work.update(episodes.evaluate(exp.evaluators[target], Path(work["compressed_model_path"])))
@@ -124,7 +124,6 @@ def measure_all(exp) -> list[Preset]:
             p = Preset(target=target, name=name, strategy=strategy, status="success" if ok else "failed",
                        result=EvaluationResult(**work["current_result"]) if ok else None,
                        error=work.get("current_error"), checkpoint=work["compressed_model_path"] if ok else None)
-        folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / RESULTS, p.model_dump())
         out.append(p)
     return out
