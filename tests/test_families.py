@@ -90,13 +90,13 @@ def test_two_gemma3_episodes_on_a_baseline_that_matches_llama_cpp(gemma, data_di
     out = tmp_path_factory.mktemp("gemma-run")
     assert main(["run", "--no-presets", "--model", str(gguf), "--dataset", "arc_easy", "--data-dir", str(data_dir),
                  "--output-dir", str(out), "--experiment", "gemma", "--max-episodes", "2", "--limit", "40",
-                 "--ppl-tokens", "1024", "--repeats", "2", "--no-skills", "--set", "autoround.iters=2",
+                 "--ppl-tokens", "512", "--repeats", "2", "--no-skills", "--set", "autoround.iters=2",
                  "--set", "autoround.num_samples=8", "--set", "autoround.seq_len=128"]) == 0
     final = json.loads((out / "gemma" / "final_results.json").read_text())
     assert final["complete"] and final["episodes_run"] == 2 and final["episodes_failed"] == 0, final
     base = final["baseline"]
     tok = load_tokenizer(folder)
-    ids = tok(read_text(data_dir, "wikitext2-second-half"), add_special_tokens=False)["input_ids"][:1024]
+    ids = tok(read_text(data_dir, "wikitext2-second-half"), add_special_tokens=False)["input_ids"][:512]
     cpp = LlamaCpp(gguf)
     try:
         ref = perplexity(cpp, ids, 512, 256, bos_id(tok))

@@ -14,8 +14,9 @@ def run_dir(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("integration")
     code = main(["run", "--no-presets", "--model", "smollm2-135m", "--dataset", "hellaswag", "--data-dir",
                  str(data_dir), "--output-dir", str(out), "--experiment", "smoke", "--max-episodes", "2",
-                 "--limit", "24", "--ppl-tokens", "1024", "--repeats", "2", "--set", "gptq.num_samples=16", "--set",
-                 "gptq.seq_len=128"])
+                 "--limit", "24", "--ppl-tokens", "512", "--repeats", "2", "--set", "gptq.num_samples=16", "--set",
+                 "gptq.seq_len=128", "--set", "autoround.iters=2", "--set", "autoround.num_samples=8", "--set",
+                 "autoround.seq_len=128"])
     assert code == 0
     return out / "smoke"
 
