@@ -141,6 +141,18 @@ def _locked(w: World) -> list[str]:
     return run_args(w)
 
 
+# 9 levels of 10 aliases each: 10^9 strings once expanded
+_BOMB = "a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)) + \
+    "method_overrides: {gptq: {bomb: *a9}}\n"
+
+def _linked(w, target: str) -> Path:
+    """A model folder whose weights are a link to a system file (the probe's row 12)."""
+    d = w.model("linked")
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors").symlink_to(target)
+    return d
+
+
 CLI_CASES = [
     # a model's files
     Case("config-truncated", lambda w: run_args(w, model=str(w.model("m", config='{"model_type": "lla'))),
@@ -154,6 +166,8 @@ CLI_CASES = [
          "model.safetensors"),
     Case("safetensors-cut-short", lambda w: run_args(w, model=str(w.model("m", weights=_tiny_weights(w)[:-100]))),
          "model.safetensors"),
+    Case("safetensors-links-outside", lambda w: run_args(w, model=str(_linked(w, "/etc/passwd"))),
+         "is a link to a file outside the model folder"),
     Case("safetensors-garbage", lambda w: run_args(w, model=str(w.model("m", weights=os.urandom(4096)))),
          "model.safetensors"),
     Case("gguf-garbage", lambda w: run_args(w, model=str(w.file("bad.gguf", os.urandom(2048)))), "bad.gguf"),
@@ -221,6 +235,18 @@ CLI_CASES = [
     Case("config-file-wrong-types", lambda w: ["run", "--config", str(w.file(
         "run.yaml", f"model: {w.tiny}\ndata_dir: {w.data}\nmax_episodes: many\n"))], "max_episodes"),
     Case("config-file-missing", lambda w: ["run", "--config", str(w.root / "absent.yaml")], "absent.yaml"),
+    # the hostile-input probe's config rows: an alias bomb, a 50 MB file, a misspelled key, a section that does not
+    # exist, a yes/no where a number goes (each once ran, expanded to gigabytes, or did something else)
+    Case("config-file-alias-bomb", lambda w: ["run", "--print-config", "--config", str(w.file("run.yaml", _BOMB))],
+         "uses a YAML alias"),
+    Case("config-file-huge", lambda w: ["run", "--config", str(w.file("run.yaml", "a: 1\n" * 300_000))],
+         "more than a run configuration's 1,000,000"),
+    Case("config-file-misspelled-key", lambda w: ["run", "--config", str(w.file(
+        "run.yaml", f"model: {w.tiny}\ndata_dir: {w.data}\nmax_episode: 1\n"))], "max_episode: Extra inputs"),
+    Case("config-file-unknown-section", lambda w: ["run", "--config", str(w.file(
+        "run.yaml", f"model: {w.tiny}\ndata_dir: {w.data}\neval:\n  limt: 8\n"))], "valid keys here: benchmark"),
+    Case("config-file-bool-for-a-number", lambda w: ["run", "--config", str(w.file(
+        "run.yaml", f"model: {w.tiny}\ndata_dir: {w.data}\nmax_episodes: true\n"))], "max_episodes: expected int"),
     Case("no-model-at-all", lambda w: ["run", "--data-dir", str(w.data)], "no model given"),
     # resume
     Case("resume-config-truncated", lambda w: ["resume", str(w.experiment("e", **{"config.json": '{"model": '}))],
@@ -320,6 +346,8 @@ API_CASES = [
         '{"model": "tiny", "experiment": "x", "budget_hours": NaN}')), 422, "budget_hours"),
     ApiCase("budget-infinite", lambda c, w: c.post("/experiments", **_json(
         '{"model": "tiny", "experiment": "x", "budget_hours": Infinity}')), 422, "budget_hours"),
+    ApiCase("target-not-on-this-machine", lambda c, w: c.post("/experiments", json=_body(target="vllm")), 400,
+            "target 'vllm' cannot run here"),
     ApiCase("model-5000-chars", lambda c, w: c.post("/experiments", json=_body(model="m" * 5000)), 422, "model"),
     ApiCase("model-absolute-path", lambda c, w: c.post("/experiments", json=_body(model=str(w.tiny))), 400,
             "not one this server offers"),
@@ -650,6 +678,81 @@ def test_llm_key_echoed_by_the_endpoint_is_never_stored(view, monkeypatch):
     stored = json.dumps(st.model_dump())
     assert secret not in stored and escaped not in stored and "***" in st.reasoning
     assert "unknown method '***'" in st.meta["attempts"][0]["error"]
+    # the answer as stored: its escapes decoded before the scrub, so nothing that decodes to the key is kept
+    assert all(escaped not in a["raw"] and secret not in a["raw"] for a in st.meta["attempts"])
+
+
+def _decide_timed(view, srv, **kw):
+    """The LLM policy's decision against ``srv`` (closed after), and the seconds it took."""
+    try:
+        t = time.monotonic()
+        st = _policy(srv.url, **kw).decide(view)
+        return st, time.monotonic() - t
+    finally:
+        srv.close()
+
+
+class _Raw:
+    """An HTTP endpoint that answers every request with ``head`` then ``body``, ``per_byte`` seconds a byte."""
+
+    def __init__(self, body: bytes, per_byte: float = 0.0, length: int | None = None):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                f"{len(body) if length is None else length}\r\n\r\n").encode()
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+        def answer(conn):
+            try:
+                got = b""
+                while b"\r\n\r\n" not in got:  # the whole request first: unread bytes would reset the connection
+                    got += conn.recv(65536)
+                heads, rest = got.split(b"\r\n\r\n", 1)
+                need = int(next((x.split(b":")[1] for x in heads.split(b"\r\n")
+                                 if x.lower().startswith(b"content-length:")), b"0"))
+                while len(rest) < need:
+                    rest += conn.recv(65536)
+                conn.sendall(head)
+                if per_byte:
+                    for b in body:
+                        conn.sendall(bytes([b]))
+                        time.sleep(per_byte)
+                else:
+                    conn.sendall(body)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("body,per_byte,length,says", [
+    (b'{"choices":' + b"[" * 200_000, 0.0, None, "RecursionError"),  # the parser's stack
+    (b"x" * 1_000, 1.0, 1_000_000, "no complete answer within"),       # a byte a second: one deadline a request
+    (b" " * 3_000_000, 0.0, None, "over 1,000,000 bytes"),              # the body cap, enforced while reading
+], ids=["recursion", "trickle", "huge"])
+def test_a_hostile_http_answer_is_an_endpoint_failure_then_the_fallback(view, body, per_byte, length, says):
+    """Whatever the transport or its parser raises is an endpoint failure: recorded, retried, then the rule policy
+    decides, within the request's deadline; the run never sees the exception."""
+    st, took = _decide_timed(view, _Raw(body, per_byte, length), timeout_s=2, http_retries=1)
+    assert st.policy == "rule" and says in st.meta["fallback_reason"], st.meta
+    assert len(st.meta["http_failures"]) == 2 and took < 15, (took, st.meta)
 
 
 def test_llm_retry_after_is_capped_and_every_attempt_recorded(view):
@@ -657,12 +760,7 @@ def test_llm_retry_after_is_capped_and_every_attempt_recorded(view):
 
     srv = Script([(429, "slow down", 0, {"retry-after": "86400"}), (500, "oops", 0),
                   (200, '{"action": "end", "reasoning": "done"}', 0)])
-    try:
-        t = time.monotonic()
-        st = _policy(srv.url, http_retries=2, timeout_s=1.5).decide(view)
-        took = time.monotonic() - t
-    finally:
-        srv.close()
+    st, took = _decide_timed(view, srv, http_retries=2, timeout_s=1.5)
     assert took < 10 and st.action == "end" and st.policy == "llm"
     fails = st.meta["http_failures"]
     assert [f["status"] for f in fails] == [429, 500] and fails[0]["waited_s"] <= 1.5, fails

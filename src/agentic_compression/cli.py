@@ -80,16 +80,31 @@ def _explicit(argv: list[str]) -> set[str]:
     return set(vars(p.parse_args(argv)))
 
 
+CONFIG_BYTES = 1_000_000  # a run configuration is a few hundred bytes; a larger file is a mistake or an attack
+
+
 def _read_config(path: Path) -> dict:
     from .errors import UserError
     from .files import read_json, reading
 
+    with reading(path, "a run configuration"):
+        size = path.stat().st_size
+    if size > CONFIG_BYTES:
+        raise UserError(f"{path} is {size:,} bytes, more than a run configuration's {CONFIG_BYTES:,}",
+                        "give a file like 'acf run --print-config' prints")
     if path.suffix == ".json":
         return read_json(path, "a run configuration")
     import yaml
 
+    class NoAliases(yaml.SafeLoader):  # an alias can expand a small file into gigabytes (a "billion laughs")
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.events.AliasEvent):
+                raise UserError(f"{path} uses a YAML alias (*name), which a run configuration may not",
+                                "write each value out, as 'acf run --print-config' prints it")
+            return super().compose_node(parent, index)
+
     with reading(path, "a run configuration (YAML)", "give a YAML mapping like 'acf run --print-config' prints"):
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=NoAliases)  # noqa: S506 (a SafeLoader)
     if not isinstance(raw, dict):
         raise UserError(f"{path} is not a YAML mapping", "give a mapping like 'acf run --print-config' prints")
     return raw

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 from .goals import Goals
 from .objectives import NOISE
 from .reward import RewardSettings
+from .strict import Settings
 
 # an experiment's name: one folder directly under the output folder (no '/', no '..', not '.'); also the API's
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -27,7 +28,7 @@ def countries() -> frozenset[str]:
     return frozenset(DataSource().get_global_energy_mix_data())
 
 
-class EvalSettings(BaseModel):
+class EvalSettings(Settings):
     benchmark: str = Field(default="hellaswag", description="benchmarks, comma-separated, or 'all' (benchmarks.py)")
     source: Literal["local", "hub"] = Field(default="local", description="local files (--data-dir) or, online, "
                                             "lm-eval's own tasks on the Hub's datasets")
@@ -90,14 +91,14 @@ class EvalSettings(BaseModel):
         return v
 
 
-class CalibrationSettings(BaseModel):
+class CalibrationSettings(Settings):
     source: str = Field(default="wikitext2-first-half",
                         description="calibration/training text: the first half of WikiText-2 (evaluation uses the "
                                     "second), or a .txt / .jsonl file")
     seed: int = 0
 
 
-class LLMSettings(BaseModel):
+class LLMSettings(Settings):
     """The LLM coordinator (``--policy llm``). The API key is never part of the configuration: it is read from
     the environment (OPENAI_API_KEY, or ACF_LLM_API_KEY) when the policy starts, so it reaches no artifact."""
 
@@ -128,8 +129,7 @@ class LLMSettings(BaseModel):
         return v
 
 
-class RunConfig(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False)
+class RunConfig(Settings):
     model: str = Field(max_length=1000, description="'smollm2-135m', a local model folder, a .gguf file or a Hub id")
     dataset: str = Field(default="hellaswag", description="benchmark(s), comma-separated, or 'all': hellaswag, "
                          "arc_easy, arc_challenge, piqa, winogrande, commonsense_qa, truthfulqa_mc1, truthfulqa_mc2, "
@@ -204,9 +204,27 @@ def default(path: str) -> Any:
 
 
 def brief(e: ValidationError) -> str:
-    """A pydantic error on one line: each field and what is wrong with it, never the whole input."""
+    """A pydantic error on one line: each field and what is wrong with it (an unknown key with the valid ones),
+    never the whole input."""
     def got(x: dict) -> str:
         v = x.get("input")
-        return f" (got {v!r:.60})" if isinstance(v, (str, int, float)) else ""
+        if x["type"] == "extra_forbidden":  # a run configuration's: the keys it takes there
+            keys = _keys_at(x["loc"][:-1]) if e.title == "RunConfig" else []
+            return f" (valid keys here: {', '.join(keys)})" if keys else ""
+        return f" (got {(v[:60] if isinstance(v, str) else v)!r:.60})" if isinstance(v, (str, int, float)) else ""
 
-    return "; ".join(f"{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']}{got(x)}" for x in e.errors())
+    def where(x: dict) -> str:  # a model validator's own message already names its key
+        return f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else ""
+
+    return "; ".join(f"{where(x)}{x['msg'].removeprefix('Value error, ')}{got(x)}" for x in e.errors()[:5])
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys RunConfig takes at a path ((), ("eval",), ("goals",)); [] where the path names no settings."""
+    model = RunConfig
+    for key in loc:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, Settings)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)

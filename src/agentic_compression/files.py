@@ -31,6 +31,13 @@ def reading(path: Path | str, what: str, todo: str = "") -> Iterator[None]:
                         todo or f"check or replace {Path(path).name}") from None
 
 
+def within(path: Path, folder: Path) -> bool:
+    """Whether ``path``, links followed, stays inside ``folder`` (for a Hub cache snapshot, inside its repository,
+    whose snapshots link into blobs/)."""
+    root = folder.parent.parent if folder.parent.name == "snapshots" else folder
+    return Path(path).resolve().is_relative_to(root.resolve())
+
+
 def read_json(path: Path, what: str, todo: str = "") -> dict:
     """A JSON object from ``path``; a missing, truncated, binary or non-object file is a UserError."""
     with reading(path, what, todo):

@@ -14,16 +14,16 @@ from __future__ import annotations
 import math
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from . import objectives
 from .schemas import OBJECTIVES, EvaluationResult
+from .strict import Settings
 
 _DROP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 
 
-class Goals(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+class Goals(Settings):
     max_accuracy_drop: str | None = Field(default=None, description="'0.01': at most 0.01 below the baseline's "
                                           "accuracy (absolute); '1%': at most 1% of it (relative)")
     max_size_gb: float | None = Field(default=None, gt=0, description="bytes on disk / 1e9")

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from .objectives import OBJECTIVES, SPECS, normalised, ratio
+from .strict import Settings
 
 FAILED = -1.0
 
 
-class RewardSettings(BaseModel):
+class RewardSettings(Settings):
     weights: dict[str, float] = Field(
         default_factory=lambda: {o.name: o.weight for o in SPECS},
         description="weight of each objective's relative change against the baseline")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import model_db
 from .errors import UserError
-from .files import read_json, reading
+from .files import read_json, reading, within
 from .schemas import ModelSpec
 
 _FAMILIES = ("llama", "mistral", "mixtral", "qwen", "gemma", "phi", "gpt2", "gpt_neox", "pythia", "opt", "bloom",
@@ -30,12 +30,16 @@ def safetensors_params(folder: Path) -> tuple[int, str] | None:
         return None
     total, by_dtype = 0, {}
     for f in files:
+        if not within(f, folder):
+            raise UserError(f"{f} is a link to a file outside the model folder",
+                            "copy the weights into the folder instead of linking them")
         with reading(f, "safetensors weights", "restore or re-download the model's weights"):
             size = f.stat().st_size
             with open(f, "rb") as fh:
                 (n,) = struct.unpack("<Q", fh.read(8))
-                if n > size - 8:
-                    raise ValueError(f"its header claims {n} bytes, but the file has {size}")
+                if n > size - 8:  # the message quotes none of the file's bytes
+                    raise ValueError(f"its first 8 bytes are no header length for a {size}-byte file: not "
+                                     "safetensors weights")
                 header = json.loads(fh.read(n))
             end = 0
             for name, t in header.items():

@@ -286,6 +286,14 @@ Rules:
 Answer with one JSON object only."""
 
 
+MAX_BODY = 1_000_000  # bytes of an HTTP answer read before the request is abandoned (an answer is a few KB)
+
+
+def _unescape(text: str) -> str:
+    """JSON's escapes (\\uXXXX, \\/) decoded, so that a key spelt in them is seen by the scrub."""
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text).replace("\\/", "/")
+
+
 def _scrub(text: str, secret: str | None) -> str:
     """Every string that came from the endpoint passes here before it is stored, logged or parsed: the key, any
     OpenAI-style key and any bearer credential become ***."""
@@ -299,18 +307,69 @@ class LLMPolicy:
     name = "llm"
 
     def __init__(self, settings: LLMSettings | None = None, fallback: Policy | None = None, seed: int = 0):
-        from openai import OpenAI
-
         self.s = settings or LLMSettings()
         self.seed = seed  # the search action's (--search-seed)
         self._key = os.environ.get("ACF_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
         if not self._key and self.s.base_url is None:
             raise UserError("--policy llm needs an API key for api.openai.com",
                             "set OPENAI_API_KEY, or pass --llm-base-url for a local OpenAI-compatible server")
-        self.client = OpenAI(api_key=self._key or "not-needed", base_url=self.s.base_url,
-                             timeout=self.s.timeout_s, max_retries=0)
+        self.client = self._client()
         self.fallback = fallback or RulePolicy()
         self.endpoint_failures = 0  # decisions in a row whose endpoint failed (the breaker)
+
+    def _client(self):
+        """An OpenAI client whose answers are read through a byte cap (MAX_BODY), enforced while reading."""
+        import httpx
+        from openai import OpenAI
+
+        class Capped(httpx.SyncByteStream):
+            def __init__(self, inner):
+                self.inner = inner
+
+            def __iter__(self):
+                n = 0
+                for chunk in self.inner:
+                    n += len(chunk)
+                    if n > MAX_BODY:
+                        raise httpx.ReadError(f"the answer's body is over {MAX_BODY:,} bytes")
+                    yield chunk
+
+            def close(self):
+                self.inner.close()
+
+        class Transport(httpx.HTTPTransport):
+            def handle_request(self, request):
+                r = super().handle_request(request)
+                return httpx.Response(r.status_code, headers=r.headers, stream=Capped(r.stream),
+                                      extensions=r.extensions)
+
+        return OpenAI(api_key=self._key or "not-needed", base_url=self.s.base_url, timeout=self.s.timeout_s,
+                      max_retries=0, http_client=httpx.Client(transport=Transport(), timeout=self.s.timeout_s))
+
+    def _create(self, kw: dict, seconds: float):
+        """One request under one wall-clock deadline covering connect, headers and body (httpx's timeouts are per
+        read, so an endpoint sending a byte a second never trips them): past it, the connection is closed."""
+        import threading
+
+        box: dict[str, Any] = {}
+        client = self.client
+
+        def call():
+            try:
+                box["r"] = client.chat.completions.create(**kw)
+            except BaseException as e:  # handed to the caller's thread
+                box["e"] = e
+
+        t = threading.Thread(target=call, daemon=True, name="acf-llm-request")
+        t.start()
+        t.join(seconds)
+        if t.is_alive():
+            self.client = self._client()
+            client.close()  # the blocked read ends with the socket
+            raise TimeoutError(f"no complete answer within {seconds:g} s")
+        if "e" in box:
+            raise box["e"]
+        return box["r"]
 
     # -- one request, with backoff on transient errors --
     def _request(self, messages: list[dict], log: list[dict], deadline: float, k: int = 1) -> str:
@@ -334,10 +393,17 @@ class LLMPolicy:
         for i in range(s.http_retries + 1):
             t = time.perf_counter()
             try:
-                r = self.client.chat.completions.create(**kw)
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
-                last = e
-                entry = {"http_error": self._scrub(f"{type(e).__name__}: {e}")[:500],
+                r = self._create(kw, max(0.1, min(s.timeout_s, deadline - time.monotonic())))
+            except Exception as e:  # noqa: BLE001 -- the transport's or the parser's: an endpoint failure
+                if isinstance(e, openai.APIStatusError) and not isinstance(e, (openai.RateLimitError,
+                                                                               openai.InternalServerError)):
+                    log.append({"http_error": self._scrub(f"HTTP {e.status_code}: {e.message}")[:500],
+                                "status": e.status_code, "seconds": round(time.perf_counter() - t, 2)})
+                    raise EndpointError(f"endpoint refused the request: HTTP {e.status_code}: "
+                                        f"{self._scrub(str(e.message))[:300]}") from None
+                last = e  # refused connection, 429, 5xx, a deadline, a body too large or unparseable: retried
+                why = f"{e} ({e.__cause__})" if e.__cause__ else str(e)  # openai's "Connection error." hides it
+                entry = {"http_error": self._scrub(f"{type(e).__name__}: {why}")[:500],
                          "status": getattr(e, "status_code", None), "seconds": round(time.perf_counter() - t, 2)}
                 if i < s.http_retries:
                     after = getattr(getattr(e, "response", None), "headers", {}).get("retry-after")
@@ -350,17 +416,14 @@ class LLMPolicy:
                 if time.monotonic() >= deadline:
                     break
                 continue
-            except openai.APIStatusError as e:
-                log.append({"http_error": self._scrub(f"HTTP {e.status_code}: {e.message}")[:500],
-                            "status": e.status_code, "seconds": round(time.perf_counter() - t, 2)})
-                raise EndpointError(f"endpoint refused the request: HTTP {e.status_code}: {e.message}") from None
             if not r.choices:
                 return ""
             msg = r.choices[0].message
             if s.mode == "function_calling" and msg.tool_calls:
                 return msg.tool_calls[0].function.arguments or ""
             return msg.content or ""
-        raise EndpointError(f"endpoint failed {len(log)} times ({type(last).__name__}: {last})")
+        raise EndpointError(f"endpoint failed {len(log)} times ({log[-1]['http_error'][:300]})" if log else
+                            "endpoint failed: no time left for a request")
 
     def _scrub(self, text: str) -> str:
         return _scrub(text, self._key)
@@ -436,7 +499,9 @@ class LLMPolicy:
             meta["http_failures"] += failed
             self.endpoint_failures = 0
             raw = self._scrub(raw)  # before it is parsed: no string from the endpoint reaches an artifact unscrubbed
-            attempt = {"raw": raw[:8000], "seconds": round(time.perf_counter() - t, 2), "error": None}
+            # stored decoded, then scrubbed: a key spelt in JSON escapes is caught too
+            attempt = {"raw": self._scrub(_unescape(raw))[:8000], "seconds": round(time.perf_counter() - t, 2),
+                       "error": None}
             meta["attempts"].append(attempt)
             try:
                 batch = self._strategies(parse(raw), view, k)

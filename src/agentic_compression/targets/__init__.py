@@ -3,7 +3,7 @@
 A target declares the checkpoint formats it runs (``Method.runtime`` values), how a PyTorch-side checkpoint is
 exported to it, and how the evaluation process loads what it exported: in serving mode for latency and memory, in
 scoring mode for perplexity and lm-eval. A new runtime is one module here plus its methods. vLLM (vllm.py) is written
-but has not run: no GPU was lent to the sessions that wrote it."""
+but not yet run on a GPU."""
 from __future__ import annotations
 
 import importlib.util

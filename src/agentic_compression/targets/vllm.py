@@ -8,9 +8,8 @@ GPTQ, AWQ, AutoRound, RTN W8A8 and 2:4 sparsity, which run on its low-bit kernel
 - memory: the GPU memory every process of the evaluation holds (NVML), with the KV cache sized for the timed
   request only, so that weights and activations are what differ between candidates.
 
-NOT RUN: no GPU was lent to the sessions that wrote this, and vLLM is not installed on CPU machines (it would pull
-a CUDA torch), so the target reports itself unavailable there. The tests cover it up to the engine call
-(tests/test_targets.py)."""
+NOT YET RUN ON A GPU. vLLM is not installed on CPU machines (it would pull a CUDA torch), so the target reports
+itself unavailable there. The tests cover it up to the engine call (tests/test_targets.py)."""
 from __future__ import annotations
 
 import math
