@@ -145,6 +145,7 @@ def _locked(w: World) -> list[str]:
 _BOMB = "a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)) + \
     "method_overrides: {gptq: {bomb: *a9}}\n"
 
+
 def _linked(w, target: str) -> Path:
     """A model folder whose weights are a link to a system file (the probe's row 12)."""
     d = w.model("linked")
