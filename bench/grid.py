@@ -149,8 +149,8 @@ def main() -> None:
     exp = Experiment(RunConfig(model=a.model, data_dir=a.data_dir, output_dir=a.out, experiment=a.experiment,
                                max_episodes=n, patience=n + 1, budget_hours=24, threads=a.threads,
                                method_overrides=OVERRIDES, use_skills=False,
-                               eval=EvalSettings(limit=a.limit, ppl_tokens=a.ppl_tokens, repeats=3,
-                                                 threads=a.threads)))
+                               eval=EvalSettings(target="transformers", limit=a.limit, ppl_tokens=a.ppl_tokens,
+                                                 repeats=3, threads=a.threads)))
     exp.policy = GridPolicy(exp.model_config)
     if a.last:
         done = {r["key"] for r in json.loads(a.last.read_text())["rows"] if r["status"] == "success"}

@@ -55,7 +55,7 @@ def measure(base: Path, cands: list[Path], data_dir: Path, work: Path, limit: in
     from agentic_compression.evaluation import Evaluator
     from agentic_compression.models import load_tokenizer
 
-    s = EvalSettings(benchmark="hellaswag", limit=limit, ppl_tokens=1024, cache=False)
+    s = EvalSettings(target="transformers", benchmark="hellaswag", limit=limit, ppl_tokens=1024, cache=False)
     ev = Evaluator(s, data_dir, load_tokenizer(base), work)
     return [ev.evaluate(base)] + [ev.evaluate(c) for c in cands]
 

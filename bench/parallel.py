@@ -43,7 +43,7 @@ class Fixed:
 
 
 def run(k: int, args, out: Path) -> dict:
-    ev = EvalSettings(limit=args.limit, ppl_tokens=1024, repeats=3, threads=1, cache=False)
+    ev = EvalSettings(target="transformers", limit=args.limit, ppl_tokens=1024, repeats=3, threads=1, cache=False)
     cfg = RunConfig(model="smollm2-135m", dataset="hellaswag", data_dir=args.data_dir, output_dir=out,
                     experiment=f"k{k}", eval=ev, threads=1, max_episodes=len(STEPS), patience=99, parallel=k,
                     use_skills=False)

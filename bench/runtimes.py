@@ -64,7 +64,8 @@ def main() -> None:
     tok = load_tokenizer(base)
     ctx = methods.Context(calibration=lambda tk, n, L: calibration_samples(tk, a.data_dir, n, L, seed=0))
     bw = bandwidth_gb_s(a.threads)
-    s = EvalSettings(limit=a.limit, threads=a.threads, decode_tokens=64, repeats=3, ppl_tokens=1024, cache=False)
+    s = EvalSettings(target="transformers", limit=a.limit, threads=a.threads, decode_tokens=64, repeats=3,
+                     ppl_tokens=1024, cache=False)
     rows = []
     with tempfile.TemporaryDirectory(prefix="acf-runtimes-") as tmp:
         ref = Evaluator(s, a.data_dir, tok, Path(tmp)).evaluate(base)

@@ -12,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # evaluation results are cached per test session, never across sessions (a stale entry would hide a regression)
 os.environ["ACF_EVAL_CACHE"] = tempfile.mkdtemp(prefix="acf-eval-cache-")
 os.environ["ACF_SKILLS"] = os.path.join(tempfile.mkdtemp(prefix="acf-skills-"), "skills.sqlite")
+# runs measure in transformers unless a test names its targets (the default, auto, picks the runtimes installed here:
+# test_targets.py tests what it resolves to and runs it)
+os.environ["ACF_TARGETS"] = "transformers"
 
 # the fast tier (`pytest -m "not slow"`, a few minutes, what to run while working) leaves out the real-model runs
 # (integration) and the modules that run whole experiments, kill processes or start servers; CI runs everything

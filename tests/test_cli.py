@@ -121,3 +121,40 @@ def test_the_same_options_given_to_the_cli_and_the_api_make_the_same_run(tmp_pat
     assert (cli.threads, cli.eval.threads, cli.eval.benchmark, cli.eval.target) == (1, 1, "arc_easy",
                                                                                    "llamacpp,ortgenai")
     assert cli.method_overrides == {"gptq": {"num_samples": 32}} and cli.goals.max_size_gb == 0.2
+
+
+def test_targets_auto_resolves_to_the_runtimes_installed_here(monkeypatch, tmp_path, capsys, data_dir):
+    """auto (the default without ACF_TARGETS): the CPU runtimes that are installed, in order; transformers where
+    none is, saying so; transformers for HumanEval; on CUDA, vLLM where it runs, and transformers."""
+    from agentic_compression import targets
+    from agentic_compression.config import RunConfig
+
+    monkeypatch.delenv("ACF_TARGETS")
+    cfg = RunConfig(model="m", data_dir=data_dir)
+    assert cfg.eval.target == "auto"
+    have = {"llamacpp": True, "ortgenai": True, "vllm": False, "transformers": True}
+    for name, t in targets.TARGETS.items():
+        monkeypatch.setattr(t, "available", lambda n=name: (have[n], "" if have[n] else f"{n} is not installed"))
+    resolved, why = targets.resolve(cfg)
+    assert resolved.eval.target == "llamacpp,ortgenai" and "installed here" in why
+    have["llamacpp"] = False
+    assert targets.resolve(cfg)[0].eval.target == "ortgenai"
+    have["ortgenai"] = False
+    resolved, why = targets.resolve(cfg)
+    assert resolved.eval.target == "transformers" and "neither llamacpp nor ortgenai is installed" in why
+    have["llamacpp"] = have["ortgenai"] = True
+    assert targets.resolve(cfg.model_copy(update={"eval": cfg.eval.model_copy(
+        update={"benchmark": "hellaswag,humaneval"})}))[0].eval.target == "transformers"
+    assert targets.choose("cuda") == (["transformers"], "the runtimes installed here that serve on CUDA")
+    have["vllm"] = True
+    assert targets.choose("cuda")[0] == ["vllm", "transformers"]
+    named = RunConfig(model="m", data_dir=data_dir, eval={"target": "ortgenai"})
+    assert targets.resolve(named) == (named, None)  # a run that names its targets gets them
+    assert main(["run", "--model", "m", "--data-dir", str(data_dir), "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "  target: auto\n" in printed and "# target auto resolves here to llamacpp,ortgenai" in printed
+    monkeypatch.setenv("ACF_TARGETS", "llamacpp")
+    assert RunConfig(model="m", data_dir=data_dir).eval.target == "llamacpp"
+    monkeypatch.setenv("ACF_TARGETS", "tensorrt")
+    assert main(["run", "--model", "m", "--data-dir", str(data_dir), "--print-config"]) == 2
+    assert "unknown target 'tensorrt'" in capsys.readouterr().err

@@ -15,8 +15,9 @@ def run_dir(data_dir, tmp_path_factory):
     code = main(["run", "--no-presets", "--model", "smollm2-135m", "--dataset", "hellaswag", "--data-dir",
                  str(data_dir), "--output-dir", str(out), "--experiment", "smoke", "--max-episodes", "2",
                  "--limit", "24", "--ppl-tokens", "512", "--repeats", "2", "--set", "gptq.num_samples=16", "--set",
-                 "gptq.seq_len=128", "--set", "autoround.iters=2", "--set", "autoround.num_samples=8", "--set",
-                 "autoround.seq_len=128"])
+                 "gptq.seq_len=128", "--set", "autoround.num_samples=8", "--set", "autoround.seq_len=128"])
+    # AutoRound's own 10 iterations: at 2 (its learning rate 1/iters) perplexity was 2.5x the baseline's, at 5 2.1x,
+    # at 10 1.3x (SmolLM2, 8 windows of 128 tokens, 2026-12-07)
     assert code == 0
     return out / "smoke"
 

@@ -68,6 +68,10 @@ def test_terminal_shows_only_acf_and_the_logs_hold_the_rest(calm_run):
     lines = [x.strip() for x in text.splitlines() if x.strip()]
     assert any(x.startswith("baseline ") and "acc " in x and "ms/token" in x for x in lines), lines
     assert any(x.startswith("episode_000  success") and "frontier:" in x for x in lines), lines
+    said = [x for x in lines[-2:] if x.startswith(("recommended:", "export it:"))]  # the run ends with what to do
+    assert said and said[0].startswith("recommended:"), lines[-4:]
+    if said[0].startswith("recommended: episode_000"):
+        assert said[1] == lines[-1] and f"export {exp} --best --out {exp}-episode_000" in said[1]
     foreign = [x for x in lines if any(f in x for f in FOREIGN)]
     assert not foreign, foreign
     log = (exp / "episode_000" / "log.txt").read_text()
@@ -121,14 +125,35 @@ def test_export_copies_a_checkpoint_that_loads_on_its_own(calm_run, tmp_path, ca
     assert main(["export", str(exp), "episode_000", "--out", str(tmp_path / "hub"), "--push-to-hub", "me/x"]) == 2
     assert "--online" in capsys.readouterr().err and not (tmp_path / "hub").exists()
     assert main(["export", str(exp), "episode_009", "--out", str(tmp_path / "none")]) == 2
-    assert main(["export", str(exp), "episode_000", "--out", str(tmp_path / "g"), "--format", "gguf"]) == 2
-    best = json.loads((exp / "final_results.json").read_text())["balanced"]
+    best = json.loads((exp / "final_results.json").read_text())["recommended"]
     code = main(["export", str(exp), "--best", "--out", str(tmp_path / "best")])
     err = capsys.readouterr().err
-    if best == "baseline":
-        assert code == 2 and "nothing compressed to export" in err
+    if best is None:
+        assert code == 2 and "recommends no compressed candidate" in err
     else:
         assert code == 0 and (tmp_path / "best" / "README.md").is_file()
+
+
+def test_export_converts_a_pytorch_candidate_to_gguf(calm_run, tmp_path, capsys):
+    """--format gguf: the compressed-tensors candidate, dequantized, as llama.cpp's f32 file (checked by the
+    converter against the PyTorch model), with a Modelfile and a card that says its numbers came before."""
+    from agentic_compression.llamacpp import LlamaCpp
+
+    _, _, exp = calm_run
+    out = tmp_path / "g"
+    assert main(["export", str(exp), "episode_000", "--out", str(out), "--format", "gguf"]) == 0, \
+        capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert f"llama-cli -m {out}/model.gguf" in said
+    assert {"model.gguf", "Modelfile", "README.md"} <= {p.name for p in out.iterdir()}
+    card = (out / "README.md").read_text()
+    assert "Converted by `acf export --format` to llama.cpp's f32 file" in card and "next-token KL" in card
+    assert json.loads((out / "acf_format.json").read_text())["conversion_check"]["ok"]
+    cpp = LlamaCpp(out / "model.gguf", n_ctx=64)
+    try:
+        assert cpp.logits([1, 2, 3]).shape[0] == 3
+    finally:
+        cpp.close()
 
 
 def test_report_formats(calm_run, capsys):
@@ -144,7 +169,8 @@ def test_report_formats(calm_run, capsys):
     assert list(table[0]) == list(COLUMNS) and float(table[1]["accuracy"]) == rows[1]["accuracy"]
     assert main(["report", str(exp), "--format", "markdown"]) == 0
     md = capsys.readouterr().out.splitlines()
-    assert md[0].startswith("| episode |") and md[1].startswith("|---") and " ± " in md[2] and len(md) == 6
+    assert md[0].startswith("| episode |") and md[1].startswith("|---") and " ± " in md[2] and md[4] == ""
+    assert md[5].startswith("Stopped: ") and md[7].startswith("Recommended")
 
 
 def test_a_run_as_a_file(tmp_path, tiny_dir, data_dir, calm_run, capsys):

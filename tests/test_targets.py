@@ -399,15 +399,22 @@ RUNTIMES = {"llamacpp": ("llama.cpp", "gguf", "model.gguf"), "ortgenai": ("onnxr
 @needs_ort
 @pytest.mark.integration
 def test_a_run_across_two_targets_measures_each_candidate_in_its_runtime(tmp_path, data_dir):
-    """Two episodes on SmolLM2 with --targets llamacpp,ortgenai: each target's baseline is its f32 export, timed
-    beside transformers fp32 (the reference) and scoring as it does; every candidate is measured in the runtime its
-    last step targets, on the reference's latency scale; a runtime's own quantization shrinks the file."""
-    from agentic_compression.cli import main
+    """Two episodes on SmolLM2 with targets llamacpp,ortgenai (a GGUF Q4_0 and a compressed-tensors W4, scripted:
+    the rule policy's first llama.cpp pick is tested in test_gguf_types.py): each target's baseline is its f32 export,
+    timed beside transformers fp32 (the reference) and scoring as it does; every candidate is measured in the
+    runtime its last step targets, on the reference's latency scale; a runtime's own quantization shrinks the file."""
+    from agentic_compression.config import EvalSettings, RunConfig
+    from agentic_compression.experiment import Experiment
 
-    code = main(["run", "--model", "smollm2-135m", "--dataset", "hellaswag", "--data-dir", str(data_dir),
-                 "--output-dir", str(tmp_path), "--experiment", "t", "--targets", "llamacpp,ortgenai",
-                 "--max-episodes", "2", "--limit", "20", "--ppl-tokens", "512", "--repeats", "2", "--no-skills"])
-    assert code == 0
+    from test_loop import Scripted
+
+    cfg = RunConfig(model="smollm2-135m", data_dir=data_dir, output_dir=tmp_path, experiment="t", max_episodes=2,
+                    use_skills=False, eval=EvalSettings(target="llamacpp,ortgenai", limit=20, ppl_tokens=512,
+                                                        repeats=2))
+    exp = Experiment(cfg)
+    exp.policy = Scripted([Step(method="gguf", params={"type": "Q4_0"}),
+                           Step(method="rtn", params={"scheme": "W4A16", "group_size": 64})])
+    exp.run()
     final = json.loads((tmp_path / "t" / "final_results.json").read_text())
     ref = final["reference"]
     assert final["targets"] == ["llamacpp", "ortgenai"] and ref["result"]["runtime"]["target"] == "transformers"
@@ -447,6 +454,42 @@ def test_a_run_across_two_targets_measures_each_candidate_in_its_runtime(tmp_pat
         k = e["kld"]
         assert k["n"] == 512 - 1 and k["reference_runtime"] == runtime and e["objectives"]["kld"] == k["mean"] > 0
         assert e["intervals"]["kld"][0] <= k["mean"] <= e["intervals"]["kld"][1]
+    _export_each_runtime(tmp_path / "t", final)
+
+
+def _export_each_runtime(exp_dir, final):
+    """`acf export` of the llama.cpp and the ONNX Runtime GenAI candidate: what each runtime's users load, reloaded
+    there predicting what the measured file predicts; a different file is caught; the run recommends one."""
+    import subprocess
+    import sys
+
+    from agentic_compression.cli import main
+    from agentic_compression.errors import UserError
+    from agentic_compression.export import verify
+    from agentic_compression.report import table
+
+    by = {e["runtime"]["target"]: e["episode_id"] for e in final["episodes"] if e["status"] == "success"}
+    gguf, onnx = exp_dir.parent / "gguf", exp_dir.parent / "onnx"
+    assert main(["export", str(exp_dir), by["llamacpp"], "--out", str(gguf)]) == 0
+    assert (gguf / "model.gguf").read_bytes() == (exp_dir / by["llamacpp"] / "checkpoint" / "model.gguf").read_bytes()
+    assert (gguf / "Modelfile").read_text().splitlines()[-1] == "FROM ./model.gguf"
+    card = (gguf / "README.md").read_text()
+    assert "llama-cli -m PATH/model.gguf" in card and "ollama create" in card and "stored bits per weight" in card
+    assert main(["export", str(exp_dir), by["ortgenai"], "--out", str(onnx)]) == 0
+    assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json"} <= {p.name for p in onnx.iterdir()}
+    snippet = targets.ortgenai.SNIPPET.replace("PATH", str(onnx))
+    assert snippet in (onnx / "README.md").read_text().replace("PATH", str(onnx))
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0 and ran.stdout.startswith("The capital of France is"), ran.stderr[-2000:]
+    with pytest.raises(UserError, match="does not predict what"):  # the check is real: the f32 file differs
+        verify(Path(final["baselines"]["llamacpp"]["checkpoint"]), gguf, LLAMACPP)
+    assert main(["export", str(exp_dir), by["llamacpp"], "--out", str(exp_dir.parent / "x"), "--format", "onnx"]) == 2
+    assert not (exp_dir.parent / "x").exists()
+    said = table(exp_dir).splitlines()[-2:]
+    if final["recommended"]:
+        assert said[0].startswith(f"recommended: {final['recommended']}") and " the size of " in said[0]
+        assert said[1].endswith(f"export {exp_dir} --best --out {exp_dir}-{final['recommended']}")
+        assert main(["export", str(exp_dir), "--best", "--out", str(exp_dir.parent / "best")]) == 0
 
 
 # ---- vLLM (GPU): written, not run here; tested up to the engine call ----

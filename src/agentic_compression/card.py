@@ -73,6 +73,29 @@ def _how_to_load(tags: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _runtime_section(runtime: dict) -> str:
+    """What the file stores, for a runtime's own format: type, bits per weight, tensors by type (and each tensor's
+    type, for a per-tensor allocation), the conversion check."""
+    if runtime.get("target", "transformers") == "transformers":
+        return ""
+    lines = [f"## Format\n\n{runtime.get('runtime')} ({runtime.get('version')}): {runtime.get('format')} "
+             f"{runtime.get('type')}"]
+    if bpw := runtime.get("bits_per_weight"):
+        lines.append(f"- {bpw:.3f} stored bits per weight over all tensors ({runtime.get('num_params', 0):,} "
+                     "weights)")
+    if types := runtime.get("tensor_types"):
+        lines.append("- tensors by type: " + ", ".join(f"{t} {n}" for t, n in sorted(types.items())))
+    if c := runtime.get("conversion_check"):
+        lines.append(f"- the f32 export was checked against the PyTorch model on {c.get('tokens')} tokens: "
+                     f"next-token KL {c.get('kl')}, top-1 agreement {c.get('top1_agreement')}")
+    if held := (runtime.get("mixed") or {}).get("file_types"):
+        rows = "\n".join(f"| {n} | {t} |" for n, t in held.items())
+        lines.append(f"\n<details><summary>each tensor's type (allocated by measured sensitivity under "
+                     f"{runtime['mixed'].get('budget_bits')} bits per weight)</summary>\n\n| tensor | type |\n"
+                     f"|---|---|\n{rows}\n\n</details>")
+    return "\n".join(lines) + "\n"
+
+
 def model_card(ep: Episode, baseline: EvaluationResult, base_model: str, calibration: str, dataset: str):
     """The card of a successful episode's checkpoint (huggingface_hub.ModelCard)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -92,8 +115,14 @@ def model_card(ep: Episode, baseline: EvaluationResult, base_model: str, calibra
         results.append(EvalResult(task_type="text-generation", dataset_type="wikitext", dataset_name="WikiText-2",
                                   dataset_split="test (second half)", metric_type="perplexity",
                                   metric_value=round(r.perplexity, 3)))
-    data = ModelCardData(base_model=base_model if "/" in base_model else None, library_name="transformers",
-                         tags=tags, model_name=f"{Path(base_model).name}-{ep.episode_id}", eval_results=results,
+    from .targets import TARGETS
+
+    runtime = r.runtime or {}
+    target = TARGETS.get(runtime.get("target", "transformers"), TARGETS["transformers"])
+    tags += [runtime["format"]] if runtime.get("format") else []
+    data = ModelCardData(base_model=base_model if "/" in base_model else None,
+                         library_name="transformers" if target.name == "transformers" else None, tags=tags,
+                         model_name=f"{Path(base_model).name}-{ep.episode_id}", eval_results=results,
                          pipeline_tag="text-generation")
     steps = "\n".join(f"{i + 1}. `{s.method}` {s.params}" + (f" (only if {s.condition})" if s.condition else "")
                       for i, s in enumerate(ep.strategy.steps))
@@ -133,11 +162,12 @@ Applied to: `{ep.strategy.base}`. Calibration data: `{calibration}`.
 
 Accuracy is given with its standard error; latency is the median of the repeats.
 
-Measured on: {machine()}, with transformers on the CPU.
+Measured on: {machine()}, in {runtime.get('version') or 'transformers'} on the CPU.
 
+{_runtime_section(runtime)}
 ## How to load
 
-{_how_to_load(tags)}
+{target.how_to_run(data.model_name.lower()) or _how_to_load(tags)}
 """
     return ModelCard(content)
 

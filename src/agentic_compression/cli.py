@@ -46,12 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue an experiment that was killed (loses at most the running episode)")
     res.add_argument("experiment_dir", type=Path)
     res.add_argument("-v", "--verbose", action="store_true", help="also show other libraries' output live")
-    ex = sub.add_parser("export", help="copy one checkpoint out, with its model card and tokenizer, and prove it loads")
+    ex = sub.add_parser("export", help="write one candidate as its runtime loads it (a .gguf with an Ollama Modelfile, "
+                        "an ONNX Runtime GenAI folder, a checkpoint), with its model card, and prove the copy predicts "
+                        "what the measured file predicts")
     ex.add_argument("experiment_dir", type=Path)
     ex.add_argument("episode", nargs="?", help="e.g. episode_003 (or --best)")
-    ex.add_argument("--best", action="store_true", help="the recommended candidate (the balanced pick)")
+    ex.add_argument("--best", action="store_true", help="the candidate the run recommends (the goals' pick, else the "
+                    "compressed frontier member of highest reward)")
     ex.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
-    ex.add_argument("--format", default="native", help="native (the checkpoint's own format)")
+    ex.add_argument("--format", default="native", choices=["native", "gguf", "onnx"],
+                    help="native: as measured (default); gguf / onnx: a PyTorch-side candidate converted to "
+                    "llama.cpp's or ONNX Runtime GenAI's f32 file")
     ex.add_argument("--push-to-hub", metavar="REPO", help="also upload the copy to this Hub repo (needs --online)")
     ex.add_argument("--online", action="store_true")
     srv = sub.add_parser("serve", help="the REST API (OpenAPI docs at /docs); needs a bearer token")
@@ -157,12 +162,15 @@ def _has(d: dict, dotted: str) -> bool:
 
 def _follow(verbose: bool, start) -> Path:
     """Other libraries' output into the experiment's log files, acf's own lines on screen. ``start()`` (which may
-    itself print, e.g. converting a GGUF) returns (experiment folder, max episodes, the job to run)."""
+    itself print, e.g. converting a GGUF) returns (experiment folder, max episodes, the job to run, the targets and
+    why they were chosen or None)."""
     from .console import OutputRouter, RunConsole
 
     with OutputRouter(verbose) as router:
-        exp_dir, max_episodes, job = start()
+        exp_dir, max_episodes, job, chosen = start()
         print(f"acf: experiment {exp_dir}", file=router.terminal)
+        if chosen:
+            print(f"acf: targets {chosen[0]} (auto: {chosen[1]}; --targets to choose)", file=router.terminal)
         with RunConsole(exp_dir, router.terminal, max_episodes):
             job()
     return exp_dir
@@ -176,6 +184,7 @@ def _max_episodes(exp_dir: Path) -> int:
 
 
 def _run(a, argv: list[str]) -> int:
+    from . import targets
     from .experiment import Experiment
     from .report import table
 
@@ -185,17 +194,20 @@ def _run(a, argv: list[str]) -> int:
 
         print("# acf run --config FILE: every option of a run (flags given with it override the file)")
         print(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), end="")
+        resolved, why = targets.resolve(cfg)
+        if why:
+            print(f"# target auto resolves here to {resolved.eval.target}: {why}")
         return 0
     if not cfg.online:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     def start():
         exp = Experiment(cfg)
         a.experiment_dir = exp.dir  # named if the run is interrupted
-        return exp.dir, cfg.max_episodes, exp.run
+        return exp.dir, cfg.max_episodes, exp.run, exp.targets_why and (", ".join(exp.targets), exp.targets_why)
 
     exp_dir = _follow(a.verbose, start)
-    print(table(exp_dir))
-    print(f"\nartifacts: {exp_dir}")
+    print(f"\nartifacts: {exp_dir}\n")
+    print(table(exp_dir))  # its last lines: the recommendation, and the command that exports it
     return 0
 
 
@@ -260,7 +272,12 @@ def describe(arch) -> str:
 def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
-    a = _parser().parse_args(argv)
+    try:
+        parser = _parser()  # the defaults it shows read the environment (ACF_TARGETS)
+    except UserError as e:
+        print(f"acf: error: {e}", file=sys.stderr)
+        return 2
+    a = parser.parse_args(argv)
     try:
         if a.cmd == "run":
             return _run(a, argv if argv is not None else sys.argv[1:])
@@ -302,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             _follow(a.verbose, lambda: (a.experiment_dir, _max_episodes(a.experiment_dir),
-                                        lambda: Experiment.resume(a.experiment_dir)))
+                                        lambda: Experiment.resume(a.experiment_dir), None))
             print(table(a.experiment_dir))
             return 0
         if a.cmd == "export":
@@ -310,9 +327,11 @@ def main(argv: list[str] | None = None) -> int:
 
             if not a.online:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            out = export(a.experiment_dir, a.episode, a.out, best=a.best, fmt=a.format, push_to_hub=a.push_to_hub,
-                         online=a.online)
-            print(f"exported to {out} (loaded from there and checked: same logits as the original)")
+            out, how = export(a.experiment_dir, a.episode, a.out, best=a.best, fmt=a.format,
+                              push_to_hub=a.push_to_hub, online=a.online)
+            print(f"exported to {out} (loaded from there in its runtime and checked: it predicts what the measured "
+                  "file predicts)")
+            print("\n".join(how))
             return 0
         if a.cmd == "report":
             return _report(a)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,15 @@ def countries() -> frozenset[str]:
     return frozenset(DataSource().get_global_energy_mix_data())
 
 
+def _default_targets() -> str:
+    value = os.environ.get("ACF_TARGETS", "auto")
+    try:
+        return EvalSettings._target(value)
+    except ValueError as e:
+        raise UserError(f"ACF_TARGETS: {e}", "unset it (auto), or set it to runtimes such as llamacpp,ortgenai") \
+            from None
+
+
 class EvalSettings(Settings):
     benchmark: str = Field(default="hellaswag", description="benchmarks, comma-separated, or 'all' (benchmarks.py)")
     source: Literal["local", "hub"] = Field(default="local", description="local files (--data-dir) or, online, "
@@ -51,9 +61,12 @@ class EvalSettings(Settings):
                                 "torch's)")
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="where the candidate is measured: on cuda, "
                                            "latency is timed with CUDA events and memory is the CUDA peak")
-    target: str = Field(default="transformers", description="the runtime(s) candidates are exported to and measured "
-                        "in (targets/): transformers, llamacpp (GGUF), ortgenai (ONNX), or several, comma-separated, "
-                        "for one frontier across runtimes (the transformers fp32 model is always measured too)")
+    target: str = Field(default_factory=lambda: _default_targets(), validate_default=True,
+                        description="the runtime(s) candidates are exported to and measured in "
+                        "(targets/): transformers, llamacpp (GGUF), ortgenai (ONNX), vllm, or several, "
+                        "comma-separated, for one frontier across runtimes (the transformers fp32 model is always "
+                        "measured too); auto: the runtimes installed here for the device (CPU: llamacpp,ortgenai; "
+                        "CUDA: vllm,transformers), else transformers (ACF_TARGETS sets the default)")
     country_iso_code: str = Field(default="USA", description="ISO code of the grid codecarbon's CO2 factor is for")
     timeout_s: int = Field(default=3600, gt=0)
 
@@ -62,10 +75,12 @@ class EvalSettings(Settings):
     def _target(cls, v: str) -> str:
         from .targets import TARGETS
 
+        if v.strip() == "auto":
+            return "auto"
         names = [n.strip() for n in v.split(",") if n.strip()]
         unknown = [n for n in names if n not in TARGETS]
         if not names or unknown:
-            raise ValueError(f"unknown target '{', '.join(unknown) or v}' (known: {', '.join(TARGETS)})")
+            raise ValueError(f"unknown target '{', '.join(unknown) or v}' (known: auto, {', '.join(TARGETS)})")
         if len(set(names)) < len(names):
             raise ValueError(f"target '{v}' names a runtime twice")
         return ",".join(names)
@@ -78,7 +93,7 @@ class EvalSettings(Settings):
             names = benchmarks.names(self.benchmark)
         except Exception:  # an unknown benchmark is reported where benchmarks are built
             names = []
-        if self.target != "transformers" and benchmarks.HUMANEVAL in names:
+        if self.target not in ("transformers", "auto") and benchmarks.HUMANEVAL in names:
             raise ValueError(f"HumanEval runs in the transformers target only, not in {self.target}: leave it out "
                              "of --dataset, or use --target transformers")
         return self

@@ -55,6 +55,7 @@ class Experiment:
     folder is an ExperimentStore (store.py); LangGraph's CompressionState carries only what passes between nodes."""
 
     def __init__(self, cfg: RunConfig, resume_dir: Path | None = None):
+        cfg, self.targets_why = targets.resolve(cfg)  # auto -> the runtimes here; config.json records them
         validate(cfg, resume_dir)
         self.cfg = cfg
         self.model_path, canonical = models.resolve(cfg.model)
@@ -554,11 +555,16 @@ class Experiment:
                 "memory_ratio": b.memory_gb / self.reference.memory_gb if self.reference.memory_gb > 0 else None}
         return out
 
-    def _versus_preset(self, balanced) -> str | None:
-        """How the recommended candidate (the goals' pick, else the balanced one) compares with the closest
-        preset of its target."""
-        g = self._goal_summary()
-        pick = (g or {}).get("recommended") or (balanced.episode_id if balanced else None)
+    def _recommended(self) -> str | None:
+        """The candidate a run recommends deploying: with goals, their pick (feasible, the smallest, then the
+        fastest); else the compressed frontier member with the highest reward (what `acf export --best` writes)."""
+        if self.cfg.goals.active():
+            return (self._goal_summary() or {}).get("recommended")
+        best = self.frontier.balanced(compressed=True)
+        return best.episode_id if best else None
+
+    def _versus_preset(self, pick: str | None) -> str | None:
+        """How the recommended candidate compares with the closest preset of its target."""
         ep = next((e for e in self.episodes if e.episode_id == pick and e.result), None)
         near = ep and presets.closest(ep.result, ep.result.runtime.get("target", ""), self.presets)
         return presets.comparison(ep.episode_id, ep.result, near) if near else None
@@ -570,7 +576,7 @@ class Experiment:
             f"{self.frontier.ref_factor}x the baseline (objectives normalised by the baseline)",
             "noise_tolerance": self.frontier.tolerance,
             "solutions": [s.model_dump() for s in self.frontier.solutions]}
-        balanced = self.frontier.balanced()
+        balanced, recommended = self.frontier.balanced(), self._recommended()
         summary = {
             "complete": complete, "experiment": self.dir.name, "model": self.cfg.model,
             "model_path": str(self.model_path), "dataset": self.cfg.dataset,
@@ -584,10 +590,10 @@ class Experiment:
             "baselines": {n: {"checkpoint": str(self.baseline_checkpoint(n)), "objectives": r.objectives(),
                               "runtime": r.runtime} for n, r in self.baselines.items()},
             "pareto_frontier": [s.episode_id for s in self.frontier.solutions],
-            "balanced": balanced.episode_id if balanced else None,
+            "balanced": balanced.episode_id if balanced else None, "recommended": recommended,
             "hypervolume_history": self.hv_history,
             "presets": presets.summary(self.presets),
-            "versus_preset": self._versus_preset(balanced),
+            "versus_preset": self._versus_preset(recommended),
             "refused": state.get("refused", []),
             "goals": self._goal_summary(),
             "coordinator_messages": [getattr(m, "content", m) for m in state.get("messages", [])],

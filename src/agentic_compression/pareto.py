@@ -152,13 +152,15 @@ class ParetoFrontier:
         return hypervolume([tuple(v[i] for i in keep) for v in (self._norm(s.objectives) for s in self.solutions)],
                            tuple(ref[i] for i in keep))
 
-    def balanced(self) -> ParetoSolution | None:
+    def balanced(self, compressed: bool = False) -> ParetoSolution | None:
         """With a baseline: the member with the highest reward (reward.py: weighted relative changes against the
-        baseline, an accuracy floor). Without one: the member closest to the ideal point, min-max normalised."""
-        if not self.solutions:
+        baseline, an accuracy floor). Without one: the member closest to the ideal point, min-max normalised.
+        ``compressed``: among the members other than the baseline (what a run recommends)."""
+        members = [s for s in self.solutions if not compressed or s.episode_id != "baseline"]
+        if not members:
             return None
         if self.baseline:
-            return max(self.solutions, key=lambda s: reward(s.objectives, self.baseline, self.reward))
+            return max(members, key=lambda s: reward(s.objectives, self.baseline, self.reward))
         vs = [to_min(s.objectives) for s in self.solutions]
         lo = [min(c) for c in zip(*vs)]
         span = [(max(c) - min(c)) or 1.0 for c in zip(*vs)]
@@ -166,7 +168,7 @@ class ParetoFrontier:
         def dist(v: Vector) -> float:
             return sum(((x - l) / w) ** 2 for x, l, w in zip(v, lo, span)) ** 0.5
 
-        return min(self.solutions, key=lambda s: dist(to_min(s.objectives)))
+        return min(members, key=lambda s: dist(to_min(s.objectives)))
 
     def summary(self) -> list[dict]:
         return [{"episode_id": s.episode_id, "objectives": s.objectives, "steps": [st.model_dump() for st in

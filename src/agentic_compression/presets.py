@@ -134,6 +134,8 @@ def summary(presets: list[Preset]) -> list[dict]:
     return [{"id": p.id, "target": p.target, "name": p.name, "label": p.label, "status": p.status,
              "steps": [s.model_dump() for s in p.strategy.steps], "error": p.error, "checkpoint": p.checkpoint,
              "objectives": p.result.objectives() if p.result else None,
+             "accuracy_stderr": p.result.accuracy_stderr if p.result else None,
+             "accuracy_n": p.result.accuracy_n if p.result else None,
              "perplexity": p.result.perplexity if p.result else None,
              "kld": p.result.kld_detail or None if p.result else None,
              "runtime": p.result.runtime if p.result else None} for p in presets]

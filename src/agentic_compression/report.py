@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import html
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from .files import read_json
@@ -37,9 +39,7 @@ def _rows(final: dict) -> list[dict]:
                      "status": "preset" if p["status"] == "success" else p["status"],
                      "perplexity": p["perplexity"], "error": p["error"]})
     for e in final["episodes"]:
-        label = " -> ".join(f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})"
-                            for s in e["steps"]) + _where(e.get("runtime"))
-        rows.append({"id": e["episode_id"], "label": label, "objectives": e["objectives"], "status": e["status"],
+        rows.append({"id": e["episode_id"], "label": _label(e), "objectives": e["objectives"], "status": e["status"],
                      "perplexity": e["perplexity"], "error": e["error"]})
     return rows
 
@@ -57,6 +57,36 @@ def reference_line(final: dict) -> str | None:
         fast = min(done, key=lambda e: e["objectives"]["latency_ms"])
         parts.append(f"fastest candidate {fast['episode_id']} {base_ms / fast['objectives']['latency_ms']:.1f}x")
     return "faster than transformers fp32 (what you started from): " + ", ".join(parts)
+
+
+def _label(e: dict) -> str:
+    return " -> ".join(f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})"
+                       for s in e["steps"]) + _where(e.get("runtime"))
+
+
+def recommendation(final: dict, exp_dir: Path) -> list[str]:
+    """The run's recommendation in one sentence, every figure measured in the run (speed and size against what you
+    started from, quality loss with its standard error), and the command that exports it."""
+    pick = final.get("recommended")
+    ep = next((e for e in final["episodes"] if e["episode_id"] == pick and e["objectives"]), None)
+    if ep is None:
+        why = "meets the goals" if final.get("goals") else "is on the frontier"
+        return [f"recommended: keep the uncompressed model (no compressed candidate {why})"]
+    o, ref = ep["objectives"], (final.get("reference") or {}).get("result") or final["baseline"]
+    start = "transformers fp32 (what you started from)" if final.get("reference") else "the baseline"
+    loss = []
+    if k := ep.get("kld"):
+        loss.append(f"KL divergence to it {k['mean']:.4f} ± {k['stderr']:.4f} nats/token (n={k['n']})")
+    if o.get("accuracy") is not None:
+        err = f" ± {ep['accuracy_stderr']:.3f}" if ep.get("accuracy_stderr") is not None else ""
+        loss.append(f"accuracy {o['accuracy']:.3f}{err} (n={ep.get('accuracy_n')}) vs {ref['accuracy']:.3f}")
+    cmd = Path(sys.argv[0]).name == "acf" and sys.argv[0] or "acf"
+    speed = ref["latency_ms"] / o["latency_ms"]
+    speed_said = f"{speed:.1f}x faster" if speed >= 1 else f"{1 / speed:.1f}x slower"
+    return [f"recommended: {pick}, {_label(ep)}: {speed_said} and "
+            f"{o['model_size_gb'] / ref['model_size_gb']:.2f}x the size of {start}; {', '.join(loss)}",
+            f"export it: {cmd} export {shlex.quote(str(exp_dir))} --best --out "
+            f"{shlex.quote(str(exp_dir))}-{pick}"]
 
 
 def read_final(exp_dir: Path) -> dict:
@@ -85,7 +115,7 @@ def table(exp_dir: Path) -> str:
         lines.append(goal)
     if drift := drifted(final):
         lines.append(drift)
-    return "\n".join(lines)
+    return "\n".join([*lines, *recommendation(final, exp_dir)])
 
 
 def goal_line(final: dict) -> str | None:
@@ -108,13 +138,24 @@ def goal_line(final: dict) -> str | None:
 COLUMNS = ("episode", "status", "pareto", *OBJECTIVES, "accuracy_stderr", "accuracy_n", "perplexity", "strategy")
 
 
+def _spread(final: dict) -> dict[str, dict]:
+    """Each row's measured spread: accuracy's standard error and n, and the KL divergence's standard error."""
+    out = {}
+    for e in [*(final.get("presets") or []), *final["episodes"]]:
+        out[e.get("episode_id", e.get("id"))] = {"accuracy_stderr": e.get("accuracy_stderr"),
+                                                 "accuracy_n": e.get("accuracy_n"),
+                                                 "kld_stderr": (e.get("kld") or {}).get("stderr")}
+    for name, r in (("baseline", final.get("baseline")), ("reference", (final.get("reference") or {}).get("result"))):
+        if r:
+            out[name] = {"accuracy_stderr": r.get("accuracy_stderr"), "accuracy_n": r.get("accuracy_n"),
+                         "kld_stderr": (r.get("kld_detail") or {}).get("stderr")}
+    return out
+
+
 def records(exp_dir: Path) -> list[dict]:
     """One flat record per row (the baseline, then each episode): what json and csv print."""
     final = read_final(exp_dir)
-    front, base = set(final["pareto_frontier"]), final.get("baseline") or {}
-    spread = {"baseline": base} | {e["episode_id"]: e for e in final["episodes"]}  # older summaries lack it
-    if ref := final.get("reference"):
-        spread["reference"] = ref["result"]
+    front, spread = set(final["pareto_frontier"]), _spread(final)
     return [{"episode": r["id"], "status": r["status"], "pareto": r["id"] in front,
              **{k: (r["objectives"] or {}).get(k) for k in OBJECTIVES},
              "accuracy_stderr": spread.get(r["id"], {}).get("accuracy_stderr"),
@@ -138,8 +179,10 @@ def markdown(exp_dir: Path) -> str:
                      f"| {num(r['co2_grams'], '.3g')} | {num(r['kld'], '.4f')} | {num(r['perplexity'], '.2f')} "
                      f"| `{r['strategy']}` |")
     lines.append("")
-    lines.append(f"Stopped: {final['termination_reason']}. Recommended (balanced): {final['balanced']}. "
+    lines.append(f"Stopped: {final['termination_reason']}. Balanced pick: {final['balanced']}. "
                  f"Hypervolume: {final['hypervolume_history'][-1]['hypervolume']:.4f}.")
+    said, *cmd = recommendation(final, exp_dir)
+    lines += ["", said[0].upper() + said[1:] + ".", *(f"`{c.split(': ', 1)[1]}`" for c in cmd)]
     if ref := reference_line(final):
         lines += ["", ref[0].upper() + ref[1:] + "."]
     if versus := final.get("versus_preset"):
@@ -205,6 +248,25 @@ def sensitivity_chart(episode: dict):
     return fig
 
 
+def _quality_chart(rows: list[dict], spread: dict[str, dict], colour: list[str], text: list[str]):
+    """Accuracy and KL divergence against size on disk, each with its standard error as an error bar."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy ± 1 standard error", "KL divergence to the "
+                                                        "baseline ± 1 standard error (nats/token)"))
+    size = [r["objectives"].get("model_size_gb") for r in rows]
+    for col, (key, err) in enumerate((("accuracy", "accuracy_stderr"), ("kld", "kld_stderr")), 1):
+        fig.add_trace(go.Scatter(x=size, y=[r["objectives"].get(key) for r in rows], mode="markers", text=text,
+                                 marker={"size": 9, "color": colour}, showlegend=False,
+                                 error_y={"type": "data", "array": [spread.get(r["id"], {}).get(err) or 0
+                                                                    for r in rows]}), row=1, col=col)
+        fig.update_xaxes(title_text=_LABELS["model_size_gb"], row=1, col=col)
+    fig.update_layout(title="Quality against size, with the measurements' standard errors (red: Pareto-optimal)",
+                      height=450)
+    return fig
+
+
 def write_visualization(exp_dir: Path) -> Path:
     import plotly.graph_objects as go
 
@@ -235,13 +297,22 @@ def write_visualization(exp_dir: Path) -> Path:
     hv_fig = go.Figure(go.Scatter(x=[h["after"] for h in hv], y=[h["hypervolume"] for h in hv], mode="lines+markers"))
     hv_fig.update_layout(title="Hypervolume of the frontier after each episode (baseline-normalised)", height=350)
     bars = [sensitivity_chart(e) for e in final["episodes"] if e.get("mixed")]
+    spread = _spread(final)
+    quality = _quality_chart(rows, spread, colour, text)
+
+    def cell(r: dict, k: str) -> str:
+        v = (r["objectives"] or {}).get(k)
+        err = spread.get(r["id"], {}).get({"accuracy": "accuracy_stderr", "kld": "kld_stderr"}.get(k, ""))
+        return "<td>-</td>" if v is None else f"<td>{v:.4g}{f' ± {err:.2g}' if err else ''}</td>"
+
     cells = "".join(
         f"<tr><td>{html.escape(r['id'])}</td><td>{r['status']}</td><td>{'yes' if r['id'] in front else ''}</td>"
-        + "".join(f"<td>{r['objectives'][k]:.4g}</td>" if r["objectives"] and r["objectives"].get(k) is not None
-                  else "<td>-</td>" for k in OBJECTIVES)
+        + "".join(cell(r, k) for k in OBJECTIVES)
         + f"<td>{html.escape(r['label'])}</td></tr>" for r in _rows(final))
     drift, goal, versus = drifted(final), goal_line(final), final.get("versus_preset")
-    warning = (f"<p style='color:crimson'>{html.escape(drift)}</p>" if drift else "") + \
+    said = recommendation(final, exp_dir)
+    warning = f"<p><b>{html.escape(said[0])}</b></p>" + "".join(f"<pre>{html.escape(c)}</pre>" for c in said[1:]) + \
+        (f"<p style='color:crimson'>{html.escape(drift)}</p>" if drift else "") + \
         (f"<p><b>Against the closest community preset:</b> {html.escape(versus)}</p>" if versus else "") + \
         (f"<pre>{html.escape(goal)}</pre>" if goal else "")
     page = (
@@ -253,7 +324,7 @@ def write_visualization(exp_dir: Path) -> Path:
         "<table border=1 cellpadding=4><tr><th>episode</th><th>status</th><th>Pareto</th>"
         + "".join(f"<th>{_LABELS[k]}</th>" for k in OBJECTIVES) + "<th>strategy</th></tr>" + cells + "</table>"
         + splom.to_html(full_html=False, include_plotlyjs=True)
-        + "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in (cube, par, hv_fig, *bars))
+        + "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in (quality, cube, par, hv_fig, *bars))
         + "</body></html>")
     out = exp_dir / "pareto_visualization.html"
     out.write_text(page, encoding="utf-8")

@@ -177,6 +177,7 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
                 "max_episodes": (read(path / "config.json") or {}).get("max_episodes"),
                 "pareto_frontier": final.get("pareto_frontier") if final else [],
                 "balanced": final.get("balanced") if final else None,
+                "recommended": final.get("recommended") if final else None,
                 "hypervolume": (final.get("hypervolume_history") or [{}])[-1].get("hypervolume") if final else None,
                 "termination_reason": final.get("termination_reason") if final else None}
 

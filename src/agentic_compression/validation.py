@@ -24,8 +24,8 @@ def validate(cfg: RunConfig, folder: Path | None = None) -> None:
     require_device(cfg.eval.device)  # before the model is loaded, not after
     from . import targets
 
-    for name in cfg.eval.target.split(","):  # a runtime this machine lacks (vLLM without a GPU), refused at once
-        targets.ready(name)
+    for name in targets.resolve(cfg)[0].eval.target.split(","):  # a runtime this machine lacks (vLLM without a
+        targets.ready(name)  # GPU), refused at once
     if cfg.parallel > 1 and importlib.util.find_spec("ray") is None:
         raise UserError("--parallel runs episodes on Ray, which is not installed", "run setup.sh, or leave "
                         "--parallel out")

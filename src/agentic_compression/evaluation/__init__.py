@@ -63,6 +63,8 @@ def require_device(device: str) -> None:
 
 class Evaluator:
     def __init__(self, settings: EvalSettings, data_dir: Path, tokenizer, work_dir: Path):
+        if settings.target == "auto" or "," in settings.target:
+            raise ValueError(f"an Evaluator measures in one target, not '{settings.target}' (targets.resolve)")
         self.s = settings
         self.work_dir = work_dir
         require_device(settings.device)

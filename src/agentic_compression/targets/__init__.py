@@ -7,6 +7,7 @@ but not yet run on a GPU."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -93,12 +94,71 @@ class Target:
         """The format facts a result records beside runtime and version."""
         return {}
 
+    # ---- `acf export` ----
+    def predictor(self, checkpoint: Path):
+        """The checkpoint in scoring mode, as its users load it: ``logits(ids)`` gives every position's logits (a
+        torch tensor or numpy array), ``close()`` frees it."""
+        return _TorchScorer(checkpoint)
+
+    def how_to_run(self, name: str) -> str:
+        """Markdown for the model card: how this runtime's users run the exported folder (PATH) named ``name``."""
+        return ""
+
+    def package(self, folder: Path, name: str) -> list[str]:
+        """Write into an exported ``folder`` what this runtime's tools read beside the weights (an Ollama
+        Modelfile); the names of the files written."""
+        return []
+
+
+class _TorchScorer:
+    def __init__(self, checkpoint: Path):
+        from ..models import load
+
+        self.model = load(checkpoint)[0]
+
+    def logits(self, ids: list[int]):
+        import torch
+
+        with torch.no_grad():
+            return self.model(input_ids=torch.tensor([ids])).logits[0].float()
+
+    def close(self) -> None:
+        self.model = None
+
 
 # what besides the weights an exported checkpoint keeps: the tokenizer the evaluation scores with, the config the model
 # card reads (acf's own bookkeeping files excluded)
 SIDE_FILES = ("*.json", "*.jinja", "*.model", "*.txt")
 NOT_SIDE = ("model.safetensors.index.json", "acf_format.json", "acf_conversion.json",
             "acf_lowrank.json")  # formats.low_rank.LOWRANK_FILE
+
+
+def byte_level_cleaned(tokenizer_json: dict) -> bool:
+    """A byte-level BPE that transformers rebuilt from a GGUF claims byte fallback and carries SentencePiece's
+    decoders (ByteFallback, the '▁' replacement) beside ByteLevel: llama.cpp's converter then takes it for a
+    SentencePiece vocabulary, and ONNX Runtime GenAI's tokenizer encodes every space as the unknown token. Neither
+    flag does anything on a byte-level vocabulary (every byte has a token, no token holds '▁'), so both go: the
+    model keeps byte fallback off and the decoder is ByteLevel alone. Returns whether ``tokenizer_json`` changed."""
+    pre, model = json.dumps(tokenizer_json.get("pre_tokenizer")), tokenizer_json.get("model") or {}
+    if model.get("type") != "BPE" or '"ByteLevel"' not in pre:
+        return False
+    changed = bool(model.get("byte_fallback"))
+    model["byte_fallback"] = False
+    dec = tokenizer_json.get("decoder") or {}
+    level = [d for d in dec.get("decoders", []) if d.get("type") == "ByteLevel"]
+    if dec.get("type") == "Sequence" and level:
+        tokenizer_json["decoder"], changed = level[0], True
+    return changed
+
+
+def clean_tokenizer(folder: Path) -> None:
+    """``folder``'s tokenizer.json, byte_level_cleaned in place (a real file, never a link's target)."""
+    tj = folder / "tokenizer.json"
+    if tj.is_file():
+        j = json.loads(tj.read_text(encoding="utf-8"))
+        if byte_level_cleaned(j):
+            tj.unlink()
+            tj.write_text(json.dumps(j, ensure_ascii=False), encoding="utf-8")
 
 
 def copy_side_files(dense: Path, out: Path) -> None:
@@ -133,6 +193,35 @@ def ready(name: str) -> Target:
     if not ok:
         raise UserError(f"target '{name}' cannot run here: {why}", "run setup.sh, which installs every CPU runtime")
     return t
+
+
+AUTO = "auto"
+HUMANEVAL_ONLY_HERE = "transformers"  # HumanEval executes generated code: only the transformers target generates it
+
+
+def choose(device: str, humaneval: bool = False) -> tuple[list[str], str]:
+    """What ``--targets auto`` runs on this machine, and why: the runtimes installed here that serve on ``device``
+    (CPU: llama.cpp and ONNX Runtime GenAI; CUDA: vLLM and transformers); transformers where none is installed.
+    The transformers fp32 model is measured in any case, as the reference."""
+    if humaneval:
+        return [HUMANEVAL_ONLY_HERE], "HumanEval runs in transformers only"
+    wanted = ("vllm", "transformers") if device == "cuda" else ("llamacpp", "ortgenai")
+    names = [n for n in wanted if TARGETS[n].available()[0]]
+    if names:
+        return names, f"the runtimes installed here that serve on {device.upper()}"
+    return ["transformers"], (f"neither {' nor '.join(wanted)} is installed here (setup.sh installs the CPU "
+                              "runtimes); candidates are measured in transformers")
+
+
+def resolve(cfg):
+    """``cfg`` (a RunConfig) with ``auto`` replaced by the targets chosen here, and the reason (None when the run
+    named its targets): an experiment records the targets it ran, so a resume elsewhere measures in the same."""
+    if cfg.eval.target != AUTO:
+        return cfg, None
+    from ..benchmarks import HUMANEVAL, names as benchmark_names
+
+    chosen, why = choose(cfg.eval.device, HUMANEVAL in benchmark_names(cfg.eval.benchmark))
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"target": ",".join(chosen)})}), why
 
 
 from . import llamacpp, ortgenai, transformers, vllm  # noqa: E402,F401  (registration)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,16 @@ def rounded(weight, qtype: str, importance=None):
     src = np.ascontiguousarray(weight.detach().float().cpu().numpy())
     dst = np.empty(rows * row // block * size, dtype=np.uint8)
     imp = None if importance is None else np.ascontiguousarray(importance.detach().float().cpu().numpy())
-    written = _ggml().ggml_quantize_chunk(t.value, src.ctypes.data, dst.ctypes.data, 0, rows, row,
-                                          None if imp is None else imp.ctypes.data)
+    # rows are independent: split them over torch's threads (ctypes releases the GIL; llama-quantize also threads)
+    parts = max(1, min(torch.get_num_threads(), rows // 64))
+    edges = [rows * i // parts for i in range(parts + 1)]
+
+    def chunk(i):
+        return _ggml().ggml_quantize_chunk(t.value, src.ctypes.data, dst.ctypes.data, edges[i] * row,
+                                           edges[i + 1] - edges[i], row, None if imp is None else imp.ctypes.data)
+
+    with ThreadPoolExecutor(parts) as pool:
+        written = sum(pool.map(chunk, range(parts)))
     if written != dst.size:
         raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes for {qtype}, expected {dst.size}")
     return torch.from_numpy(dequantize(dst.reshape(rows, -1), t).reshape(rows, row).astype(np.float32))

@@ -19,7 +19,7 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from . import Target, copy_side_files, register
+from . import Target, clean_tokenizer, copy_side_files, register
 from .gguf_types import TYPES, importance
 
 GGUF = "model.gguf"
@@ -42,20 +42,14 @@ def tool(name: str) -> Path | None:
 def staged(dense: Path, parent: Path):
     """The checkpoint as a GGUF writer must read it: a byte-level BPE tokenizer that claims byte fallback (how
     transformers writes one it rebuilt from a GGUF) would be taken for a SentencePiece vocabulary, and llama.cpp
-    aborts on the file. Yields a copy of the folder with that flag cleared, the weights linked, not copied."""
+    aborts on the file. Yields a copy of the folder with the tokenizer cleaned (targets.byte_level_cleaned), the
+    weights linked, not copied."""
     with tempfile.TemporaryDirectory(dir=parent, prefix=".stage-gguf-") as tmp:
         stage = Path(tmp)
         for f in dense.iterdir():
             if f.is_file():
                 (stage / f.name).symlink_to(f.resolve())
-        tj = dense / "tokenizer.json"
-        if tj.is_file():
-            j = json.loads(tj.read_text(encoding="utf-8"))
-            pre = json.dumps(j.get("pre_tokenizer"))
-            if j.get("model", {}).get("byte_fallback") and "ByteLevel" in pre:
-                j["model"]["byte_fallback"] = False
-                (stage / "tokenizer.json").unlink()
-                (stage / "tokenizer.json").write_text(json.dumps(j), encoding="utf-8")
+        clean_tokenizer(stage)
         yield stage
 
 
@@ -252,6 +246,28 @@ class LlamaCppTarget(Target):
         info |= tensor_facts(out / GGUF) | {"runtime": self.runtime, "runtime_version": self.version()}
         (out / FORMAT_FILE).write_text(json.dumps(info, indent=1))
         return info
+
+    def predictor(self, checkpoint: Path):
+        from ..llamacpp import LlamaCpp
+
+        return LlamaCpp(checkpoint / GGUF, n_ctx=512, threads=1)
+
+    def how_to_run(self, name: str) -> str:
+        return f"""llama.cpp, or anything built on it (Ollama, LM Studio), runs `{GGUF}` as it is:
+
+```bash
+llama-cli -m PATH/{GGUF} -cnv                 # chat in the terminal
+llama-server -m PATH/{GGUF} --port 8080       # an OpenAI-compatible server
+ollama create {name} -f PATH/Modelfile && ollama run {name}
+```
+
+From Python (llama-cpp-python): `from llama_cpp import Llama; llm = Llama("PATH/{GGUF}")`."""
+
+    def package(self, folder: Path, name: str) -> list[str]:
+        """An Ollama Modelfile: the GGUF carries its own chat template and tokenizer, which Ollama reads."""
+        (folder / "Modelfile").write_text(f"# ollama create {name} -f Modelfile && ollama run {name}\n"
+                                          f"FROM ./{GGUF}\n")
+        return ["Modelfile"]
 
     def load(self, checkpoint: Path, settings):
         from ..llamacpp import LlamaCpp

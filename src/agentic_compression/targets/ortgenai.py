@@ -18,9 +18,17 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import Target, copy_side_files, register
+from . import Target, clean_tokenizer, copy_side_files, register
 
 FORMAT_FILE = "acf_format.json"
+# how a user runs an exported folder (the model card's; tests run it as written, PATH replaced)
+SNIPPET = """import onnxruntime_genai as og
+model = og.Model("PATH"); tokenizer = og.Tokenizer(model); params = og.GeneratorParams(model)
+params.set_search_options(max_length=64); generator = og.Generator(model, params)
+generator.append_tokens(tokenizer.encode("The capital of France is"))
+while not generator.is_done(): generator.generate_next_token()
+print(tokenizer.decode(generator.get_sequence(0)))
+"""
 WEIGHTS = ("model.onnx", "model.onnx.data")
 F32_KL = 1e-3
 
@@ -244,11 +252,25 @@ class OrtGenAITarget(Target):
             build(dense, out, precision, {k: v for k, v in p.items()})
             info = {"format": "onnx", "type": precision, **p}
         copy_side_files(dense, out)
+        clean_tokenizer(out)  # what onnxruntime_genai.Tokenizer reads (acf scores with token ids, not through it)
         weights = sum((out / f).stat().st_size for f in WEIGHTS if (out / f).is_file())
         info |= {"num_params": params, "bits_per_weight": 8 * weights / params, "runtime": self.runtime,
                  "runtime_version": self.version()}
         (out / FORMAT_FILE).write_text(json.dumps(info, indent=1))
         return info
+
+    def predictor(self, checkpoint: Path):
+        return OrtGenAI(checkpoint, 512)
+
+    def package(self, folder: Path, name: str) -> list[str]:
+        clean_tokenizer(folder)  # a folder exported before the export cleaned it
+        return []
+
+    def how_to_run(self, name: str) -> str:
+        return f"""ONNX Runtime GenAI (`pip install onnxruntime-genai`) opens this folder as it is:
+
+```python
+{SNIPPET}```"""
 
     def load(self, checkpoint: Path, settings):
         return OrtGenAI(checkpoint, settings.prompt_tokens + settings.decode_tokens + 8, logits_all=False)
