@@ -81,6 +81,8 @@ class EvaluationResult(BaseModel):
     energy_kwh: float = Field(description="energy per 1,000 generated tokens")
     energy: dict[str, Any] = Field(default_factory=dict)
     eval_seconds: float
+    eval_phases: dict[str, float] = Field(default_factory=dict, description="seconds of the measuring process's "
+                                          "parts: load, latency, perplexity_kld, benchmarks")
     relative: dict[str, float] = Field(default_factory=dict, description="each objective / the baseline's")
     runtime: dict[str, Any] = Field(default_factory=dict, description="where it was measured: target, runtime and "
                                     "its version, the checkpoint's format (type, real bits per weight)")

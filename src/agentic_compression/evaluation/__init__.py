@@ -164,7 +164,7 @@ class Evaluator:
             runtime=raw.runtime,
             co2_grams=en["per_1k_tokens_co2_grams"], energy_kwh=en["per_1k_tokens_kwh"], energy=en,
             kld=kld.get("mean"), kld_detail=kld,
-            intervals=intervals, eval_seconds=seconds)
+            intervals=intervals, eval_seconds=seconds, eval_phases=raw.phases)
 
 
 def _die_with_parent() -> None:

@@ -64,6 +64,7 @@ class Measured(BaseModel):
     size_bytes: int  # the checkpoint's bytes on disk
     num_params: int  # logical parameters (formats.logical_params, or the runtime's own count)
     runtime: dict[str, Any]  # target, runtime, version, and the target's format facts (Target.describe)
+    phases: dict[str, float] = {}  # seconds each part took: load, latency (paired included), perplexity_kld, benchmarks
     measured_at: str | None = None  # when it was measured (added by the run)
     cached_from: str | None = None  # the eval-cache entry it came from, when it did
 

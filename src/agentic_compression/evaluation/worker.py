@@ -63,6 +63,8 @@ def main(request: Path, result: Path) -> None:
     before = measure.control_ms(model.device)
     # paired: one run of the candidate alone, so the memory peak holds its inference (KV cache, activations) and
     # not the baseline's; its timing runs are then the paired ones
+    phases = {"load": load_s}
+    t_lat = time.perf_counter()
     lat = measure.latency(model, prompt, s.decode_tokens, 0 if pair else s.warmup, 1 if pair else s.repeats)
     control = (before + measure.control_ms(model.device)) / 2
     peak = peak_rss_bytes()
@@ -77,6 +79,7 @@ def main(request: Path, result: Path) -> None:
         getattr(baseline, "close", lambda: None)()
         del baseline
     lat["control_ms"] = control
+    phases["latency"] = time.perf_counter() - t_lat
     if (tp := target.throughput(model, prompt, s)) is not None:
         lat["throughput"] = tp
     # on a GPU the model's memory is the allocator's peak since before loading (weights, KV cache, activations)
@@ -89,11 +92,14 @@ def main(request: Path, result: Path) -> None:
     memory.update(target.memory(model) or {})
 
     with measure.Energy(s.country_iso_code) as energy:
+        t_ppl = time.perf_counter()
         model = target.scoring(model, s)
         reference, kld = None, None
         if pair and target.full_logits and base_target.full_logits:  # KL divergence to the baseline, same windows
             reference = base_target.scoring(base_target.load(Path(base_ckpt), s), s)
         ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos, reference)
+        phases["perplexity_kld"] = time.perf_counter() - t_ppl
+        t_acc = time.perf_counter()
         if reference is not None:
             kld = {**ppl.pop("kld"), "reference_runtime": base_target.runtime}
             getattr(reference, "close", lambda: None)()
@@ -106,11 +112,12 @@ def main(request: Path, result: Path) -> None:
             if mine:
                 per.update(kind.score(model, tok, mine, req, target))
         acc = measure.aggregate(per)
+        phases["benchmarks"] = time.perf_counter() - t_acc
 
     out = Measured(
         accuracy=acc, perplexity=ppl, kld=kld, latency=lat, energy=energy.result,
         memory={**memory, "load_seconds": load_s, "threads": torch.get_num_threads(), "device": s.device},
-        size_bytes=target.size_bytes(ckpt), num_params=target.num_params(model),
+        size_bytes=target.size_bytes(ckpt), num_params=target.num_params(model), phases=phases,
         runtime={"target": target.name, "runtime": target.runtime, "version": target.version(),
                  **target.describe(ckpt, model)})
     result.write_text(out.model_dump_json(indent=1, exclude_none=True))
