@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +250,13 @@ CLI_CASES = [
     Case("config-file-bool-for-a-number", lambda w: ["run", "--config", str(w.file(
         "run.yaml", f"model: {w.tiny}\ndata_dir: {w.data}\nmax_episodes: true\n"))], "max_episodes: expected int"),
     Case("no-model-at-all", lambda w: ["run", "--data-dir", str(w.data)], "no model given"),
+    # a Ray cluster to join: checked with a short connection before any work (Ray waited ~14 min, after the baseline)
+    Case("ray-address-nothing-listens", lambda w: run_args(w, "--parallel", "2", "--ray-address", "127.0.0.1:1"),
+         "nothing answers at --ray-address 127.0.0.1:1"),
+    Case("ray-address-unroutable", lambda w: run_args(w, "--parallel", "2", "--ray-address", "10.255.255.1:6379"),
+         "at --ray-address 10.255.255.1:6379 within"),  # refused, or a proxy that answers anything: not Ray
+    Case("ray-address-not-host-port", lambda w: run_args(w, "--parallel", "2", "--ray-address", "my-cluster"),
+         "--ray-address my-cluster is not HOST:PORT"),
     # resume
     Case("resume-config-truncated", lambda w: ["resume", str(w.experiment("e", **{"config.json": '{"model": '}))],
          "config.json"),
@@ -410,6 +418,34 @@ def test_api_lists_no_symlinked_experiment_and_archives_no_link(api, world):
     tgz = api.get("/experiments/real/checkpoints/episode_000")
     names = tarfile.open(fileobj=io.BytesIO(tgz.content)).getnames()
     assert "real-episode_000/config.json" in names and not any(n.endswith("passwd") for n in names)
+
+
+def test_a_checkpoint_download_streams_from_disk_in_bounded_memory(tmp_path):
+    """A 300 MB checkpoint through the API's tar stream: every byte arrives, and the server's memory grows by less
+    than 50 MB (a tar built in memory grew it by the checkpoint's size); a client that leaves stops the writer."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    with open(ckpt / "model.safetensors", "wb") as f:
+        for _ in range(300):
+            f.write(os.urandom(1 << 20))
+    code = ("import resource, sys, tarfile, io\nfrom pathlib import Path\n"
+            "from agentic_compression.service import tar_stream\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"n = sum(len(c) for c in tar_stream(Path({str(ckpt)!r}), 'x'))\n"
+            "print(n, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    sent, grew_mb = map(int, out.stdout.split())
+    assert sent > 300 << 20 and grew_mb < 50, out.stdout + out.stderr[-2000:]
+    from agentic_compression.service import tar_stream
+
+    threads = threading.active_count()
+    stream = tar_stream(ckpt, "x")
+    assert len(next(stream)) > 0 and threading.active_count() == threads + 1
+    stream.close()  # the client went away: the writer thread ends instead of waiting on a full queue
+    deadline = time.monotonic() + 10
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert threading.active_count() == threads
 
 
 @pytest.mark.slow
@@ -620,6 +656,42 @@ def test_sandbox_posix_system_and_temp_files_leave_nothing(sandbox):
     assert not any(Path(d, f"{tag}{s}").exists() for d in ("/tmp", "/dev/shm") for s in ("", "-sh"))
 
 
+FORK_BOMB = ("import os, sys, time\nn = 0\ntry:\n    for _ in range(400):\n        if os.fork() == 0:\n"
+             "            time.sleep(3)\n            os._exit(0)\n        n += 1\nexcept OSError:\n"
+             "    sys.exit(0 if n < 100 else 3)\nsys.exit(4)\n")  # exit 0: a fork was refused below 100
+
+
+@pytest.mark.parametrize("cap", ["pids cgroup", "RLIMIT_NPROC", "a cgroup that refuses the process"])
+def test_sandbox_caps_its_processes(sandbox, monkeypatch, tmp_path, cap):
+    """A fork loop is refused a process well before 100 (PIDS_MAX = 64), by the pids cgroup where one can be made
+    and by RLIMIT_NPROC otherwise (root runs the sandbox as nobody for it), also when the cgroup refuses the
+    process at its start."""
+    from agentic_compression.evaluation import humaneval
+
+    if cap == "pids cgroup":
+        made = humaneval._pids_cgroup()
+        if made is None:
+            pytest.skip("this process may not make a pids cgroup here: the RLIMIT_NPROC case covers the cap")
+        made.rmdir()
+    if cap == "RLIMIT_NPROC":
+        monkeypatch.setattr(humaneval, "_pids_cgroup", lambda: None)
+    if cap == "a cgroup that refuses the process":
+        monkeypatch.setattr(humaneval, "_pids_cgroup", lambda: tmp_path / "no-such-cgroup")
+    r = sandbox(FORK_BOMB, timeout_s=20)
+    assert r == {"passed": True, "reason": "passed"}, r
+
+
+def test_sandbox_root_and_dev_are_read_only_and_its_scratch_space_is_capped(sandbox):
+    """Files written to / or /dev fail (read-only), and 70 MB in /tmp or /dev/shm fail (64 MB tmpfs): nothing a
+    completion writes grows the host's memory without bound."""
+    for path in ("/x", "/dev/x", "/usr/x"):
+        r = sandbox(f"open({path!r}, 'w').write('x')\n")
+        assert not r["passed"] and r["reason"] in ("OSError", "PermissionError"), (path, r)
+    for d in ("/tmp", "/dev/shm", "/sandbox"):
+        r = sandbox(f"f = open('{d}/big', 'wb')\nfor _ in range(70):\n    f.write(b'x' * (1 << 20))\n    f.flush()\n")
+        assert not r["passed"] and r["reason"] == "OSError", (d, r)
+
+
 def test_sandbox_reason_never_carries_file_contents(sandbox):
     r = sandbox("raise AssertionError(open('/usr/lib/os-release').read() + 'SECRET-CONTENT-4242')\n")
     assert r == {"passed": False, "reason": "AssertionError"}
@@ -802,3 +874,41 @@ def test_llm_retry_after_respects_the_remaining_budget(view):
     finally:
         srv.close()
     assert took < 8 and st.meta["http_failures"][0]["waited_s"] <= 1.0, (took, st.meta)
+
+
+def test_ray_processes_are_reaped_only_when_their_run_is_gone(tmp_path):
+    """The embedded cluster's list (episodes.RAY_PROCESSES): a crashed run's survivors are killed; a live run's
+    cluster is left alone (two runs in one output folder); a pid now held by another program is never touched."""
+    import psutil
+
+    from agentic_compression import episodes
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ray::probe"])
+
+    def entry(p, shift=0.0):
+        return {"pid": p.pid, "started": psutil.Process(p.pid).create_time() + shift}
+
+    def listed(folder, driver, procs):
+        folder.mkdir()
+        (folder / episodes.RAY_PROCESSES).write_text(json.dumps({"driver": driver, "processes": procs}))
+        return folder
+
+    crashed_driver, alive_driver = start(), start()
+    survivor, stranger, concurrent = start(), start(), start()
+    gone = entry(crashed_driver)
+    crashed_driver.kill()
+    crashed_driver.wait()
+    try:
+        crashed = listed(tmp_path / "crashed", gone, [entry(survivor), entry(stranger, 5.0)])  # a pid reused
+        live = listed(tmp_path / "live", entry(alive_driver), [entry(concurrent)])
+        assert episodes.reap(live) == 0 and concurrent.poll() is None and (live / episodes.RAY_PROCESSES).exists()
+        assert episodes.reap(crashed) == 1 and not (crashed / episodes.RAY_PROCESSES).exists()
+        survivor.wait(timeout=10)
+        assert stranger.poll() is None  # its start time differs: another program's
+        assert episodes.reap(live, own=True) == 1  # a run's own list at its end
+        concurrent.wait(timeout=10)
+    finally:
+        for p in (alive_driver, survivor, stranger, concurrent):
+            p.kill()
+            p.wait()

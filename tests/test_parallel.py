@@ -1,5 +1,6 @@
 """Parallel episodes on a local Ray cluster (episodes.py), on the tiny config-built llama: two episodes at once, a
 worker killed mid-episode, the driver killed and resumed."""
+import contextlib
 import json
 import os
 import signal
@@ -89,6 +90,32 @@ def test_a_killed_worker_reruns_its_episode_and_one_killed_too_often_fails(tiny_
     assert final["pareto_frontier"] and "episode_001" not in final["pareto_frontier"]
 
 
+def _alive(listed: list[dict]) -> list[int]:
+    import psutil
+
+    out = []
+    for p in listed:
+        try:
+            if abs(psutil.Process(p["pid"]).create_time() - p["started"]) < 1e-3:
+                out.append(p["pid"])
+        except psutil.Error:
+            pass
+    return out
+
+
+def _listening(listed: list[dict]) -> set[str]:
+    """The addresses the listed processes accept connections on."""
+    import psutil
+
+    ips = set()
+    for pid in _alive(listed):
+        try:
+            ips |= {c.laddr.ip for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            pass
+    return ips
+
+
 def _acf(*args):
     return [sys.executable, "-m", "agentic_compression.cli", *args]
 
@@ -107,16 +134,23 @@ def test_the_driver_killed_mid_batch_then_resumed_loses_and_repeats_nothing(tiny
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        proc.kill()  # the driver only: Ray's workers die with it
+        cluster = json.loads((exp / "ray_processes.json").read_text())["processes"]
+        listening = _listening(cluster)
+        proc.kill()  # the driver only: Ray's workers die with it, its agents outlive it
         proc.wait()
-    finally:
         time.sleep(2)
-        os.killpg(proc.pid, signal.SIGKILL)  # what Ray left of the embedded cluster (its agents)
-    kept = {p.parent.name: json.loads(p.read_text()) for p in exp.glob("episode_*/outcome.json")}
-    assert not list(exp.glob("episode_*/results.json"))
+        kept = {p.parent.name: json.loads(p.read_text()) for p in exp.glob("episode_*/outcome.json")}
+        assert not list(exp.glob("episode_*/results.json"))
+        # the embedded cluster listened on the loopback only
+        assert listening and all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for ip in listening), listening
 
-    done = subprocess.run(_acf("resume", str(exp)), env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
+        done = subprocess.run(_acf("resume", str(exp)), env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+        # what the killed run's cluster left was reaped by the resume, and the resume's own cluster when it ended
+        assert not _alive(cluster) and not (exp / "ray_processes.json").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever a failed assertion left
     final = json.loads((exp / "final_results.json").read_text())
     assert final["complete"] and final["episodes_run"] == 4
     results = _results(exp)

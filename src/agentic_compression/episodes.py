@@ -18,6 +18,7 @@ The driver alone decides, and updates the frontier, history, skill memory and ch
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import console, data
+from .errors import UserError
 from .evaluation import Evaluator
 from .evaluation.measure import Energy
 from .files import read_json, write_json
@@ -164,9 +166,15 @@ def finished_outcome(ep_dir: Path, strategy: Strategy) -> dict | None:
     return {k: v for k, v in raw.items() if k != "key"} if raw.get("key") == strategy.key() else None
 
 
-def connect(address: str | None):
+RAY_PROCESSES = "ray_processes.json"  # the embedded cluster's processes: reaped when the run ends, or after a crash
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": the node's address is 127.0.0.1 (ray_constants)
+
+
+def connect(address: str | None, folder: Path | None = None):
     """Ray, joined at ``address`` (else ACF_RAY_ADDRESS) or started here: an embedded local cluster of this
-    machine's CPUs and GPUs."""
+    machine's CPUs and GPUs, on 127.0.0.1 only and without a dashboard, whose processes are listed in ``folder``
+    (an experiment's; the survivors of a run killed before it could stop them are reaped first, there and in the
+    other experiments beside it)."""
     import ray
 
     address = address or os.environ.get("ACF_RAY_ADDRESS")
@@ -175,33 +183,124 @@ def connect(address: str | None):
         if address:
             ray.init(address=address, **quiet)
         else:
+            if folder is not None:
+                for other in folder.parent.glob(f"*/{RAY_PROCESSES}"):
+                    reap(other.parent)
+            # the node's address is the loopback, which every server of the cluster then binds (Ray would take the
+            # machine's network address, and its GCS and raylet listen on all interfaces): Ray's switch for a
+            # single-machine cluster, read by this process and by the processes it starts
+            os.environ[LOOPBACK_SWITCH] = "0"
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
             ray.init(**quiet)
+    if folder is not None and not address:
+        record(folder)
     return ray
 
 
-def disconnect() -> None:
-    """Leave Ray at the end of a run: an embedded cluster stops, a joined one stays up for others."""
+def _ours() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if _is_ray(p)]
+
+
+def _is_ray(proc) -> bool:
+    import psutil
+
+    try:
+        return "ray" in " ".join(proc.cmdline()).lower()
+    except psutil.Error:
+        return False
+
+
+def record(folder: Path) -> None:
+    """Add the embedded cluster's processes now alive (GCS, raylet, its agents, workers) to ``folder``'s list, with
+    the driver (this process): pid and start time each, so that a pid the system reused for another program is
+    never taken for one of them."""
+    import psutil
+
+    path = folder / RAY_PROCESSES
+    listed = read_json(path, "the run's Ray processes").get("processes", []) if path.is_file() else []
+    known = {(p["pid"], p["started"]) for p in listed}
+    for proc in _ours():
+        try:
+            known.add((proc.pid, proc.create_time()))
+        except psutil.Error:
+            continue
+    me = psutil.Process()
+    write_json(path, {"driver": {"pid": me.pid, "started": me.create_time()},
+                      "processes": [{"pid": pid, "started": t} for pid, t in sorted(known)]})
+
+
+def _alive(entry: dict):
+    """The process an entry names, if it still runs (the same pid and start time), else None."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(entry["pid"]))
+        return proc if abs(proc.create_time() - float(entry["started"])) < 1e-3 else None
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return None
+
+
+def reap(folder: Path, own: bool = False) -> int:
+    """Kill the Ray processes ``folder``'s list names that still run, then drop the list: a run's own at its end
+    (``own``), else only when the run that listed them is gone (a concurrent run's cluster is left alone).
+    Returns how many were killed."""
+    import psutil
+
+    path = folder / RAY_PROCESSES
+    if not path.is_file():
+        return 0
+    try:
+        listed = read_json(path, "the run's Ray processes")
+    except UserError:
+        return 0  # a damaged list: nothing can be matched safely, so nothing is killed
+    if not own and _alive(listed.get("driver") or {}) is not None:
+        return 0
+    killed = 0
+    for entry in listed.get("processes", []):
+        if (proc := _alive(entry)) is not None and _is_ray(proc):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed += 1
+    path.unlink(missing_ok=True)
+    return killed
+
+
+def disconnect(folder: Path | None = None) -> None:
+    """Leave Ray at the end of a run: an embedded cluster stops (and any of its processes that outlive the shutdown
+    are reaped), a joined one stays up for others."""
     import sys
 
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         sys.modules["ray"].shutdown()
+    if folder is not None:
+        reap(folder, own=True)
 
 
 def run_batch(jobs: list[EpisodeJob], address: str | None, retries: int, gpu: bool,
-              done: Callable[[int, dict], None] = lambda i, o: None) -> dict[int, dict]:
+              done: Callable[[int, dict], None] = lambda i, o: None, folder: Path | None = None) -> dict[int, dict]:
     """Run each job as a Ray task, all at once within the cluster's resources; ``done(index, outcome)`` as each
-    finishes. Returns index -> outcome."""
+    finishes. Returns index -> outcome. ``folder``: the experiment's, where an embedded cluster's processes are
+    listed."""
     if not jobs:
         return {}
-    ray = connect(address)
+    ray = connect(address, folder)
     from ray.exceptions import RayError
 
     task = ray.remote(num_cpus=0 if gpu else (jobs[0].threads or 1), num_gpus=1 if gpu else 0, max_calls=1,
                       max_retries=retries, retry_exceptions=False)(run_episode)
     refs = {task.remote(job): job for job in jobs}
     out, waiting = {}, list(refs)
+    embedded = folder is not None and not (address or os.environ.get("ACF_RAY_ADDRESS"))
     while waiting:
-        ready, waiting = ray.wait(waiting, num_returns=1)
+        ready, waiting = ray.wait(waiting, num_returns=1, timeout=None if not embedded else 5.0)
+        if embedded:
+            record(folder)  # the agents and workers started since (a crash of this driver leaves them behind)
+        if not ready:
+            continue
         job = refs[ready[0]]
         try:
             out[job.index] = ray.get(ready[0])

@@ -145,7 +145,7 @@ class Experiment:
     def _close(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)  # acf's scratch space (evaluation requests, task YAML)
         if self.cfg.parallel > 1:
-            episodes.disconnect()
+            episodes.disconnect(self.dir)
         self.store.release()
 
     def release(self) -> None:
@@ -466,7 +466,7 @@ class Experiment:
                           running=[j.index for j in jobs if j.index not in outcomes])
 
         episodes.run_batch(jobs, self.cfg.ray_address, self.cfg.episode_retries, self.cfg.eval.device == "cuda",
-                           done)
+                           done, self.dir)
         return {"outcomes": [outcomes[item["index"]] for item in state["batch"]]}
 
     def update_batch(self, state: CompressionState) -> dict:

@@ -39,8 +39,11 @@ def within(path: Path, folder: Path) -> bool:
 
 
 def read_json(path: Path, what: str, todo: str = "") -> dict:
-    """A JSON object from ``path``; a missing, truncated, binary or non-object file is a UserError."""
+    """A JSON object from ``path``; a missing, truncated, binary or non-object file, or a link that leads out of the
+    folder it lies in, is a UserError (which quotes none of the file)."""
     with reading(path, what, todo):
+        if Path(path).is_symlink() and not within(path, Path(path).parent):
+            raise ValueError("it is a link that leads out of its folder")
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(obj, dict):
             raise ValueError(f"expected a JSON object, found {type(obj).__name__}")

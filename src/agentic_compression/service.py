@@ -12,7 +12,6 @@ time (failed.json). OpenAPI docs at /docs.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -101,6 +100,58 @@ def token(output_dir: Path) -> str:
         f.write(new)
     print(f"acf serve: generated API token (kept in {path}): {new}", flush=True)
     return new
+
+
+TAR_CHUNKS = 8  # chunks of at most 1 MiB in flight per download: memory stays bounded whatever the checkpoint's size
+
+
+def tar_stream(folder: Path, arcname: str):
+    """``folder`` as an uncompressed tar (weights hardly compress), written by a thread into a bounded queue and
+    yielded chunk by chunk as the client reads: files and folders only, no link is archived."""
+    import queue
+    import threading
+
+    chunks: queue.Queue = queue.Queue(maxsize=TAR_CHUNKS)
+    stop = threading.Event()
+
+    class Sink:
+        def write(self, b: bytes) -> int:
+            for i in range(0, len(b), 1 << 20):
+                while not stop.is_set():
+                    try:
+                        chunks.put(bytes(b[i:i + (1 << 20)]), timeout=1)
+                        break
+                    except queue.Full:
+                        continue
+            if stop.is_set():
+                raise BrokenPipeError("the client went away")
+            return len(b)
+
+    def own(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return info if info.isfile() or info.isdir() else None
+
+    def write() -> None:
+        end: Exception | None = None
+        try:
+            with tarfile.open(fileobj=Sink(), mode="w|", bufsize=1 << 20) as tar:
+                tar.add(folder, arcname=arcname, filter=own)
+        except Exception as e:  # noqa: BLE001 - handed to the reader, which ends the response
+            end = e
+        while not stop.is_set():  # the reader is still there: tell it the tar ended (or how it failed)
+            try:
+                chunks.put(end, timeout=1)
+                return
+            except queue.Full:
+                continue
+
+    threading.Thread(target=write, daemon=True).start()
+    try:
+        while (item := chunks.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | None = None,
@@ -252,15 +303,8 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
                 or not ckpt.is_dir() or not ckpt.resolve().is_relative_to(root)):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no checkpoint for '{episode}' in '{name}'")
 
-        def own(info: tarfile.TarInfo) -> tarfile.TarInfo | None:  # files and folders only: no link is archived
-            return info if info.isfile() or info.isdir() else None
-
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            tar.add(ckpt, arcname=f"{name}-{episode}", filter=own)
-        buf.seek(0)
-        return StreamingResponse(buf, media_type="application/gzip", headers={
-            "Content-Disposition": f'attachment; filename="{name}-{episode}.tar.gz"'})
+        return StreamingResponse(tar_stream(ckpt, f"{name}-{episode}"), media_type="application/x-tar", headers={
+            "Content-Disposition": f'attachment; filename="{name}-{episode}.tar"'})
 
     @app.post("/experiments/{name}/resume", status_code=status.HTTP_202_ACCEPTED, dependencies=[Depends(auth)])
     def resume(name: str) -> dict:

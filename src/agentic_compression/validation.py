@@ -29,6 +29,8 @@ def validate(cfg: RunConfig, folder: Path | None = None) -> None:
     if cfg.parallel > 1 and importlib.util.find_spec("ray") is None:
         raise UserError("--parallel runs episodes on Ray, which is not installed", "run setup.sh, or leave "
                         "--parallel out")
+    if cfg.parallel > 1 and (address := cfg.ray_address or os.environ.get("ACF_RAY_ADDRESS")):
+        ray_reachable(address)
     if benchmarks.HUMANEVAL in benchmarks.names(cfg.eval.benchmark):
         from .evaluation.humaneval import sandbox_check
 
@@ -49,3 +51,38 @@ def validate(cfg: RunConfig, folder: Path | None = None) -> None:
             raise UserError(f"override for unknown method '{name}'", f"known: {', '.join(methods.REGISTRY)}")
         if err := methods.get(name).check(params, {}):
             raise UserError(f"bad override: {err}", "see 'acf methods' for each parameter's range")
+
+
+RAY_CONNECT_S = 3.0  # how long a cluster's address may take to accept a connection
+RAY_JOIN_S = 20.0  # and how long joining it may take, in a process of its own
+
+
+def ray_reachable(address: str) -> None:
+    """Join the Ray cluster at ``address`` before any work, in a child process given RAY_JOIN_S, after a TCP
+    connection given RAY_CONNECT_S: one that does not answer (nothing listens, a firewall, a proxy that accepts any
+    connection) is refused at once. Ray itself would wait about 14 minutes, after the baseline."""
+    import socket
+    import subprocess
+    import sys
+
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address {address[:80]} is not HOST:PORT",
+                        "e.g. 127.0.0.1:6379 (what `ray start --head` prints) or ray://HOST:10001")
+    todo = "start the cluster first (`ray start --head`), or leave --ray-address out for an embedded one here"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_S).close()
+    except OSError as e:
+        raise UserError(f"nothing answers at --ray-address {address[:80]} within {RAY_CONNECT_S:g} s "
+                        f"({e.strerror or type(e).__name__})", todo) from None
+    join = ("import logging, sys, ray\nray.init(address=sys.argv[1], log_to_driver=False, "
+            "logging_level=logging.ERROR)\nray.cluster_resources()\n")
+    try:
+        joined = subprocess.run([sys.executable, "-c", join, address], capture_output=True,
+                                timeout=RAY_JOIN_S).returncode == 0
+    except subprocess.TimeoutExpired:
+        joined = False
+    if not joined:
+        raise UserError(f"no Ray cluster answered at --ray-address {address[:80]} within {RAY_JOIN_S:g} s", todo)

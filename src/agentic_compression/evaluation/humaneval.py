@@ -3,10 +3,13 @@
 The sandbox is bubblewrap (``bwrap``), a real isolation boundary, whatever user acf runs as:
 - new user, PID, network, mount, IPC, UTS and cgroup namespaces: no network at all (not even 127.0.0.1), no other
   process visible or signalable, and every process it starts dies with it (its PID namespace ends when it ends);
-- a file system of its own: /usr read-only, the Python that runs the program read-only, and fresh size-capped tmpfs
-  at /sandbox (its working directory), /tmp and /dev/shm that vanish with it; the user's files are not there;
+- a file system of its own: a read-only root and /dev, /usr read-only, the Python that runs the program read-only,
+  and fresh tmpfs capped at TMPFS_BYTES at /sandbox (its working directory), /tmp and /dev/shm that vanish with it;
+  the user's files are not there;
+- at most PIDS_MAX processes at once: a pids cgroup where this process can make one (cgroup v1's pids hierarchy,
+  or below its own cgroup v2), else RLIMIT_NPROC on a non-root uid (root runs bwrap as nobody for it);
 - the unprivileged uid/gid 65534 inside, no inherited environment (no keys, no tokens), rlimits on CPU time, address
-  space, file size, processes and core dumps, a wall-clock timeout that kills bwrap and with it the namespace;
+  space, file size and core dumps, a wall-clock timeout that kills bwrap and with it the namespace;
 - its output is drained into a bounded buffer, and only an exception's type (never its message, which could
   carry a file's contents) comes back as the reason.
 Where bwrap is missing or cannot create the namespaces, HumanEval is unavailable and says why: there is no weaker
@@ -14,6 +17,7 @@ fallback.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -30,7 +34,9 @@ from typing import Any
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 OUTPUT_CAP = 64 << 10  # bytes of the program's stderr kept (the rest is read and dropped)
-TMPFS_BYTES = 64 << 20  # each of /sandbox, /tmp and /dev/shm
+TMPFS_BYTES = 64 << 20  # each of /sandbox, /tmp and /dev/shm (the root and /dev are read-only)
+PIDS_MAX = 64  # processes one sandbox may hold at once (a fork bomb stops there)
+NOBODY = 65534  # the uid/gid inside, and outside too where no pids cgroup can be made (RLIMIT_NPROC binds it)
 _EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure))\b")
 
 
@@ -69,8 +75,55 @@ def _bwrap_args(prog: Path) -> list[str]:
     for d in ("/sandbox", "/tmp"):
         args += ["--size", str(TMPFS_BYTES), "--tmpfs", d]
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm",
-             "--ro-bind", str(prog), "/sandbox/prog.py", "--chdir", "/sandbox", python, "-I", "-B", "prog.py"]
+             "--ro-bind", str(prog), "/sandbox/prog.py", "--remount-ro", "/dev", "--remount-ro", "/",
+             "--chdir", "/sandbox", python, "-I", "-B", "prog.py"]
     return args
+
+
+def _pids_cgroup() -> Path | None:
+    """A new pids cgroup capped at PIDS_MAX (in cgroup v1's pids hierarchy, else below this process's cgroup v2),
+    or None where this process may not make one."""
+    import uuid
+
+    parents = [Path("/sys/fs/cgroup/pids")]
+    try:
+        parents += [Path("/sys/fs/cgroup") / ln[3:].lstrip("/") for ln in
+                    Path("/proc/self/cgroup").read_text().splitlines() if ln.startswith("0::")]
+    except OSError:
+        pass
+    for parent in parents:
+        if not (parent / "cgroup.procs").is_file():
+            continue
+        cg = parent / f"acf-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            cg.mkdir()
+        except OSError:
+            continue
+        try:
+            (cg / "pids.max").write_text(str(PIDS_MAX))
+            return cg
+        except OSError:
+            cg.rmdir()
+    return None
+
+
+def _remove_cgroup(cg: Path) -> None:
+    """Remove the sandbox's cgroup once it is empty: its processes die with the PID namespace, and any still listed
+    (exiting, or a timed-out sandbox's) are killed; given up after about 5 s (an empty cgroup left costs nothing)."""
+    for _ in range(250):
+        try:
+            cg.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            try:
+                for pid in (cg / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(OSError):
+                        os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+            threading.Event().wait(0.02)
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,6 +134,12 @@ def sandbox_check() -> str | None:
     except SandboxUnavailable as e:
         return str(e)
     return None if r["passed"] else f"the bubblewrap sandbox does not start here ({r['reason']})"
+
+
+def _processes_of(uid: int) -> int:
+    import psutil
+
+    return sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
 
 
 def _drain(stream, keep: bytearray) -> None:
@@ -98,9 +157,32 @@ def _reason(err: bytes, code: int) -> str:
     return f"exit status {code}"
 
 
+def _start(args: list[str], cg: Path | None, timeout_s: float, memory_mb: int) -> subprocess.Popen:
+    as_nobody = cg is None and os.geteuid() == 0
+    nproc = None if cg else PIDS_MAX + _processes_of(NOBODY if as_nobody else os.getuid())
+
+    def limits():
+        cpu = int(timeout_s) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if cg is not None:
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+        else:
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        if as_nobody:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={}, preexec_fn=limits, start_new_session=True)
+
+
 def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> dict[str, Any]:
     """Run ``program`` contained; returns {passed, reason}. passed = exit status 0 within the limits."""
-    host = Path(tempfile.mkdtemp(prefix="acf-sandbox-"))
+    host, cg = Path(tempfile.mkdtemp(prefix="acf-sandbox-")), None
     try:
         prog = host / "prog.py"
         prog.write_text(program, encoding="utf-8")
@@ -108,15 +190,18 @@ def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024) 
         host.chmod(0o755)
         args = _bwrap_args(prog)
 
-        def limits():
-            cpu = int(timeout_s) + 1
-            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-            resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env={}, preexec_fn=limits, start_new_session=True)
+        # the process cap: a pids cgroup; else RLIMIT_NPROC, which binds a non-root uid only, so root runs bwrap as
+        # nobody (an unprivileged user namespace; where that is refused, the sandbox does not start, and HumanEval
+        # says it is unavailable)
+        cg = _pids_cgroup()
+        try:
+            proc = _start(args, cg, timeout_s, memory_mb)
+        except subprocess.SubprocessError:  # the cgroup refused the process (a cgroup v2 rule): the rlimit instead
+            if cg is None:
+                raise
+            _remove_cgroup(cg)
+            cg = None
+            proc = _start(args, cg, timeout_s, memory_mb)
         err = bytearray()
         reader = threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True)
         reader.start()
@@ -133,6 +218,8 @@ def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024) 
             return {"passed": True, "reason": "passed"}
         return {"passed": False, "reason": _reason(bytes(err), proc.returncode)}
     finally:
+        if cg is not None:
+            _remove_cgroup(cg)
         shutil.rmtree(host, ignore_errors=True)
 
 
