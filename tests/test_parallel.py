@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,24 @@ def test_the_driver_killed_mid_batch_then_resumed_loses_and_repeats_nothing(tiny
     rerun = [r for r in results[:2] if r["episode_id"] not in kept]
     assert all(r["worker"]["attempt"] == 2 for r in rerun)  # in flight when the driver died: run once more
     assert [h["after"] for h in final["hypervolume_history"]] == ["baseline", *(r["episode_id"] for r in results)]
+
+
+def test_a_running_cluster_passes_the_address_check_and_a_token_it_lacks_is_named(monkeypatch):
+    """--ray-address is joined in a child process before any work: a cluster started with `ray start --head` on
+    this machine passes (with its token), and without the token the refusal says what is missing."""
+    from agentic_compression.episodes import LOOPBACK_SWITCH
+    from agentic_compression.errors import UserError
+    from agentic_compression.validation import ray_reachable
+
+    ray = Path(sys.executable).with_name("ray")
+    env = {**os.environ, LOOPBACK_SWITCH: "0"}
+    subprocess.run([str(ray), "start", "--head", "--port", "6399", "--include-dashboard", "false", "--num-cpus", "1"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    try:
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        ray_reachable("127.0.0.1:6399")
+        monkeypatch.delenv("RAY_AUTH_MODE")
+        with pytest.raises(UserError, match="asks for its authentication token"):
+            ray_reachable("127.0.0.1:6399")
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -181,22 +181,33 @@ def connect(address: str | None, folder: Path | None = None):
     if not ray.is_initialized():
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
         if address:
+            if on_loopback(address):  # a cluster on this machine: reached at 127.0.0.1, as it was asked
+                loopback_only()
             ray.init(address=address, **quiet)
         else:
             if folder is not None:
                 for other in folder.parent.glob(f"*/{RAY_PROCESSES}"):
                     reap(other.parent)
-            # the node's address is the loopback, which every server of the cluster then binds (Ray would take the
-            # machine's network address, and its GCS and raylet listen on all interfaces): Ray's switch for a
-            # single-machine cluster, read by this process and by the processes it starts
-            os.environ[LOOPBACK_SWITCH] = "0"
-            from ray._private import ray_constants
-
-            ray_constants.ENABLE_RAY_CLUSTER = False
+            loopback_only()
             ray.init(**quiet)
     if folder is not None and not address:
         record(folder)
     return ray
+
+
+def on_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def loopback_only() -> None:
+    """The node's address is the loopback, which every server of a cluster started here then binds (Ray takes the
+    machine's network address, even for 127.0.0.1, and its GCS and raylet listen on all interfaces): Ray's switch
+    for a single-machine cluster, read by this process and by the processes it starts."""
+    from ray._private import ray_constants
+
+    os.environ[LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _ours() -> list:

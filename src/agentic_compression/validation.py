@@ -79,10 +79,17 @@ def ray_reachable(address: str) -> None:
                         f"({e.strerror or type(e).__name__})", todo) from None
     join = ("import logging, sys, ray\nray.init(address=sys.argv[1], log_to_driver=False, "
             "logging_level=logging.ERROR)\nray.cluster_resources()\n")
+    from .episodes import LOOPBACK_SWITCH, on_loopback
+
+    env = {**os.environ, **({LOOPBACK_SWITCH: "0"} if on_loopback(address) else {})}  # as episodes.connect joins
     try:
-        joined = subprocess.run([sys.executable, "-c", join, address], capture_output=True,
-                                timeout=RAY_JOIN_S).returncode == 0
-    except subprocess.TimeoutExpired:
-        joined = False
+        proc = subprocess.run([sys.executable, "-c", join, address], capture_output=True, env=env,
+                              timeout=RAY_JOIN_S)
+        joined, said = proc.returncode == 0, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        joined, said = False, e.stderr or b""
+    if b"InvalidAuthToken" in said:
+        raise UserError(f"the Ray cluster at --ray-address {address[:80]} asks for its authentication token",
+                        "set RAY_AUTH_MODE=token, with the token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
     if not joined:
         raise UserError(f"no Ray cluster answered at --ray-address {address[:80]} within {RAY_JOIN_S:g} s", todo)
