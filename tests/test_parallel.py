@@ -165,9 +165,11 @@ def test_the_driver_killed_mid_batch_then_resumed_loses_and_repeats_nothing(tiny
     assert [h["after"] for h in final["hypervolume_history"]] == ["baseline", *(r["episode_id"] for r in results)]
 
 
-def test_a_running_cluster_passes_the_address_check_and_a_token_it_lacks_is_named(monkeypatch):
+def test_a_running_cluster_passes_the_address_check_and_a_token_it_lacks_is_named(monkeypatch, tmp_path):
     """--ray-address is joined in a child process before any work: a cluster started with `ray start --head` on
-    this machine passes (with its token), and without the token the refusal says what is missing."""
+    this machine passes (with its token), and without the token the refusal says what is missing. Without
+    --ray-address a run starts its own cluster, never joining the one `ray start` left (Ray's default would)."""
+    from agentic_compression import episodes
     from agentic_compression.episodes import LOOPBACK_SWITCH
     from agentic_compression.errors import UserError
     from agentic_compression.validation import ray_reachable
@@ -182,5 +184,12 @@ def test_a_running_cluster_passes_the_address_check_and_a_token_it_lacks_is_name
         monkeypatch.delenv("RAY_AUTH_MODE")
         with pytest.raises(UserError, match="asks for its authentication token"):
             ray_reachable("127.0.0.1:6399")
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        own = episodes.connect(None, tmp_path)
+        try:
+            assert not own.get_runtime_context().gcs_address.endswith(":6399")
+            assert own.get(own.remote(lambda: 7).remote()) == 7
+        finally:
+            episodes.disconnect(tmp_path)
     finally:
         subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -189,7 +189,7 @@ def connect(address: str | None, folder: Path | None = None):
                 for other in folder.parent.glob(f"*/{RAY_PROCESSES}"):
                     reap(other.parent)
             loopback_only()
-            ray.init(**quiet)
+            ray.init(address="local", **quiet)  # a new cluster, never one a `ray start` left on this machine
     if folder is not None and not address:
         record(folder)
     return ray
