@@ -195,9 +195,14 @@ def connect(address: str | None, folder: Path | None = None):
     return ray
 
 
+def host_port(address: str) -> tuple[str, str]:
+    """A Ray address's host (brackets of an IPv6 one removed) and port: "ray://h:10001" -> ("h", "10001")."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    return host.strip("[]"), port
+
+
 def on_loopback(address: str) -> bool:
-    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
-    return host in ("127.0.0.1", "localhost", "::1")
+    return host_port(address)[0] in ("127.0.0.1", "localhost", "::1")
 
 
 def loopback_only() -> None:

@@ -555,11 +555,12 @@ class Experiment:
                 "memory_ratio": b.memory_gb / self.reference.memory_gb if self.reference.memory_gb > 0 else None}
         return out
 
-    def _recommended(self) -> str | None:
-        """The candidate a run recommends deploying: with goals, their pick (feasible, the smallest, then the
-        fastest); else the compressed frontier member with the highest reward (what `acf export --best` writes)."""
+    def _recommended(self, goals_said: dict | None) -> str | None:
+        """The candidate a run recommends deploying: with goals, their pick (``goals_said``, _goal_summary's:
+        feasible, the smallest, then the fastest); else the compressed frontier member with the highest reward (what
+        `acf export --best` writes)."""
         if self.cfg.goals.active():
-            return (self._goal_summary() or {}).get("recommended")
+            return (goals_said or {}).get("recommended")
         best = self.frontier.balanced(compressed=True)
         return best.episode_id if best else None
 
@@ -576,7 +577,8 @@ class Experiment:
             f"{self.frontier.ref_factor}x the baseline (objectives normalised by the baseline)",
             "noise_tolerance": self.frontier.tolerance,
             "solutions": [s.model_dump() for s in self.frontier.solutions]}
-        balanced, recommended = self.frontier.balanced(), self._recommended()
+        goals_said = self._goal_summary()
+        balanced, recommended = self.frontier.balanced(), self._recommended(goals_said)
         summary = {
             "complete": complete, "experiment": self.dir.name, "model": self.cfg.model,
             "model_path": str(self.model_path), "dataset": self.cfg.dataset,
@@ -595,7 +597,7 @@ class Experiment:
             "presets": presets.summary(self.presets),
             "versus_preset": self._versus_preset(recommended),
             "refused": state.get("refused", []),
-            "goals": self._goal_summary(),
+            "goals": goals_said,
             "coordinator_messages": [getattr(m, "content", m) for m in state.get("messages", [])],
             "episodes": [{"episode_id": e.episode_id, "status": e.status.value,
                           "steps": [s.model_dump() for s in e.strategy.steps], "reasoning": e.strategy.reasoning,

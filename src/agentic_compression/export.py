@@ -76,7 +76,7 @@ def export(exp_dir: Path, episode: str | None, out: Path, best: bool = False, fm
         else:
             shutil.copytree(ckpt, tmp, dirs_exist_ok=True, symlinks=False)
             verify(ckpt, tmp, target)
-        _write_card(exp_dir, results, tmp, converted=target.runtime if convert else None)
+        _write_card(exp_dir, results, tmp, converted=target if convert else None)
         target.package(tmp, name)
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -142,9 +142,10 @@ def _dense(model):
     return dense.eval()
 
 
-def _write_card(exp_dir: Path, results: dict, folder: Path, converted: str | None) -> None:
+def _write_card(exp_dir: Path, results: dict, folder: Path, converted=None) -> None:
     """The episode's card, written again from its measured results (a card from an older run may lack the runtime's
-    format and how to run it); a converted file's card says that its numbers were measured before the conversion."""
+    format and how to run it); a file ``converted`` to a target's format: its card says that its numbers were
+    measured before the conversion."""
     from .card import write_card
     from .config import RunConfig
     from .schemas import Episode, EvaluationResult
@@ -155,17 +156,14 @@ def _write_card(exp_dir: Path, results: dict, folder: Path, converted: str | Non
     ep = Episode(**{k: v for k, v in results.items() if k != "entered_frontier"})
     card = write_card(folder, ep=ep, baseline=base, base_model=spec.get("model_name", cfg.model),
                       calibration=cfg.calibration.source, dataset=cfg.dataset)
-    if converted:
-        from .targets import TARGETS
-
+    if converted is not None:
         check = read_json(folder / "acf_format.json", "the conversion's record").get("conversion_check", {})
-        target = next(t for t in TARGETS.values() if t.runtime == converted)
         text = card.read_text(encoding="utf-8")
         text = text.split("## How to load")[0] + (
-            f"## This file\n\nConverted by `acf export --format` to {converted}'s f32 file after the run: the numbers "
-            f"above were measured on the episode's own checkpoint. The conversion was checked against it on "
+            f"## This file\n\nConverted by `acf export --format` to {converted.runtime}'s f32 file after the run: the "
+            "numbers above were measured on the episode's own checkpoint. The conversion was checked against it on "
             f"{check.get('tokens')} tokens: next-token KL {abs(check.get('kl', 0)):.2g}, top-1 agreement "
-            f"{check.get('top1_agreement')}.\n\n## How to load\n\n{target.how_to_run(folder.name)}\n")
+            f"{check.get('top1_agreement')}.\n\n## How to load\n\n{converted.how_to_run(folder.name)}\n")
         card.write_text(text, encoding="utf-8")
 
 

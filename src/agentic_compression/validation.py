@@ -67,20 +67,20 @@ def ray_reachable(address: str) -> None:
 
     if address == "auto":
         return
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    from .episodes import LOOPBACK_SWITCH, host_port, on_loopback
+
+    host, port = host_port(address)
     if not host or not port.isdigit():
         raise UserError(f"--ray-address {address[:80]} is not HOST:PORT",
                         "e.g. 127.0.0.1:6379 (what `ray start --head` prints) or ray://HOST:10001")
     todo = "start the cluster first (`ray start --head`), or leave --ray-address out for an embedded one here"
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_S).close()
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_S).close()
     except OSError as e:
         raise UserError(f"nothing answers at --ray-address {address[:80]} within {RAY_CONNECT_S:g} s "
                         f"({e.strerror or type(e).__name__})", todo) from None
     join = ("import logging, sys, ray\nray.init(address=sys.argv[1], log_to_driver=False, "
             "logging_level=logging.ERROR)\nray.cluster_resources()\n")
-    from .episodes import LOOPBACK_SWITCH, on_loopback
-
     env = {**os.environ, **({LOOPBACK_SWITCH: "0"} if on_loopback(address) else {})}  # as episodes.connect joins
     try:
         proc = subprocess.run([sys.executable, "-c", join, address], capture_output=True, env=env,

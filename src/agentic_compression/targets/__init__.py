@@ -104,10 +104,9 @@ class Target:
         """Markdown for the model card: how this runtime's users run the exported folder (PATH) named ``name``."""
         return ""
 
-    def package(self, folder: Path, name: str) -> list[str]:
+    def package(self, folder: Path, name: str) -> None:
         """Write into an exported ``folder`` what this runtime's tools read beside the weights (an Ollama
-        Modelfile); the names of the files written."""
-        return []
+        Modelfile)."""
 
 
 class _TorchScorer:

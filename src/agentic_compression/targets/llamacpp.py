@@ -263,11 +263,10 @@ ollama create {name} -f PATH/Modelfile && ollama run {name}
 
 From Python (llama-cpp-python): `from llama_cpp import Llama; llm = Llama("PATH/{GGUF}")`."""
 
-    def package(self, folder: Path, name: str) -> list[str]:
+    def package(self, folder: Path, name: str) -> None:
         """An Ollama Modelfile: the GGUF carries its own chat template and tokenizer, which Ollama reads."""
         (folder / "Modelfile").write_text(f"# ollama create {name} -f Modelfile && ollama run {name}\n"
                                           f"FROM ./{GGUF}\n")
-        return ["Modelfile"]
 
     def load(self, checkpoint: Path, settings):
         from ..llamacpp import LlamaCpp

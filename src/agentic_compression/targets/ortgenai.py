@@ -262,9 +262,8 @@ class OrtGenAITarget(Target):
     def predictor(self, checkpoint: Path):
         return OrtGenAI(checkpoint, 512)
 
-    def package(self, folder: Path, name: str) -> list[str]:
+    def package(self, folder: Path, name: str) -> None:
         clean_tokenizer(folder)  # a folder exported before the export cleaned it
-        return []
 
     def how_to_run(self, name: str) -> str:
         return f"""ONNX Runtime GenAI (`pip install onnxruntime-genai`) opens this folder as it is:
