@@ -39,28 +39,76 @@ def test_kl_divergence_is_exact_against_a_brute_force_sum():
                                                      pq[torch.arange(300), labels].log()).mean().item())
 
 
+class Toy:
+    """Called like a transformers model: logits from a fixed random map of the token ids, plus noise."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, w, g, noise=0.0):
+        self.w = w + noise * torch.randn(w.shape, generator=g)
+
+    def __call__(self, input_ids, **_):
+        return SimpleNamespace(logits=self.w[input_ids])
+
+
 def test_a_model_against_itself_diverges_by_nothing_and_another_by_something():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(40, 40, generator=g)
-
-    class Toy:  # called like a transformers model: logits from a fixed random map of the token ids
-        device = torch.device("cpu")
-
-        def __init__(self, noise=0.0):
-            self.w = w + noise * torch.randn(40, 40, generator=g)
-
-        def __call__(self, input_ids, **_):
-            return SimpleNamespace(logits=self.w[input_ids])
-
     ids = torch.randint(0, 40, (300,), generator=g).tolist()
-    a = measure.perplexity(Toy(), ids, 64, 32, reference=Toy())
-    assert a["kld"]["mean"] == pytest.approx(0.0, abs=1e-12) and a["kld"]["same_top"] == 1.0
+    a = measure.perplexity(Toy(w, g), ids, 64, 32, reference=measure.Reference(Toy(w, g)))
+    assert a["kld"]["mean"] == pytest.approx(0.0, abs=1e-8) and a["kld"]["same_top"] == 1.0  # the rounding's floor
     assert a["kld"]["n"] == a["tokens"] == 299  # every scored token, once
-    b = measure.perplexity(Toy(0.5), ids, 64, 32, reference=Toy())
+    b = measure.perplexity(Toy(w, g, 0.5), ids, 64, 32, reference=measure.Reference(Toy(w, g)))
     assert b["kld"]["mean"] > 0.01 and b["kld"]["stderr"] > 0
-    assert "kld" not in measure.perplexity(Toy(), ids, 64, 32)  # no reference, no divergence
+    assert "kld" not in measure.perplexity(Toy(w, g), ids, 64, 32)  # no reference, no divergence
     with pytest.raises(ValueError, match="one vocabulary"):
         measure.KLDivergence().add(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+
+
+def _peaked(g, n, vocab, temperature):
+    """Logits shaped like a language model's: a Zipf-like spread over the vocabulary, a few likely tokens."""
+    return torch.randn(n, vocab, generator=g, dtype=torch.float64) * temperature - torch.log(
+        torch.arange(1, vocab + 1, dtype=torch.float64))[torch.randperm(vocab, generator=g)] * 2
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.1, 0.5])
+def test_the_stored_reference_changes_a_kl_divergence_by_under_a_thousandth(noise):
+    """The reference as 16-bit log-probabilities (StoredLogProbs, as llama.cpp's --kl-divergence-base keeps it)
+    against the exact float64 one: the mean KL divergence of a candidate 0.0001 to 0.3 nats from it moves by under
+    0.1% (plus 1e-8), and the reference against itself by at most the rounding's floor, 1e-8 nats."""
+    g = torch.Generator().manual_seed(3)
+    ref = _peaked(g, 256, 4000, 3.0)
+    cand = ref + noise * torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4000, (256,), generator=g)
+    exact, stored, itself = measure.KLDivergence(), measure.KLDivergence(), measure.KLDivergence()
+    exact.add(cand, ref, labels)
+    rounded = measure.StoredLogProbs.rounded(ref)
+    stored.add(cand, rounded, labels)
+    itself.add(ref, rounded, labels)
+    e, s = exact.stats()["mean"], stored.stats()["mean"]
+    assert 5e-5 < e < 0.3 and abs(s - e) <= 1e-3 * e + 1e-8, (e, s)
+    assert itself.stats()["mean"] <= 1e-8
+    assert abs(stored.stats()["delta_p_rms"] - exact.stats()["delta_p_rms"]) < 1e-4
+
+
+def test_a_stored_reference_is_read_back_as_it_was_scored(tmp_path):
+    """The baseline's evaluation stores its log-probabilities (keep); a candidate reading them (StoredLogProbs
+    .reader) gets the KL divergence it gets scoring the baseline itself (Reference); a text that scores more
+    positions than were stored is refused."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(50, 50, generator=g)
+    ids = torch.randint(0, 50, (200,), generator=g).tolist()
+    base, cand = Toy(w, g), Toy(w, g, 0.3)
+    measure.perplexity(base, ids, 64, 32, keep=tmp_path / "ref")
+    store = measure.StoredLogProbs(tmp_path / "ref")
+    assert store.complete() and not list(tmp_path.glob("ref.tmp*"))
+    live = measure.perplexity(cand, ids, 64, 32, reference=measure.Reference(base))["kld"]
+    reader = store.reader()
+    read = measure.perplexity(cand, ids, 64, 32, reference=reader)["kld"]
+    reader.close()  # every stored position was read
+    assert read == live and read["n"] == 199
+    with pytest.raises(ValueError, match="holds 199 positions"):
+        measure.perplexity(cand, ids + ids[:40], 64, 32, reference=store.reader())
 
 
 def _solution(eid, kld, interval=None, **objectives):

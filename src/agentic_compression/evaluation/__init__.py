@@ -98,7 +98,7 @@ class Evaluator:
             except (OSError, ValueError):  # a damaged or older entry is measured again and rewritten
                 raw = None
         if raw is None:
-            raw = self._measure(checkpoint)
+            raw = self._measure(checkpoint, fp)
             raw.measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if entry is not None:
                 entry.parent.mkdir(parents=True, exist_ok=True)
@@ -123,13 +123,27 @@ class Evaluator:
         self.baseline_checkpoint, self.baseline_target, self.reference = checkpoint, target, reference
         self.baseline_fp = fingerprint(checkpoint) if self.s.cache else None
 
-    def _measure(self, checkpoint: Path) -> Measured:
+    def log_probs_store(self, checkpoint: Path, target: str, fp: str | None) -> Path:
+        """Where a baseline's next-token log-probabilities on the perplexity windows are stored, the reference of
+        the KL divergence (evaluation.measure.StoredLogProbs): named for the runtime, the checkpoint (its
+        fingerprint, else its path), the windows and the device, so that every target's evaluator finds the
+        transformers reference; in the experiment's scratch space, deleted with it when the run ends."""
+        r, s = self.request, self.s
+        what = [fp or str(checkpoint.resolve()), r.ppl_ids, s.ppl_window, s.ppl_stride, r.bos_id, s.device]
+        return self.work_dir / "reference" / f"{target}-{hashlib.sha256(repr(what).encode()).hexdigest()[:16]}"
+
+    def _measure(self, checkpoint: Path, fp: str | None = None) -> Measured:
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
             base = str(self.baseline_checkpoint) if self.baseline_checkpoint else None
             req.write_text(self.request.model_copy(update={
-                "checkpoint": str(checkpoint), "baseline_checkpoint": base,
-                "baseline_target": self.baseline_target}).model_dump_json())
+                "checkpoint": str(checkpoint), "baseline_checkpoint": base, "baseline_target": self.baseline_target,
+                # the baseline's log-probabilities are read (or stored by the first to score them); a baseline
+                # stores its own, for the candidates that follow it
+                "reference_logprobs": base and str(self.log_probs_store(
+                    self.baseline_checkpoint, self.baseline_target or self.s.target, self.baseline_fp)),
+                "keep_logprobs": str(self.log_probs_store(checkpoint, self.s.target, fp))
+                if self.baseline is None else None}).model_dump_json())
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
                    "HF_DATASETS_OFFLINE": "0" if self.s.source == "hub" else "1",
                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}

@@ -5,7 +5,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -186,15 +186,18 @@ def control_ms(device: torch.device, repeats: int = 100) -> float:
 
 @torch.no_grad()
 def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None = None,
-               reference=None) -> dict[str, Any]:
+               reference: "Reference | None" = None, keep: Path | None = None) -> dict[str, Any]:
     """Sliding-window perplexity (each token scored once, with up to ``window`` tokens of context). With ``bos``
     (a model whose tokenizer starts every text with it, such as Gemma) each window starts with that token, which
-    is context, never scored. With ``reference`` (the baseline, loaded for scoring in its own runtime) the same
-    windows also give, at every scored token, the KL divergence of this model's next-token distribution from the
-    reference's over the full vocabulary (``kld``: KLDivergence.stats)."""
+    is context, never scored. With ``reference`` (the baseline's log-probabilities: StoredLogProbs.reader, or
+    Reference over the baseline loaded for scoring) the same windows also give, at every scored token, the KL
+    divergence of this model's next-token distribution from the reference's over the full vocabulary (``kld``:
+    KLDivergence.stats). With ``keep`` (the baseline scored itself) its own log-probabilities are stored there, the
+    reference of every later candidate."""
     ctx = [] if bos is None else [bos]
     nll, count, prev_end = 0.0, 0, 0
     kld = KLDivergence() if reference is not None else None
+    writer = StoredLogProbs(keep).writer() if keep is not None else None
     for begin in range(0, len(ids), stride):
         end = min(begin + window - len(ctx), len(ids))
         trg_len = end - prev_end
@@ -205,41 +208,175 @@ def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None 
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                                  ignore_index=-100, reduction="sum")
         n = int((labels != -100).sum())
+        scored = labels[0] != -100
         if kld is not None:
-            scored = labels[0] != -100
-            ref = reference(input_ids=inp.to(reference.device)).logits[0, :-1].float().to(logits.device)
-            kld.add(logits[0][scored], ref[scored], labels[0][scored])
+            kld.add(logits[0][scored].cpu(), reference.next(inp, scored), labels[0][scored].cpu())
+        if writer is not None:
+            writer.add(StoredLogProbs.rounded(logits[0][scored].cpu()))
         nll, count, prev_end = nll + float(loss), count + n, end
         if end == len(ids):
             break
+    if writer is not None:
+        writer.close()
     out = {"perplexity": math.exp(nll / count), "tokens": count, "window": window, "stride": stride,
            "bos": bos is not None}
     return out | ({"kld": kld.stats()} if kld is not None else {})
 
 
-KLD = "full-vocabulary-float64"  # how KL divergence is measured (in the eval cache's key: older entries lack it)
+KLD = "full-vocabulary-float64, reference as 16-bit log-probs over 32 nats"  # in the eval cache's key
+
+
+class Rounded(NamedTuple):
+    """Log-probabilities as StoredLogProbs keeps them: ``steps`` (numpy uint16 [n, vocab], each token's distance
+    below the position's top log-probability) and ``top`` (float32 [n])."""
+
+    steps: Any
+    top: torch.Tensor
+
+    @property
+    def shape(self):
+        return self.steps.shape
+
+    def log_probs(self, i: int, j: int) -> torch.Tensor:
+        """Positions i..j back as float64 log-probabilities, renormalised."""
+        steps = torch.from_numpy(self.steps[i:j].astype("int32")).double()
+        return torch.log_softmax(self.top[i:j].double()[:, None] - steps * (StoredLogProbs.SPAN /
+                                                                             StoredLogProbs.STEPS), -1)
+
+
+class StoredLogProbs:
+    """A reference's next-token log-probabilities at the scored positions, stored once (by the baseline's own
+    evaluation) and read by every candidate's, so that a candidate's KL divergence costs its own forward passes
+    only. Kept, like llama.cpp's ``--kl-divergence-base``, in 16 bits a token: per position its largest
+    log-probability (float32) and each token's distance below it in STEPS steps over SPAN nats (4.9e-4 nats a
+    step: each log-probability within 2.4e-4 of its value; a token further below holds SPAN, at most vocabulary x
+    e^-32 of probability), read back and renormalised. A folder of ``q.u16`` [positions, vocabulary], ``top.npy``
+    and ``meta.json``, written under another name and renamed when complete.
+
+    A reference scored live (Reference) is rounded the same way, so a candidate's KL divergence does not depend on
+    which one it met. The rounding's error is second order: under 1e-8 nats for a model against itself, and under
+    0.1% of the divergence of a quantized model (test_kld.py bounds both)."""
+
+    SPAN, STEPS = 32.0, 65535
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def rounded(cls, logits: torch.Tensor) -> Rounded:
+        lp = torch.log_softmax(logits.double(), -1)
+        top = lp.max(-1).values
+        steps = ((top[:, None] - lp).clamp(max=cls.SPAN) * (cls.STEPS / cls.SPAN)).round()
+        return Rounded(steps.to(torch.int32).numpy().astype("uint16"), top.float())
+
+    def complete(self) -> bool:
+        return (self.path / "meta.json").is_file()
+
+    def writer(self) -> "_Writer":
+        return _Writer(self.path)
+
+    def reader(self) -> "_Reader":
+        return _Reader(self.path)
+
+
+class _Writer:
+    def __init__(self, path: Path):
+        import os
+
+        self.path, self.tmp = path, path.with_name(f"{path.name}.tmp{os.getpid()}")
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.fh, self.tops, self.vocab = open(self.tmp / "q.u16", "wb"), [], None
+
+    def add(self, r: Rounded) -> None:
+        self.vocab = r.shape[-1]
+        self.fh.write(r.steps.tobytes())
+        self.tops.append(r.top)
+
+    def close(self) -> None:
+        import json
+        import os
+        import shutil
+
+        import numpy as np
+
+        self.fh.close()
+        top = torch.cat(self.tops) if self.tops else torch.zeros(0)
+        np.save(self.tmp / "top.npy", top.numpy())
+        (self.tmp / "meta.json").write_text(json.dumps({"positions": len(top), "vocab": self.vocab,
+                                                        "span": StoredLogProbs.SPAN, "steps": StoredLogProbs.STEPS}))
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError:  # another evaluation stored the same reference first
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class _Reader:
+    """The stored positions in the order they were written, window by window (``next``)."""
+
+    def __init__(self, path: Path):
+        import json
+
+        import numpy as np
+
+        meta = json.loads((path / "meta.json").read_text())
+        self.q = np.memmap(path / "q.u16", dtype=np.uint16, mode="r", shape=(meta["positions"], meta["vocab"]))
+        self.top, self.at = torch.from_numpy(np.load(path / "top.npy")), 0
+
+    def next(self, inp: torch.Tensor, scored: torch.Tensor) -> Rounded:
+        n = int(scored.sum())
+        if self.at + n > len(self.top):
+            raise ValueError(f"the stored reference holds {len(self.top)} positions; this text scores more")
+        out = Rounded(self.q[self.at:self.at + n], self.top[self.at:self.at + n])
+        self.at += n
+        return out
+
+    def close(self) -> None:
+        if self.at != len(self.top):
+            raise ValueError(f"the stored reference holds {len(self.top)} positions; this text scored {self.at}")
+
+
+class Reference:
+    """The baseline loaded for scoring, as a reference: its log-probabilities at the scored positions of each
+    window, rounded as StoredLogProbs keeps them (and stored there too, with ``keep``)."""
+
+    def __init__(self, model, keep: Path | None = None):
+        self.model, self.writer = model, StoredLogProbs(keep).writer() if keep is not None else None
+
+    def next(self, inp: torch.Tensor, scored: torch.Tensor) -> Rounded:
+        logits = self.model(input_ids=inp.to(self.model.device)).logits[0, :-1].float().cpu()[scored.cpu()]
+        r = StoredLogProbs.rounded(logits)
+        if self.writer is not None:
+            self.writer.add(r)
+        return r
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        getattr(self.model, "close", lambda: None)()
 
 
 class KLDivergence:
     """Per scored token, the candidate's next-token distribution Q against the reference's P (the baseline's),
-    exact over the whole vocabulary, in float64: KL(P || Q) = sum_v P(v) (ln P(v) - ln Q(v)), whether the two
-    top tokens agree, and Δp = Q(actual next token) - P(actual next token). ``stats`` summarises them as
-    llama.cpp's ``llama-perplexity --kl-divergence`` prints them."""
+    over the whole vocabulary, in float64: KL(P || Q) = sum_v P(v) (ln P(v) - ln Q(v)), whether the two top tokens
+    agree, and Δp = Q(actual next token) - P(actual next token). ``stats`` summarises them as llama.cpp's
+    ``llama-perplexity --kl-divergence`` prints them."""
 
     BLOCK = 128  # positions converted at a time: a 262k vocabulary in float64 is 2 MB a position
 
     def __init__(self):
         self.kl, self.same, self.dp, self.dlnp = [], [], [], []
 
-    def add(self, logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Scored positions only: ``logits`` and ``ref_logits`` [n, vocab], ``labels`` [n], the next tokens."""
-        if logits.shape != ref_logits.shape:
+    def add(self, logits: torch.Tensor, ref: "torch.Tensor | Rounded", labels: torch.Tensor) -> None:
+        """Scored positions only: ``logits`` [n, vocab], the reference's logits [n, vocab] (exact) or its rounded
+        log-probabilities (StoredLogProbs), ``labels`` [n], the next tokens."""
+        if logits.shape != ref.shape:
             raise ValueError(f"the candidate has {logits.shape[-1]} logits a position and the reference "
-                             f"{ref_logits.shape[-1]}: KL divergence needs one vocabulary")
+                             f"{ref.shape[-1]}: KL divergence needs one vocabulary")
         for i in range(0, len(labels), self.BLOCK):
-            lq = torch.log_softmax(logits[i:i + self.BLOCK].double(), -1)
-            lp = torch.log_softmax(ref_logits[i:i + self.BLOCK].double(), -1)
-            y = labels[i:i + self.BLOCK, None]
+            j = i + self.BLOCK
+            lq = torch.log_softmax(logits[i:j].double(), -1)
+            lp = ref.log_probs(i, j) if isinstance(ref, Rounded) else torch.log_softmax(ref[i:j].double(), -1)
+            y = labels[i:j, None]
             self.kl += (lp.exp() * (lp - lq)).sum(-1).clamp_min(0).tolist()  # rounding can give -1e-17
             self.same += (lq.argmax(-1) == lp.argmax(-1)).tolist()
             self.dp += (lq.gather(1, y).exp() - lp.gather(1, y).exp())[:, 0].tolist()

@@ -35,6 +35,8 @@ class EvalRequest(BaseModel):
     checkpoint: str = ""
     baseline_checkpoint: str | None = None  # timed in turn with the candidate (paired latency)
     baseline_target: str | None = None  # the runtime the baseline is loaded in (None: the candidate's)
+    reference_logprobs: str | None = None  # where the baseline's log-probabilities are (StoredLogProbs)
+    keep_logprobs: str | None = None  # where this checkpoint's are to be stored (it is a baseline)
 
     def key(self) -> str:
         """What the measurements depend on besides the checkpoint: paths, the cache switch and the timeout left out.

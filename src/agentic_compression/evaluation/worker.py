@@ -96,13 +96,19 @@ def main(request: Path, result: Path) -> None:
         model = target.scoring(model, s)
         reference, kld = None, None
         if pair and target.full_logits and base_target.full_logits:  # KL divergence to the baseline, same windows
-            reference = base_target.scoring(base_target.load(Path(base_ckpt), s), s)
-        ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos, reference)
+            stored = measure.StoredLogProbs(Path(req.reference_logprobs)) if req.reference_logprobs else None
+            reference = stored.reader() if stored and stored.complete() else measure.Reference(
+                base_target.scoring(base_target.load(Path(base_ckpt), s), s), stored and stored.path)
+        keep = Path(req.keep_logprobs) if req.keep_logprobs and target.full_logits else None
+        if keep and measure.StoredLogProbs(keep).complete():
+            keep = None
+        ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos, reference, keep)
         phases["perplexity_kld"] = time.perf_counter() - t_ppl
         t_acc = time.perf_counter()
         if reference is not None:
-            kld = {**ppl.pop("kld"), "reference_runtime": base_target.runtime}
-            getattr(reference, "close", lambda: None)()
+            reference.close()
+            kld = {**ppl.pop("kld"), "reference_runtime": base_target.runtime,
+                   "reference_read": "scored here" if isinstance(reference, measure.Reference) else "stored"}
             del reference
         elif not pair:  # the baseline itself: its distributions are the reference
             kld = {"mean": 0.0, "stderr": 0.0, "n": ppl["tokens"], "reference": "itself (the baseline)"}
