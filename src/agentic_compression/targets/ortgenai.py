@@ -65,11 +65,26 @@ class OrtGenAI:
                                past_key_values=(past_key_values or 0) + len(ids))
 
     def logits(self, ids: list[int]):
+        """Scoring mode: the logits of every position of ``ids``, evaluating only what follows the longest prefix
+        it shares with the sequence before (lm-eval's choices share their context): the generator is rewound to
+        that prefix, whose logits are kept, as llama.cpp's scoring mode reuses its KV cache."""
         import numpy as np
 
-        gen = self._generator()
-        gen.append_tokens(ids)
-        return np.asarray(gen.get_output("logits"), dtype=np.float32)[0]
+        held = getattr(self, "held", [])
+        common = 0
+        for a, b in zip(held, ids[:-1]):
+            if a != b:
+                break
+            common += 1
+        if common == 0 or self.gen is None:
+            common, self.gen = 0, self._generator()
+        else:
+            self.gen.rewind_to(common)
+        self.gen.append_tokens(ids[common:])
+        new = np.asarray(self.gen.get_output("logits"), dtype=np.float32)[0]
+        self.scores = new if common == 0 else np.concatenate([self.scores[:common], new])
+        self.held = list(ids)
+        return self.scores
 
     def close(self) -> None:
         self.gen = self.model = None
