@@ -101,6 +101,8 @@ def _name(model, module) -> str:
 
 
 PROBE = "Q4_0"  # the type each matrix's KL divergence is measured at (when its width takes it)
+ROWS = 512  # evenly spaced rows of a matrix on which its types' rounding errors are compared (rows are rounded
+# independently, so their ratio is a mean over >= 512 x width weights: a 49k-row embedding costs 1/96 of its rows)
 
 
 def sensitivities(model, windows: list[list[int]], types: tuple[str, ...], importance: dict[str, Any] | None
@@ -108,8 +110,8 @@ def sensitivities(model, windows: list[list[int]], types: tuple[str, ...], impor
     """{matrix: {type: next-token KL (nats) with only that matrix rounded to that type}}, for the types that fit its
     row width. The KL is measured at one type (PROBE, or the smallest that fits) and carried to the others by the
     ratio of their importance-weighted squared rounding errors (sum_j importance_j sum_i dW_ij^2, the second-order
-    term of the divergence, which llama.cpp's rounding itself minimises): one forward per matrix, every type's
-    error from llama.cpp's real rounding."""
+    term of the divergence, which llama.cpp's rounding itself minimises) over ROWS evenly spaced rows: one forward
+    per matrix, every type's error from llama.cpp's real rounding."""
     import torch
 
     from ..architecture import of_model
@@ -127,13 +129,9 @@ def sensitivities(model, windows: list[list[int]], types: tuple[str, ...], impor
             weight = torch.ones(kept.shape[1]) if imp is None else imp.float()
             offered = [t for t in types if fits(t, kept.shape[1])]
             probe = PROBE if PROBE in offered else min(offered, key=bits)
-            errors, probed = {}, None
-            for t in offered:
-                r = rounded(kept, t, imp)
-                errors[t] = float(((r - kept.float()) ** 2 * weight).sum())
-                if t == probe:
-                    probed = r
-            mod.weight.data = probed.to(kept.dtype)
+            rows = kept[:: max(1, kept.shape[0] // ROWS)].float()
+            errors = {t: float(((rounded(rows, t, imp) - rows) ** 2 * weight).sum()) for t in offered}
+            mod.weight.data = rounded(kept, probe, imp).to(kept.dtype)
             measured = kl(p, replay.ref, replay(block))
             mod.weight.data = kept
             out[name] = {t: measured * errors[t] / errors[probe] if errors[probe] > 0 else 0.0 for t in offered}
@@ -188,7 +186,8 @@ def plan(model, windows: list[list[int]], budget_bits: float, importance: dict[s
     t0 = time.perf_counter()
     key = {"weights": weights_digest(model), "windows": windows_digest(windows), "types": list(TYPES),
            "importance": importance is not None,
-           "measure": f"next-token KL at {PROBE}, one matrix in llama.cpp's rounding; weighted squared error ratios"}
+           "measure": f"next-token KL at {PROBE}, one matrix in llama.cpp's rounding; weighted squared error ratios "
+                      f"over {ROWS} rows"}
     every, reused = cached(stats, "gguf-sensitivity", key, lambda: sensitivities(model, windows, TYPES, importance))
     sens = {n: {t: v for t, v in s.items() if t in types} for n, s in every.items()}
     seconds = time.perf_counter() - t0
