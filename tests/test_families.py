@@ -132,6 +132,35 @@ def test_a_conversion_that_tokenizes_unlike_llama_cpp_is_refused_and_leaves_noth
     assert not any((tmp_path / "cache" / models.CONVERTED).iterdir())
 
 
+def test_two_processes_converting_one_model_at_once_convert_it_once(tmp_path, monkeypatch):
+    """The converted cache is shared (two test workers, two runs): the second caller waits for the first's folder
+    and reuses it; it used to convert too and fail renaming onto the finished folder ('Directory not empty')."""
+    import threading
+    import time
+
+    from agentic_compression import models
+
+    calls = []
+
+    def slow(gguf, out):  # stands in for the half-minute conversion: writes the folder after a while
+        calls.append(out)
+        time.sleep(0.5)
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        return out
+
+    monkeypatch.setattr(models, "_convert", slow)
+    out = tmp_path / models.CONVERTED / "m"
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(models.convert_gguf(tmp_path / "m.gguf", out)))
+               for _ in range(2)]  # flock: two open descriptions exclude each other, in one process too
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [out, out] and calls == [out]
+
+
 def test_a_converted_model_that_predicts_unlike_llama_cpp_fails_the_comparison(smollm2_dir):
     """Weights off by a little: the comparison gives both perplexities and the KL divergence, and says no."""
     from agentic_compression.llamacpp import compare

@@ -5,6 +5,7 @@ cached safetensors folder), a local folder with ``config.json``, a local ``.gguf
 or already in the Hub cache)."""
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -51,12 +52,25 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     check it, never trust it: the saved folder, reloaded as acf will use it, must tokenize like llama.cpp and
     predict the next tokens as llama.cpp does running the GGUF itself (llamacpp.compare), or no folder appears and
     the run stops with the numbers."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if (out / "config.json").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    # one conversion at a time in the cache: a second process (a test worker, a run beside another) waits for the
+    # first's folder and reuses it, where it would otherwise convert too and fail to rename onto the finished one
+    lock = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "config.json").exists():
+            return out
+        return _convert(gguf, out)
+    finally:
+        os.close(lock)
+
+
+def _convert(gguf: Path, out: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp"))
     try:
         kw = {"gguf_file": gguf.name}
