@@ -193,3 +193,32 @@ def test_every_run_measures_its_targets_presets_beside_the_frontier(tmp_path, ti
         assert final["versus_preset"].startswith(final["balanced"]) and "of transformers GPTQ W4A16" in \
             final["versus_preset"] and "against the closest community preset" in text
 
+
+def test_a_wrecked_candidate_is_pruned_after_its_first_tokens_and_a_close_one_is_not():
+    """measure.perplexity with limits: a candidate whose first 512 or so scored tokens (whole windows) put its
+    perplexity far past twice the baseline's (at 3 standard errors) raises Pruned with the slice's numbers; one past
+    a KL limit too; a mild candidate is measured in full; without a reference nothing is judged."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(50, 50, generator=g) * 3
+    ids = torch.randint(0, 50, (1500,), generator=g).tolist()
+    wrecked, mild = Toy(w, g, 6.0), Toy(w, g, 0.05)
+    with pytest.raises(measure.Pruned, match=r"perplexity .*x the baseline's on the first 543 tokens") as e:
+        measure.perplexity(wrecked, ids, 64, 32, reference=measure.Reference(Toy(w, g)),
+                           prune={"perplexity_ratio": 2.0})
+    assert e.value.partial["tokens"] == e.value.partial["kld"]["n"] == 63 + 15 * 32  # the window reaching 512
+    assert e.value.partial["perplexity"] > 2 * measure.perplexity(Toy(w, g), ids[:513], 64, 32)["perplexity"]
+    full = measure.perplexity(mild, ids, 64, 32, reference=measure.Reference(Toy(w, g)),
+                              prune={"perplexity_ratio": 2.0, "kld": 0.5})
+    assert full["tokens"] == 1499 and 0 < full["kld"]["mean"] < 0.05
+    with pytest.raises(measure.Pruned, match="KL divergence .* the limit is 0.0001"):
+        measure.perplexity(mild, ids, 64, 32, reference=measure.Reference(Toy(w, g)), prune={"kld": 1e-4})
+    assert measure.perplexity(wrecked, ids, 64, 32, prune={"perplexity_ratio": 2.0})["tokens"] == 1499
+
+
+def test_hopeless_judges_the_estimate_three_standard_errors_below_it():
+    stats = {"n": 512, "mean": 0.30, "stderr": 0.05, "mean_ln_ppl_ratio": math.log(3.0),
+             "mean_ln_ppl_ratio_stderr": 0.1}
+    assert "perplexity 3x" in measure.hopeless(stats, {"perplexity_ratio": 2.0})  # 3x, at least 2.2x
+    assert measure.hopeless(stats, {"perplexity_ratio": 2.5}) is None  # 3 e^-0.3 = 2.2 < 2.5: could be noise
+    assert measure.hopeless(stats, {"kld": 0.1}) is not None and measure.hopeless(stats, {"kld": 0.2}) is None
+    assert measure.hopeless(stats, {}) is None

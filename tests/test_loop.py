@@ -107,6 +107,35 @@ def test_successful_episode_is_measured_and_reloadable(finished):
     assert baseline["relative"]["accuracy"] == 1.0
 
 
+def test_a_candidate_far_past_a_goal_is_pruned_after_its_first_tokens(tiny_dir, data_dir, tmp_path, fast_eval):
+    """--max-kld 1e-6: an RTN W4 candidate's first 512 scored tokens already put its KL divergence far past twice
+    the goal, so its evaluation stops there (no benchmark), the episode is 'pruned' with the reason and the slice's
+    numbers, stays out of the frontier, and the run goes on; --no-prune measures it in full."""
+    from agentic_compression.goals import Goals
+
+    ev = fast_eval.model_copy(update={"ppl_tokens": 1024})
+    exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, ev, max_episodes=2, goals=Goals(max_kld=1e-6),
+                          use_skills=False))
+    exp.policy = Scripted([Step(method="rtn", params={"scheme": "W4A16", "group_size": 32}),
+                           Step(method="rtn", params={"scheme": "W8A16", "group_size": 32})])
+    final = exp.run()
+    res = json.loads((exp.dir / "episode_000" / "results.json").read_text())
+    assert res["status"] == "pruned" and res["result"] is None
+    assert res["error"].startswith("pruned: KL divergence") and "the limit is 2e-06" in res["error"]
+    p = res["pruned"]
+    assert 512 <= p["tokens"] < 512 + 64 and p["kld"]["n"] == p["tokens"] and p["kld"]["mean"] > 2e-6
+    assert "benchmarks" not in p["phases"] and p["latency"]["decode_ms_per_token"]["n"] > 0
+    assert final["episodes_run"] == 2 and final["episodes_failed"] == 0  # the run went on (W8 is near-lossless)
+    assert final["episodes_pruned"] == 1 + (final["episodes"][1]["status"] == "pruned")
+    assert "episode_000" not in {s.episode_id for s in exp.frontier.solutions}
+    exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path / "full", ev, max_episodes=1, goals=Goals(max_kld=1e-6),
+                          use_skills=False, prune=False))
+    exp.policy = Scripted([Step(method="rtn", params={"scheme": "W4A16", "group_size": 32})])
+    exp.run()
+    res = json.loads((exp.dir / "episode_000" / "results.json").read_text())
+    assert res["status"] == "success" and res["result"]["perplexity_tokens"] == 1023 and not res["feasible"]
+
+
 def test_stop_on_time_budget(tiny_dir, data_dir, tmp_path, fast_eval):
     exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, fast_eval, budget_hours=1e-6))
     final = exp.run()

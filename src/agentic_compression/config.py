@@ -174,6 +174,9 @@ class RunConfig(Settings):
     use_skills: bool = Field(default=True, description="read and write the skill memory")
     presets: bool = Field(default=True, description="measure each target's community presets once (llama.cpp "
                           "Q4_K_M and Q8_0, ORT GenAI int4, GPTQ W4A16) beside the frontier (presets.py)")
+    prune: bool = Field(default=True, description="stop an episode's evaluation after its first 512 scored tokens "
+                        "when they already show a wrecked model (perplexity over twice the baseline's, or KL "
+                        "divergence over twice --max-kld, at 3 standard errors): recorded as pruned")
     force: bool = Field(default=False, description="run even when the baseline looks broken (sanity.py); the "
                         "baseline's results record that it was forced")
     seed: int = Field(default=0, description="seed of the search policies")

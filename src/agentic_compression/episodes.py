@@ -32,7 +32,7 @@ from typing import Callable
 
 from . import console, data
 from .errors import UserError
-from .evaluation import Evaluator
+from .evaluation import Evaluator, Pruned
 from .evaluation.measure import Energy
 from .files import read_json, write_json
 from .methods import Context
@@ -94,6 +94,7 @@ class EpisodeJob:
     ctx: Context
     evaluator: Evaluator
     country: str
+    prune: dict[str, float] | None = None  # an episode's limits (Experiment.prune_limits); a preset is never pruned
 
 
 def compress(job: EpisodeJob) -> dict:
@@ -115,11 +116,13 @@ def compress(job: EpisodeJob) -> dict:
                               **({"export": res.export} if res.export else {})}}
 
 
-def evaluate(evaluator: Evaluator, checkpoint: Path) -> dict:
+def evaluate(evaluator: Evaluator, checkpoint: Path, prune: dict[str, float] | None = None) -> dict:
     """Measure a checkpoint: the loop-state update of the evaluation node. A failure is recorded: the episode fails
-    and stays out of the frontier."""
+    and stays out of the frontier; so does a candidate pruned after its first tokens (``pruned``: their numbers)."""
     try:
-        result = evaluator.evaluate(checkpoint)
+        result = evaluator.evaluate(checkpoint, prune)
+    except Pruned as e:
+        return {"current_error": f"pruned: {e}", "current_result": None, "pruned": e.partial}
     except Exception as e:
         return {"current_error": f"evaluation failed: {type(e).__name__}: {e}", "current_result": None}
     return {"current_result": result.model_dump()}
@@ -141,7 +144,7 @@ def run_episode(job: EpisodeJob) -> dict:
         router.route(job.ep_dir / console.LOG)
         out = compress(job)
         if not out["current_error"]:
-            out.update(evaluate(job.evaluator, Path(out["compressed_model_path"])))
+            out.update(evaluate(job.evaluator, Path(out["compressed_model_path"]), job.prune))
     lines = [json.loads(s) for s in attempts.read_text().splitlines() if s.strip()]
     out["compress_info"]["finished_at"] = now()
     out["compress_info"]["worker"] = {"pid": os.getpid(), "node": socket.gethostname(),

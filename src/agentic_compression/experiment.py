@@ -29,6 +29,7 @@ from .evaluation import EvaluationError, Evaluator
 from .pareto import ParetoFrontier
 from .pipelines import Probe
 from .policies import PolicyView, propose
+from .policies.rule import WRECKED
 from .report import write_visualization
 from .reward import reward
 from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, ParetoSolution, Strategy
@@ -418,7 +419,20 @@ class Experiment:
         ep_dir = self.episode_dir(index)
         if (ep_dir / "results.json").exists():  # the state and the folder disagree: never overwrite a result
             raise UserError(f"{ep_dir} already holds a finished episode", f"'acf resume {self.dir}' continues it")
-        return self.job(index, strategy, ep_dir, self.target_for(strategy).name)
+        job = self.job(index, strategy, ep_dir, self.target_for(strategy).name)
+        job.prune = self.prune_limits()
+        return job
+
+    def prune_limits(self) -> dict[str, float] | None:
+        """Where an episode's first tokens already show a wrecked model (evaluation.measure.hopeless): perplexity over
+        the rule's WRECKED multiple of the baseline's (the rule drops such a method too), and, with a KL divergence
+        goal, a divergence over twice it. None with --no-prune."""
+        if not self.cfg.prune:
+            return None
+        limits = {"perplexity_ratio": WRECKED}
+        if self.cfg.goals.max_kld is not None:
+            limits["kld"] = 2 * self.cfg.goals.max_kld
+        return limits
 
     def job(self, index: int, strategy: Strategy, ep_dir: Path, target: str) -> EpisodeJob:
         """The work of one strategy into ``ep_dir``, measured in ``target``: an episode's, or a preset's."""
@@ -444,7 +458,7 @@ class Experiment:
             return {}
         self.progress("evaluation", state["current_episode"])
         target = (state.get("compress_info") or {}).get("target", self.target.name)
-        return episodes.evaluate(self.evaluators[target], Path(state["compressed_model_path"]))
+        return episodes.evaluate(self.evaluators[target], Path(state["compressed_model_path"]), self.prune_limits())
 
     def run_batch(self, state: CompressionState) -> dict:
         """The batch's episodes at once on Ray; an episode whose task had finished before a driver was killed keeps
@@ -485,9 +499,11 @@ class Experiment:
         ok = state.get("current_result") is not None and not state.get("current_error")
         ep = Episode(
             episode_id=f"episode_{idx:03d}", index=idx, strategy=strategy,
-            status=EpisodeStatus.success if ok else EpisodeStatus.failed,
+            status=EpisodeStatus.success if ok else EpisodeStatus.pruned if state.get("pruned") else
+            EpisodeStatus.failed,
             result=EvaluationResult(**state["current_result"]) if ok else None,
             error=None if ok else state.get("current_error"), failed_step=state.get("failed_step"),
+            pruned=None if ok else state.get("pruned"),
             checkpoint=state.get("compressed_model_path") if ok else None,
             compress_seconds=info["seconds"], compress_energy=info["energy"], step_log=info["steps"],
             started_at=info["started_at"], finished_at=info.get("finished_at") or episodes.now(),
@@ -514,7 +530,7 @@ class Experiment:
             ep.compress_energy.get("co2_grams", 0.0)
         update = {"history": history, "current_episode": idx + 1,
                   "consecutive_no_improvement": 0 if improved else state["consecutive_no_improvement"] + 1,
-                  "co2_grams_total": co2, "current_strategy": None}
+                  "co2_grams_total": co2, "current_strategy": None, "pruned": None}
         if self.skills:
             base, measured = self.baseline.objectives(), ep.result.objectives() if ok else None
             self.skills.record(self.skill_ctx, strategy.model_dump(), ok, measured, base,
@@ -585,6 +601,7 @@ class Experiment:
             "termination_reason": state.get("termination_reason"),
             "episodes_run": len(self.episodes),
             "episodes_failed": sum(e.status == EpisodeStatus.failed for e in self.episodes),
+            "episodes_pruned": sum(e.status == EpisodeStatus.pruned for e in self.episodes),
             "elapsed_seconds": time.monotonic() - self.t0,
             "co2_grams_total": state.get("co2_grams_total"),
             "baseline": self.baseline.model_dump() if self.baseline else None,

@@ -57,6 +57,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("no_presets", ("presets",), negated=True, api="presets",
            help="do not measure the targets' community presets (llama.cpp Q4_K_M, ORT int4, GPTQ W4A16) beside "
                 "the frontier"),
+    Option("no_prune", ("prune",), negated=True, api="prune",
+           help="evaluate every episode in full, even one whose first tokens show a wrecked model"),
     Option("accuracy_floor", ("reward.accuracy_floor",)),
     Option("llm_model", ("llm.model",), env=("ACF_LLM_MODEL",)),
     Option("llm_base_url", ("llm.base_url",), env=("ACF_LLM_BASE_URL", "OPENAI_BASE_URL")),

@@ -120,6 +120,7 @@ OBJECTIVES = objectives.OBJECTIVES  # name -> +1 maximise, -1 minimise (objectiv
 class EpisodeStatus(str, Enum):
     success = "success"
     failed = "failed"
+    pruned = "pruned"  # its evaluation stopped after the first tokens (measure.hopeless): a failure, with numbers
 
 
 class Episode(BaseModel):
@@ -130,6 +131,8 @@ class Episode(BaseModel):
     result: EvaluationResult | None = None
     error: str | None = None
     failed_step: int | None = None
+    pruned: dict[str, Any] | None = Field(default=None, description="a pruned episode's first tokens: perplexity, "
+                                         "KL statistics, latency, memory, phases, eval_seconds")
     checkpoint: str | None = None
     compress_seconds: float = 0.0
     compress_energy: dict[str, Any] = Field(default_factory=dict, description="codecarbon, around the workers")

@@ -16,6 +16,7 @@ class CompressionState(TypedDict, total=False):
     current_result: dict[str, Any] | None
     current_error: str | None
     failed_step: int | None
+    pruned: dict[str, Any] | None  # the first tokens' numbers of a candidate pruned there (measure.hopeless)
     compressed_model_path: str | None
     next_action: str
     should_terminate: bool

@@ -7,6 +7,7 @@ safe to delete; a cached result says so (``cached_from``)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from ..errors import UserError
 from ..files import write_json
 from ..objectives import RELATIVE, ratio
 from ..schemas import EvaluationResult
-from .protocol import EvalRequest, Measured, evaluator_for
+from .protocol import EvalRequest, Measured, Pruned, evaluator_for
 
 
 class EvaluationError(RuntimeError):
@@ -84,7 +85,10 @@ class Evaluator:
         self.baseline_target: str | None = None  # the runtime it is loaded in (None: this evaluator's own)
         self.reference: EvaluationResult | None = None  # transformers fp32, which the baseline was timed beside
 
-    def evaluate(self, checkpoint: Path) -> EvaluationResult:
+    def evaluate(self, checkpoint: Path, prune: dict[str, float] | None = None) -> EvaluationResult:
+        """The checkpoint measured in a fresh process (or its cached result). With ``prune`` (measure.hopeless's
+        limits), a candidate whose first measure.SLICE tokens already put it far past one raises measure.Pruned:
+        no benchmark is run, nothing is cached."""
         t0 = time.perf_counter()
         # hashing the checkpoint costs a read of every byte: only when the cache is on. A candidate's latency is
         # paired with the baseline's, so its entry names the baseline it was timed against.
@@ -98,7 +102,7 @@ class Evaluator:
             except (OSError, ValueError):  # a damaged or older entry is measured again and rewritten
                 raw = None
         if raw is None:
-            raw = self._measure(checkpoint, fp)
+            raw = self._measure(checkpoint, fp, prune)
             raw.measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if entry is not None:
                 entry.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +136,8 @@ class Evaluator:
         what = [fp or str(checkpoint.resolve()), r.ppl_ids, s.ppl_window, s.ppl_stride, r.bos_id, s.device]
         return self.work_dir / "reference" / f"{target}-{hashlib.sha256(repr(what).encode()).hexdigest()[:16]}"
 
-    def _measure(self, checkpoint: Path, fp: str | None = None) -> Measured:
+    def _measure(self, checkpoint: Path, fp: str | None = None, prune: dict | None = None) -> Measured:
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
             base = str(self.baseline_checkpoint) if self.baseline_checkpoint else None
@@ -143,7 +148,7 @@ class Evaluator:
                 "reference_logprobs": base and str(self.log_probs_store(
                     self.baseline_checkpoint, self.baseline_target or self.s.target, self.baseline_fp)),
                 "keep_logprobs": str(self.log_probs_store(checkpoint, self.s.target, fp))
-                if self.baseline is None else None}).model_dump_json())
+                if self.baseline is None else None, "prune": prune}).model_dump_json())
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
                    "HF_DATASETS_OFFLINE": "0" if self.s.source == "hub" else "1",
                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
@@ -156,7 +161,11 @@ class Evaluator:
             log_text(proc.stdout + proc.stderr)  # into the episode's log.txt when the CLI routes output
             if proc.returncode != 0 or not res.exists():
                 raise EvaluationError(f"evaluation process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            return Measured.model_validate_json(res.read_text())
+            text = res.read_text()
+            if text.startswith('{"pruned"'):
+                pruned = json.loads(text)["pruned"]
+                raise Pruned(pruned.pop("reason"), {**pruned, "eval_seconds": time.perf_counter() - t0})
+            return Measured.model_validate_json(text)
 
     def _result(self, raw: Measured, seconds: float) -> EvaluationResult:
         acc, lat, mem = raw.accuracy, raw.latency, raw.memory

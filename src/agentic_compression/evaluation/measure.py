@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .protocol import Pruned
+
 
 def _spread(xs: list[float]) -> dict[str, float]:
     xs = sorted(xs)
@@ -184,16 +186,38 @@ def control_ms(device: torch.device, repeats: int = 100) -> float:
     return statistics.median(times[5:])
 
 
+SLICE = 512  # scored tokens after which a hopeless candidate is stopped (Pruned)
+PRUNE_Z = 3.0  # standard errors the slice's estimate must clear its limit by
+
+
+def hopeless(kld: dict[str, Any], limits: dict[str, float]) -> str | None:
+    """Why a slice's KL statistics (kl_stats, against the baseline) put the candidate far past ``limits``, or None:
+    ``perplexity_ratio``, its perplexity over the baseline's on the same tokens (exp of the mean log ratio), and
+    ``kld``, its mean KL divergence; each judged PRUNE_Z standard errors below the estimate, so that the noise of
+    a few hundred tokens does not stop a candidate that is merely close."""
+    n = kld["n"]
+    mean, se = kld["mean_ln_ppl_ratio"], kld["mean_ln_ppl_ratio_stderr"]
+    if (limit := limits.get("perplexity_ratio")) is not None and math.exp(mean - PRUNE_Z * se) > limit:
+        return (f"perplexity {math.exp(mean):.3g}x the baseline's on the first {n} tokens (at least "
+                f"{math.exp(mean - PRUNE_Z * se):.3g}x at {PRUNE_Z:g} standard errors; the limit is {limit:g}x)")
+    if (limit := limits.get("kld")) is not None and kld["mean"] - PRUNE_Z * kld["stderr"] > limit:
+        return (f"KL divergence {kld['mean']:.3g} nats/token on the first {n} tokens (at least "
+                f"{kld['mean'] - PRUNE_Z * kld['stderr']:.3g} at {PRUNE_Z:g} standard errors; the limit is {limit:g})")
+    return None
+
+
 @torch.no_grad()
 def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None = None,
-               reference: "Reference | None" = None, keep: Path | None = None) -> dict[str, Any]:
+               reference: "Reference | None" = None, keep: Path | None = None,
+               prune: dict[str, float] | None = None) -> dict[str, Any]:
     """Sliding-window perplexity (each token scored once, with up to ``window`` tokens of context). With ``bos``
     (a model whose tokenizer starts every text with it, such as Gemma) each window starts with that token, which
     is context, never scored. With ``reference`` (the baseline's log-probabilities: StoredLogProbs.reader, or
     Reference over the baseline loaded for scoring) the same windows also give, at every scored token, the KL
     divergence of this model's next-token distribution from the reference's over the full vocabulary (``kld``:
     KLDivergence.stats). With ``keep`` (the baseline scored itself) its own log-probabilities are stored there, the
-    reference of every later candidate."""
+    reference of every later candidate. With ``prune`` (limits, ``hopeless``) and a reference, the first SLICE
+    scored tokens are judged, and a candidate already far past a limit raises Pruned."""
     ctx = [] if bos is None else [bos]
     nll, count, prev_end = 0.0, 0, 0
     kld = KLDivergence() if reference is not None else None
@@ -214,6 +238,9 @@ def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None 
         if writer is not None:
             writer.add(StoredLogProbs.rounded(logits[0][scored].cpu()))
         nll, count, prev_end = nll + float(loss), count + n, end
+        if prune and kld is not None and count >= SLICE and count - n < SLICE:
+            if reason := hopeless(stats := kld.stats(), prune):
+                raise Pruned(reason, {"tokens": count, "perplexity": math.exp(nll / count), "kld": stats})
         if end == len(ids):
             break
     if writer is not None:

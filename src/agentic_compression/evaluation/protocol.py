@@ -22,6 +22,15 @@ class Task(BaseModel):
     digest: str | None = None
 
 
+class Pruned(Exception):
+    """The first measure.SLICE scored tokens already put the candidate far past a limit (measure.hopeless): the
+    evaluation stopped there, with the reason and the slice's numbers (``partial``)."""
+
+    def __init__(self, reason: str, partial: dict[str, Any]):
+        super().__init__(reason)
+        self.partial = partial
+
+
 class EvalRequest(BaseModel):
     """The same for every candidate of an experiment except the checkpoint (and the baseline it is timed beside)."""
 
@@ -37,6 +46,7 @@ class EvalRequest(BaseModel):
     baseline_target: str | None = None  # the runtime the baseline is loaded in (None: the candidate's)
     reference_logprobs: str | None = None  # where the baseline's log-probabilities are (StoredLogProbs)
     keep_logprobs: str | None = None  # where this checkpoint's are to be stored (it is a baseline)
+    prune: dict[str, float] | None = None  # limits past which the first tokens stop the evaluation (measure.hopeless)
 
     def key(self) -> str:
         """What the measurements depend on besides the checkpoint: paths, the cache switch and the timeout left out.

@@ -7,6 +7,7 @@ count as the model's. The checkpoint is loaded by its target (targets/): transfo
 GenAI."""
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -102,7 +103,13 @@ def main(request: Path, result: Path) -> None:
         keep = Path(req.keep_logprobs) if req.keep_logprobs and target.full_logits else None
         if keep and measure.StoredLogProbs(keep).complete():
             keep = None
-        ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos, reference, keep)
+        try:
+            ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos, reference, keep, req.prune)
+        except measure.Pruned as e:  # the slice showed enough: no benchmark, no result to cache
+            phases["perplexity_kld"] = time.perf_counter() - t_ppl
+            result.write_text(json.dumps({"pruned": {"reason": str(e), **e.partial, "phases": phases,
+                                                     "latency": lat, "memory": memory}}))
+            return
         phases["perplexity_kld"] = time.perf_counter() - t_ppl
         t_acc = time.perf_counter()
         if reference is not None:

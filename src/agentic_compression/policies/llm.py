@@ -255,7 +255,7 @@ def context(view: PolicyView) -> dict:
                              "status": h["status"], "entered_frontier": h.get("entered_frontier"),
                              **({"relative_to_baseline": rel(h["objectives"]),
                                  "accuracy": h["objectives"]["accuracy"]} if h["objectives"] else {}),
-                             **({"error": (h.get("error") or "")[-300:]} if h["status"] == "failed" else {}),
+                             **({"error": (h.get("error") or "")[-300:]} if h["status"] != "success" else {}),
                              **({"feasible": h["feasible"], "infeasible_because": h["infeasible_because"]}
                                 if h.get("feasible") is not None else {})}
                             for h in recent],

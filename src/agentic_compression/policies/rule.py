@@ -87,7 +87,7 @@ class RulePolicy:
                 tried_families[_family(st)] = tried_families.get(_family(st), 0) + 1
                 rt = view.methods[st.method].runtime if st.method in view.methods else st.method
                 tried_runtimes[rt] = tried_runtimes.get(rt, 0) + 1
-                if h["status"] == "failed" or (h.get("relative") or {}).get("perplexity", 1.0) > WRECKED:
+                if h["status"] in ("failed", "pruned") or (h.get("relative") or {}).get("perplexity", 1.0) > WRECKED:
                     dropped_methods.add(st.method)
         size_unmet, accuracy_broken = self._goal_pressure(view)
         pref = view.spec.preferred_methods

@@ -171,7 +171,8 @@ class VLLMTarget(Target):
     def throughput(self, model, prompt: list[int], settings) -> dict:
         return model.throughput(prompt, settings.decode_tokens, THROUGHPUT_BATCH)
 
-    def perplexity(self, model, ids: list[int], settings, bos: int | None, reference=None, keep=None) -> dict:
+    def perplexity(self, model, ids: list[int], settings, bos: int | None, reference=None, keep=None,
+                   prune=None) -> dict:
         """The same windows as evaluation.measure.perplexity, each scored by vLLM's prompt log-probabilities (the
         top few per position: no KL divergence over the vocabulary, ``full_logits`` is False)."""
         ctx = [] if bos is None else [bos]
