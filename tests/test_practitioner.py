@@ -173,9 +173,10 @@ def test_report_formats(calm_run, capsys):
     assert md[5].startswith("Stopped: ") and md[7].startswith("Recommended")
 
 
-def test_a_run_as_a_file(tmp_path, tiny_dir, data_dir, calm_run, capsys):
+def test_a_run_as_a_file(tmp_path, tiny_dir, data_dir, calm_run, capsys, monkeypatch):
     from agentic_compression.config import RunConfig
 
+    monkeypatch.delenv("ACF_DATA_DIR", raising=False)  # the defaults, as on a machine that does not set it
     assert main(["run", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert RunConfig(**printed) == RunConfig(model="smollm2-135m", data_dir=Path("../shared/data"))

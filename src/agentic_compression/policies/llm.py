@@ -343,8 +343,11 @@ class LLMPolicy:
                 return httpx.Response(r.status_code, headers=r.headers, stream=Capped(r.stream),
                                       extensions=r.extensions)
 
-        return OpenAI(api_key=self._key or "not-needed", base_url=self.s.base_url, timeout=self.s.timeout_s,
-                      max_retries=0, http_client=httpx.Client(transport=Transport(), timeout=self.s.timeout_s))
+        # httpx's per-read timeouts a second past _create's wall-clock deadline, so that the deadline is what ends
+        # a hung request, with its own reason (at equal values, a loaded machine let either fire first)
+        slack = self.s.timeout_s + 1
+        return OpenAI(api_key=self._key or "not-needed", base_url=self.s.base_url, timeout=slack,
+                      max_retries=0, http_client=httpx.Client(transport=Transport(), timeout=slack))
 
     def _create(self, kw: dict, seconds: float):
         """One request under one wall-clock deadline covering connect, headers and body (httpx's timeouts are per
