@@ -52,15 +52,6 @@ class Strategy(BaseModel):
         return hashlib.sha1(body.encode()).hexdigest()[:12]
 
 
-class Measurement(BaseModel):
-    """A measured value with its spread and how many samples produced it."""
-
-    value: float
-    stderr: float | None = None
-    n: int | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-
 class EvaluationResult(BaseModel):
     accuracy: float
     accuracy_stderr: float

@@ -46,10 +46,6 @@ class Target:
         converter's limits), else None."""
         return None
 
-    def exported(self, checkpoint: Path) -> bool:
-        """Whether ``checkpoint`` is already in this target's format (the PyTorch side needs no export)."""
-        return True
-
     def export(self, dense: Path, out: Path, final=None, ctx=None) -> dict:
         """Write ``out`` from a dense PyTorch-side checkpoint, applying ``final`` (a Step of this target's own
         file-level method) on the way; returns what the export measured (conversion check, bits per weight)."""
