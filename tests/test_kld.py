@@ -222,3 +222,17 @@ def test_hopeless_judges_the_estimate_three_standard_errors_below_it():
     assert measure.hopeless(stats, {"perplexity_ratio": 2.5}) is None  # 3 e^-0.3 = 2.2 < 2.5: could be noise
     assert measure.hopeless(stats, {"kld": 0.1}) is not None and measure.hopeless(stats, {"kld": 0.2}) is None
     assert measure.hopeless(stats, {}) is None
+
+
+def test_a_pruned_pass_leaves_no_half_written_reference(tmp_path):
+    """A live reference that stores the baseline's log-probabilities for later candidates, stopped by a pruned pass
+    (the worker closes it incomplete): nothing is stored, so the next candidate scores the baseline again instead of
+    reading a store that ends at the slice."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(50, 50, generator=g) * 3
+    ids = torch.randint(0, 50, (1500,), generator=g).tolist()
+    ref = measure.Reference(Toy(w, g), tmp_path / "ref")
+    with pytest.raises(measure.Pruned):
+        measure.perplexity(Toy(w, g, 6.0), ids, 64, 32, reference=ref, prune={"perplexity_ratio": 2.0})
+    ref.close(complete=False)
+    assert not measure.StoredLogProbs(tmp_path / "ref").complete() and not any(tmp_path.iterdir())

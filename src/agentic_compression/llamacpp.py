@@ -36,6 +36,17 @@ def available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+def shared_prefix(held, ids: list[int]) -> int:
+    """How many leading tokens of ``ids`` a runtime's cache holding ``held`` can keep: those equal to ``held``'s, up
+    to all but the last of ``ids`` (whose logits are asked for, so it is evaluated)."""
+    common = 0
+    for a, b in zip(held, ids[:-1]):
+        if a != b:
+            break
+        common += 1
+    return common
+
+
 class LlamaCpp:
     """A GGUF model in llama.cpp, called like a transformers model. Two modes:
     - scoring (``logits_all=True``): the logits of every position of the sequence given, for perplexity and lm-eval;
@@ -76,12 +87,7 @@ class LlamaCpp:
     def logits(self, ids: list[int]):
         """Scoring mode: the logits of every position of ``ids`` (numpy, a view), evaluating only what follows the
         longest prefix it shares with the tokens already in the cache (lm-eval's choices share their context)."""
-        held = self.llm.input_ids[: self.llm.n_tokens]
-        common = 0
-        for a, b in zip(held, ids[:-1]):
-            if a != b:
-                break
-            common += 1
+        common = shared_prefix(self.llm.input_ids[: self.llm.n_tokens], ids)
         self.llm.n_tokens = common
         self.llm.eval(ids[common:])
         return self.llm.scores[: len(ids)]

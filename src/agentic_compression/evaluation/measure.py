@@ -322,7 +322,6 @@ class _Writer:
     def close(self) -> None:
         import json
         import os
-        import shutil
 
         import numpy as np
 
@@ -334,7 +333,14 @@ class _Writer:
         try:
             os.replace(self.tmp, self.path)
         except OSError:  # another evaluation stored the same reference first
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.discard()
+
+    def discard(self) -> None:
+        """An unfinished store (its pass stopped early) is removed, never renamed into place."""
+        import shutil
+
+        self.fh.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class _Reader:
@@ -376,9 +382,10 @@ class Reference:
             self.writer.add(r)
         return r
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        """``complete``: every window was scored, so what was written is stored; else it is discarded."""
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close() if complete else self.writer.discard()
         getattr(self.model, "close", lambda: None)()
 
 

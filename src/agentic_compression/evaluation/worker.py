@@ -106,6 +106,8 @@ def main(request: Path, result: Path) -> None:
         try:
             ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos, reference, keep, req.prune)
         except measure.Pruned as e:  # the slice showed enough: no benchmark, no result to cache
+            if isinstance(reference, measure.Reference):
+                reference.close(complete=False)  # a baseline's store half written is not the baseline's
             phases["perplexity_kld"] = time.perf_counter() - t_ppl
             result.write_text(json.dumps({"pruned": {"reason": str(e), **e.partial, "phases": phases,
                                                      "latency": lat, "memory": memory}}))

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+from ..llamacpp import shared_prefix
 from . import Target, clean_tokenizer, copy_side_files, register
 
 FORMAT_FILE = "acf_format.json"
@@ -44,6 +45,7 @@ class OrtGenAI:
         limit = json.loads((folder / "genai_config.json").read_text())["model"]["context_length"]
         self.og, self.path, self.max_length, self.logits_all = og, folder, min(max_length, limit), logits_all
         self.model, self.device, self.gen = og.Model(str(folder)), torch.device("cpu"), None
+        self.held, self.scores = [], None  # what the generator holds in scoring mode (logits), and its logits
 
     def _generator(self):
         p = self.og.GeneratorParams(self.model)
@@ -55,6 +57,7 @@ class OrtGenAI:
         import torch
 
         ids = input_ids[0].tolist()
+        self.held = []  # serving mode moves the generator: scoring mode's next call starts afresh
         if past_key_values is None:
             self.gen = self._generator()
         self.gen.append_tokens(ids)
@@ -70,12 +73,7 @@ class OrtGenAI:
         that prefix, whose logits are kept, as llama.cpp's scoring mode reuses its KV cache."""
         import numpy as np
 
-        held = getattr(self, "held", [])
-        common = 0
-        for a, b in zip(held, ids[:-1]):
-            if a != b:
-                break
-            common += 1
+        common = shared_prefix(self.held, ids)
         if common == 0 or self.gen is None:
             common, self.gen = 0, self._generator()
         else:
