@@ -157,6 +157,10 @@ def test_a_slowdown_during_one_evaluation_moves_raw_medians_not_paired_ratios(tw
     q, ld = quiet.latency["paired"], loaded.latency["paired"]
     raw_slowdown = ld["candidate_ms"] / q["candidate_ms"]
     assert raw_slowdown > 1.3, (q, ld)  # the load is real: unpaired medians disagree
-    assert abs(ld["ratio"] / q["ratio"] - 1) < 0.10, (q["ratio"], ld["ratio"], raw_slowdown)
-    assert abs(loaded.latency_ms / quiet.latency_ms - 1) < 0.10  # and so does the objective
+    # the twins' true ratio is 1: each paired ratio, quiet or loaded, stays near it (their quotient would add the
+    # two runs' errors: 1.048 quiet and 0.938 under 3.2x load once moved it by 10.5%)
+    for r in (q["ratio"], ld["ratio"]):
+        assert abs(r - 1) < 0.10, (q["ratio"], ld["ratio"], raw_slowdown)
+    for res in (quiet, loaded):  # and so does the objective, the ratio times the baseline's time
+        assert abs(res.latency_ms / ev.baseline.latency_ms - 1) < 0.10
     assert loaded.intervals["latency_ms"][0] <= ev.baseline.latency_ms * 1.1
