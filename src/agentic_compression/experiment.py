@@ -19,8 +19,8 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import (console, episodes, goals, methods, models, objectives, policies, presets, resources, sanity,
-               stats_cache, targets)
+from . import (console, episodes, goals, methods, models, objectives, policies, presets, prior, resources,
+               sanity, stats_cache, targets)
 from .card import write_card
 from .config import RunConfig
 from .errors import UserError
@@ -29,7 +29,6 @@ from .evaluation import EvaluationError, Evaluator
 from .pareto import ParetoFrontier
 from .pipelines import Probe
 from .policies import PolicyView, propose
-from .policies.rule import WRECKED
 from .report import write_visualization
 from .reward import reward
 from .schemas import Episode, EpisodeStatus, EvaluationResult, ModelSpec, ParetoSolution, Strategy
@@ -87,9 +86,9 @@ class Experiment:
         self.work_dir = self.store.work_dir
         self.calibration = Calibration(cfg.data_dir.absolute(), cfg.calibration.seed, cfg.calibration.source)
         self.probe = Probe(cfg.data_dir.absolute(), Path(self.model_path).absolute(), cfg.calibration.source)
-        self.skills = SkillMemory(cfg.skills_path) if cfg.use_skills else None
+        self.skills = SkillMemory(cfg.skills_path, prior.load()) if cfg.use_skills else None
         self.skill_ctx = SkillContext(model=canonical, family=self.spec.model_family, num_params=self.spec.num_params,
-                                      task=cfg.dataset, experiment=name)
+                                      task=cfg.dataset, experiment=name, targets=tuple(self.targets))
 
     def available_methods(self) -> dict[str, type[methods.Method]]:
         """The methods that run here and apply to this model's architecture (architecture.py)."""
@@ -332,7 +331,7 @@ class Experiment:
         self._record_hv("baseline")
 
     def _recommendations(self) -> list[dict]:
-        return self.skills.recommend(self.skill_ctx) if self.skills else []
+        return self.skills.recommend(self.skill_ctx, top=None) if self.skills else []  # all: the wrecked ones too
 
     def _record_hv(self, episode_id: str) -> None:
         self.hv_history.append({"after": episode_id, "hypervolume": self.frontier.hypervolume(),
@@ -429,7 +428,7 @@ class Experiment:
         goal, a divergence over twice it. None with --no-prune."""
         if not self.cfg.prune:
             return None
-        limits = {"perplexity_ratio": WRECKED}
+        limits = {"perplexity_ratio": prior.WRECKED}
         if self.cfg.goals.max_kld is not None:
             limits["kld"] = 2 * self.cfg.goals.max_kld
         return limits

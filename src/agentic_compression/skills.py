@@ -3,7 +3,9 @@
 ``record(context, episode)`` stores a real outcome (success or failure, accuracy change against the baseline, size
 and latency ratios, the reward); ``recommend(context)`` ranks method families (method + bits) by their outcomes on
 similar experiments: the same model family, a similar size (log-distance of parameter counts) and the same task
-weigh most. Each recommendation carries its count and a confidence that grows with it.
+weigh most. Each recommendation carries its count and a confidence that grows with it. Given the shipped prior
+(prior.py), its entries join the user's outcomes at a lower weight, except for a family the user's own outcomes on a
+similar model already cover: the user's runs override the prior.
 
 Writes are single transactions (SQLite's journal makes them atomic; WAL lets readers and another experiment's
 writer proceed). A file that is not a readable database is reported, renamed aside (never deleted) and replaced by
@@ -42,11 +44,13 @@ class SkillContext:
     num_params: int
     task: str
     experiment: str = ""
+    targets: tuple[str, ...] = ()  # the run's runtimes: a prior entry's reward counts on its own target only
 
 
 class SkillMemory:
-    def __init__(self, path: Path | None = None):
+    def __init__(self, path: Path | None = None, prior: list[dict] | None = None):
         self.path = Path(path or default_path())
+        self.prior = prior or []  # prior.load()'s entries
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.set_aside: Path | None = None
         try:
@@ -88,20 +92,45 @@ class SkillMemory:
         with self._connect() as con:
             return con.execute("SELECT count(*) FROM outcomes").fetchone()[0]
 
-    def recommend(self, ctx: SkillContext, top: int = 5) -> list[dict[str, Any]]:
-        """Method families ranked by similarity-weighted mean reward over past outcomes (failures score -1)."""
+    def recommend(self, ctx: SkillContext, top: int | None = 5) -> list[dict[str, Any]]:
+        """Method families ranked by similarity-weighted mean reward over past outcomes (failures score -1), the
+        user's and the prior's (a prior entry measured on a target this run does not have gives its verdict, not
+        its reward). ``wrecked_rate``: the weighted share of outcomes that wrecked the model (the prior's verdicts),
+        with its ``verdict_confidence``; ``source``: "prior" where no outcome of the family is the user's."""
+        from . import prior
+
         with self._connect() as con:
-            rows = con.execute("SELECT family, num_params, task, method, bits, success, accuracy_delta, "
-                               "size_ratio, reward FROM outcomes").fetchall()
-        groups: dict[tuple[str, int], dict[str, Any]] = {}
-        for family, n, task, method, b, ok, dacc, size, rew in rows:
+            rows = [(*r, False, "memory") for r in con.execute(
+                "SELECT family, num_params, task, method, bits, success, accuracy_delta, size_ratio, reward "
+                "FROM outcomes").fetchall()]
+
+        def similarity(family: str, n: int | None, task: str) -> float:
             w = (1.0 if family == ctx.family else 0.3) * (1.0 if task == ctx.task else 0.5)
-            w *= math.exp(-abs(math.log10(max(n or 1, 1) / max(ctx.num_params, 1))))  # 10x the size -> /e
-            g = groups.setdefault((method, b), {"w": 0.0, "reward": 0.0, "n": 0, "ok": 0, "dacc": [], "size": []})
+            return w * math.exp(-abs(math.log10(max(n or 1, 1) / max(ctx.num_params, 1))))  # 10x the size -> /e
+
+        covered: dict[tuple[str, int], float] = {}
+        for family, n, task, method, b, *_ in rows:
+            covered[(method, b)] = covered.get((method, b), 0.0) + similarity(family, n, task)
+        for e in self.prior:
+            if covered.get((e["method"], e["bits"]), 0.0) >= prior.WEIGHT:  # the user's own outcomes decide
+                continue
+            # a reward earned in another runtime says nothing here (its latency, its bytes); a verdict holds anywhere
+            source = "prior" if not ctx.targets or e["target"] in ctx.targets else "prior, verdict only"
+            rows.append((e["family"], e["num_params"], e["task"], e["method"], e["bits"], e["verdict"] == "ok",
+                         e["accuracy_delta"], e["size_ratio"], e["reward"], e["verdict"] == "wrecked", source))
+        groups: dict[tuple[str, int], dict[str, Any]] = {}
+        for family, n, task, method, b, ok, dacc, size, rew, wrecked, source in rows:
+            wv = similarity(family, n, task) * (prior.WEIGHT if source.startswith("prior") else 1.0)
+            w = 0.0 if source.endswith("verdict only") else wv
+            g = groups.setdefault((method, b), {"w": 0.0, "wv": 0.0, "reward": 0.0, "n": 0, "ok": 0, "dacc": [],
+                                                "size": [], "wrecked": 0.0, "sources": set()})
             g["w"] += w
+            g["wv"] += wv
             g["reward"] += w * (rew if ok else -1.0)
+            g["wrecked"] += wv * wrecked
             g["n"] += 1
             g["ok"] += ok
+            g["sources"].add(source)
             if ok:
                 g["dacc"].append(dacc)
                 g["size"].append(size)
@@ -112,6 +141,9 @@ class SkillMemory:
                         "mean_reward": round(mean, 4),
                         "mean_accuracy_delta": round(sum(g["dacc"]) / len(g["dacc"]), 4) if g["dacc"] else None,
                         "mean_size_ratio": round(sum(g["size"]) / len(g["size"]), 4) if g["size"] else None,
+                        "wrecked_rate": round(g["wrecked"] / g["wv"], 3) if g["wv"] else 0.0,
+                        "verdict_confidence": round(1 - 1 / (1 + g["wv"]), 3),
+                        "source": "memory" if "memory" in g["sources"] else "prior",
                         "similarity": round(g["w"] / g["n"], 3),
                         "confidence": round(1 - 1 / (1 + g["w"]), 3)})
         out.sort(key=lambda r: (-r["mean_reward"] * r["confidence"], r["method"]))

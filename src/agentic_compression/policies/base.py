@@ -90,6 +90,24 @@ def candidate_steps(view: PolicyView) -> list[Step]:
     return [s for s in out if single(m_action(view, s), s).key() not in view.tried]
 
 
+SURE = 0.3  # the confidence at which the skill memory's "wrecked" drops a method: two prior entries on a model of
+# this family and size (on any task)
+
+
+def learned(view: PolicyView) -> dict[tuple[str, int], float]:
+    """Each (method, bits) family's learned reward in the skill memory: its mean reward (clipped to [-1, 1]) times
+    its confidence."""
+    return {(r["method"], r["bits"]): max(-1.0, min(1.0, r["mean_reward"])) * r["confidence"]
+            for r in view.skill_recommendations}
+
+
+def wrecked_methods(view: PolicyView) -> set[str]:
+    """The methods whose family wrecked most models like this one in the skill memory (the shipped prior's ASVD on a
+    135M model): wrecked_rate over one half, at confidence SURE or more."""
+    return {r["method"] for r in view.skill_recommendations
+            if r.get("wrecked_rate", 0.0) > 0.5 and r.get("verdict_confidence", r["confidence"]) >= SURE}
+
+
 def m_action(view: PolicyView, step: Step) -> str:
     return view.methods[step.method].action
 

@@ -283,6 +283,9 @@ Rules:
   such as "ppl_ratio > 1.05"); "search" to let a searcher ({"algorithm", "method"}) pick the next untried
   configuration; "end" when nothing promising is left.
 - base: "base" (the original model) or an earlier successful episode_id, to compress that candidate further.
+- skill_recommendations: what earlier runs and acf's shipped prior (source "prior": its own measured grids)
+  learned per method family on models like this one; avoid a family whose wrecked_rate is over 0.5 (it broke such
+  models: perplexity over twice the baseline's) and prefer families with a high mean_reward at high confidence.
 Answer with one JSON object only."""
 
 

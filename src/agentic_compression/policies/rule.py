@@ -18,7 +18,9 @@ Rules:
 - a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
 - a method that failed ranks far down, and so does one that wrecked the model once (perplexity more than twice the
   baseline's): its other settings are no milder by enough to matter;
-- the skill memory's recommendations move a (method, bits) family up or down by its learned reward;
+- the skill memory's recommendations move a (method, bits) family up or down by its learned reward, and a method
+  whose family wrecked most models like this one (wrecked_rate over one half at confidence 0.3: the shipped prior's
+  ASVD on a 135M model) ranks far down as if it had wrecked this one;
 - the seed's pipeline templates compete too, scored by their compressing steps; a template with a recovery step
   (LoRA, distillation) ranks up once its compressing family was tried and quality was not kept;
 - with goals (goals.py): while no feasible candidate meets a size goal (max_size_gb, target_size_ratio), 4-bit
@@ -30,14 +32,14 @@ from __future__ import annotations
 import math
 
 from ..pipelines import TEMPLATES, instantiate
+from ..prior import WRECKED
 from ..schemas import Step, Strategy
-from .base import PolicyView, candidate_steps, m_action, single
+from .base import PolicyView, candidate_steps, learned, m_action, single, wrecked_methods
 
 
 # a runtime already tried ranks its methods down by more than two places of the spec's preference: each runtime
 # (format) is a region of objective space, and the first episodes should visit each before refining one
 RUNTIME_TRIED = 3.0
-WRECKED = 2.0  # perplexity over the baseline's beyond which a method's result is not a trade-off but a broken model
 
 
 def bits(step: Step) -> int:
@@ -92,8 +94,8 @@ class RulePolicy:
         size_unmet, accuracy_broken = self._goal_pressure(view)
         pref = view.spec.preferred_methods
         # skill memory: a family that worked on similar experiments ranks up, one that failed ranks down
-        learned = {(r["method"], r["bits"]): max(-1.0, min(1.0, r["mean_reward"])) * r["confidence"]
-                   for r in view.skill_recommendations}
+        known = learned(view)
+        dropped_methods |= wrecked_methods(view)
 
         def score(step: Step) -> float:
             rank = pref.index(step.method) if step.method in pref else len(pref)
@@ -118,7 +120,7 @@ class RulePolicy:
             if g != "absent":
                 s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))
             s += 0.0 if view.methods[step.method].reduces else 10.0  # below every method that can lower a cost
-            s -= 3.0 * learned.get(_family(step), 0.0)
+            s -= 3.0 * known.get(_family(step), 0.0)
             return s + (20.0 if step.method in dropped_methods else 0.0)  # far: below every runtime's repeats
 
         def score_strategy(st: Strategy) -> float:

@@ -25,9 +25,9 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable, NamedTuple
 
-from ..reward import reward
+from ..reward import FAILED, reward
 from ..schemas import OBJECTIVES, Strategy
-from .base import PolicyView, candidate_steps, chainable, m_action, single
+from .base import PolicyView, candidate_steps, chainable, learned, m_action, single, wrecked_methods
 
 
 def _rule(view: PolicyView, method: str | None = None) -> Strategy:
@@ -200,12 +200,17 @@ class BanditPolicy:
         for h, r in _rewards(view):
             for s in h["strategy"]["steps"][:1]:
                 pulls.setdefault(s["method"], []).append(r)
+        best: dict[str, float] = {}  # per method, its best family's learned reward in the skill memory
+        for (m, _), v in learned(view).items():
+            best[m] = max(v, best.get(m, -1.0))
+        for a in wrecked_methods(view) & set(arms) - set(pulls):  # the skill memory says it wrecks such a model: one failed pull
+            pulls[a] = [FAILED]
         pending = Counter(p.steps[0].method for p in view.pending if p.steps)  # pulled in this batch, no reward yet
         untried = [a for a in arms if a not in pulls and a not in pending]
         total = sum(len(v) for v in pulls.values()) + sum(pending.values())
-        if untried:
+        if untried:  # what the skill memory (and the shipped prior) rewards first, then the spec's preference
             pref = view.spec.preferred_methods
-            arm = min(untried, key=lambda a: (pref.index(a) if a in pref else len(pref), a))
+            arm = min(untried, key=lambda a: (-best.get(a, 0.0), pref.index(a) if a in pref else len(pref), a))
             why = f"arm {arm} never pulled"
         else:
             def mean(a: str) -> float:
