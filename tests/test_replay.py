@@ -81,3 +81,24 @@ def test_replay_reproduces_the_documented_figures_of_every_committed_table(smoll
     env = replay.load_env(BENCH / table)
     curve = [hv / replay.full_hypervolume(env) for hv in replay.replay(RulePolicy(), env, 15)[0]]
     assert tuple(round(curve[k - 1], 3) for k in (5, 10, 15)) == DOCUMENTED[table]
+
+
+def test_interval_ties_read_a_gain_inside_its_error_as_none(env):
+    """A gain the measurement cannot tell from the baseline (accuracy within 1.96 SE above it, a paired latency
+    interval that holds it) counts as no gain; a clear gain and every loss stay; the tied volume is never larger."""
+    import replay
+
+    base = env[3]
+    b = base.objectives()
+    row = {"objectives": {**b, "accuracy": b["accuracy"] + 0.05, "latency_ms": b["latency_ms"] * 0.9,
+                          "model_size_gb": b["model_size_gb"] * 0.3},
+           "accuracy_stderr": 0.035, "intervals": {"latency_ms": [b["latency_ms"] * 0.8, b["latency_ms"] * 1.01]}}
+    t = replay.tied(row, base)
+    assert (t["accuracy"], t["latency_ms"], t["model_size_gb"]) == (b["accuracy"], b["latency_ms"],
+                                                                    b["model_size_gb"] * 0.3)
+    clear = {**row, "accuracy_stderr": 0.02, "intervals": {"latency_ms": [b["latency_ms"] * 0.8,
+                                                                         b["latency_ms"] * 0.95]}}
+    assert replay.tied(clear, base) == clear["objectives"]
+    slower = {**row, "objectives": {**b, "latency_ms": b["latency_ms"] * 1.1}}  # a loss inside its interval stays
+    assert replay.tied(slower, base)["latency_ms"] == b["latency_ms"] * 1.1
+    assert replay.full_hypervolume(env, ties=True) <= replay.full_hypervolume(env)
