@@ -264,6 +264,31 @@ def test_ort_refuses_what_its_builder_cannot_build():
     assert "block_size 32 only" in check({"algo_config": "k_quant", "block_size": 64}, config)
     assert "does not divide" in check({"block_size": 128}, config)
     assert check({"algo_config": "k_quant", "block_size": 32}, config) is None
+    assert "int4" in check({"precision": "int8", "matmul_mixed_precision": "last_matmul:int8"}, config)
+
+
+@needs_ort
+def test_int4_onnx_with_the_builders_int8_groups(tmp_path, tiny_dir, data_dir):
+    """ORT GenAI's per-module precision: llama.cpp's sensitive layers in int8 (mixed_layers) inside the int4 graph,
+    as int8 MatMulNBits nodes that make the file larger; the head in int8 is refused for a tied head, whose graph
+    the builder writes broken."""
+    sizes, ops = {}, {}
+    for mixed in (None, "mixed_layers:int8"):
+        s = Strategy(action="quantization", steps=[Step(method="ort", params={
+            "precision": "int4", "block_size": 32, "matmul_mixed_precision": mixed})])
+        out = tmp_path / str(mixed)
+        res = apply_strategy(s, tiny_dir, out, _ctx(data_dir), target=ORT)
+        assert res.error is None, res.error
+        ops[mixed] = _graph_ops(out)
+        sizes[mixed] = json.loads((out / "acf_format.json").read_text())["bits_per_weight"]
+    assert ops[None].get(("MatMulNBits", 8), 0) == 0 < ops["mixed_layers:int8"][("MatMulNBits", 8)], ops
+    assert sizes[None] < sizes["mixed_layers:int8"]
+    assert torch.isfinite(torch.from_numpy(_runtime(ORT, tmp_path / "mixed_layers:int8", 64).logits([1, 2]))).all()
+    config = json.loads((tiny_dir / "config.json").read_text())
+    assert "tied to the embedding" in methods.get("ort").check(
+        {"matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}, config)
+    assert methods.get("ort").check({"matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"},
+                                    {**config, "tie_word_embeddings": False}) is None
 
 
 def test_policies_never_chain_on_a_deployed_file():

@@ -262,7 +262,7 @@ class OrtGenAITarget(Target):
         else:
             p = {**final.params}
             precision = p.pop("precision", "int4")
-            build(dense, out, precision, {k: v for k, v in p.items()})
+            build(dense, out, precision, {k: v for k, v in p.items() if v is not None})
             info = {"format": "onnx", "type": precision, **p}
         copy_side_files(dense, out)
         clean_tokenizer(out)  # what onnxruntime_genai.Tokenizer reads (acf scores with token ids, not through it)
