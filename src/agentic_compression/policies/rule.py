@@ -15,6 +15,7 @@ Rules:
 - on llama.cpp, an importance-matrix candidate ranks up (it removed 41% of Q4_K_M's KL divergence at the same bytes
   on SmolLM2), and a per-tensor allocation over every type (gguf_mixed) more, at a budget near 6 bits per weight
   (the size of the Q4_K_M preset on a model whose widths are no multiple of 256; 4.5 while a size goal is unmet);
+- on ONNX Runtime GenAI, int8 groups inside int4 (matmul_mixed_precision) rank just below the plain int4;
 - a method that cannot lower any measured cost here (e.g. sparsity stored dense) ranks far down;
 - a method that failed ranks far down, and so does one that wrecked the model once (perplexity more than twice the
   baseline's): its other settings are no milder by enough to matter;
@@ -116,6 +117,8 @@ class RulePolicy:
             if step.params.get("avg_bits") is not None and view.methods[step.method].runtime == "gguf":
                 near = 4.5 if size_unmet else 6.0  # the presets' size, or less while a size goal is unmet
                 s += 0.3 * abs(step.params["avg_bits"] - near) - 0.2  # every type per tensor
+            if step.params.get("matmul_mixed_precision"):  # int8 groups in an int4 ONNX model: after the plain one
+                s += 0.2
             g = step.params.get("group_size", "absent")
             if g != "absent":
                 s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))
