@@ -94,11 +94,16 @@ def test_the_format_registry_rejects_a_taken_name():
         formats.register(Other)
 
 
-def test_each_format_names_the_runtimes_that_serve_it():
-    assert set(formats.FORMATS["compressed-tensors"].runtimes()) == {"transformers", "ortgenai", "vllm"}
-    assert formats.FORMATS["bitsandbytes"].runtimes() == ["transformers"]
-    assert formats.FORMATS["low-rank"].runtimes() == ["transformers"]
-    assert set(formats.FORMATS["dense"].runtimes()) == {"transformers", "llamacpp", "ortgenai", "vllm"}
+def test_each_format_is_run_by_the_targets_that_declare_it():
+    from agentic_compression.targets import TARGETS
+
+    def runtimes(fmt):
+        return {t.name for t in TARGETS.values() if fmt in t.runs}
+
+    assert runtimes("compressed-tensors") == {"transformers", "ortgenai", "vllm"}
+    assert runtimes("bitsandbytes") == runtimes("low-rank") == {"transformers"}
+    assert runtimes("dense") == {"transformers", "llamacpp", "ortgenai", "vllm"}
+    assert all(runtimes(f) for f in formats.FORMATS if f != "other"), "a format no target runs"
 
 
 def test_a_checkpoint_quantized_by_another_library_is_recognised_and_not_plain(tiny_dir, tmp_path):

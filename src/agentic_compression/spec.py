@@ -17,8 +17,6 @@ from .schemas import ModelSpec
 
 _FAMILIES = ("llama", "mistral", "mixtral", "qwen", "gemma", "phi", "gpt2", "gpt_neox", "pythia", "opt", "bloom",
              "falcon", "mpt", "starcoder", "smollm", "olmo", "deepseek", "yi", "granite")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}
 
 
 def safetensors_params(folder: Path) -> tuple[int, str] | None:

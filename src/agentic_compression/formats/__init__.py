@@ -42,12 +42,6 @@ class Format:
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
                                                     **({"device_map": device} if device != "cpu" else {}))
 
-    def runtimes(self) -> list[str]:
-        """The deployment targets that serve a checkpoint in this format (each target declares what it runs)."""
-        from ..targets import TARGETS
-
-        return [t.name for t in TARGETS.values() if self.name in t.runs]
-
 
 # in the order they are recognised; dense holds whatever the others do not, and a folder quantized by a library acf
 # does not write is stored as "other" (other.py)

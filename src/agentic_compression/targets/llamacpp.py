@@ -25,7 +25,6 @@ from .gguf_types import TYPES, importance
 GGUF = "model.gguf"
 FORMAT_FILE = "acf_format.json"
 F32_KL = 1e-3  # next-token KL (nats) allowed between an f32 export and the PyTorch model (seen: 1e-6)
-QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS")
 
 
 def tools_dir() -> Path:
