@@ -39,7 +39,7 @@ def _layer_bytes(folder):
 
     with open(folder / "model.safetensors", "rb") as f:
         header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-    width = {"F32": 4, "F16": 2, "BF16": 2}  # the tiny models' dtypes
+    width = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}  # safetensors dtypes
     return sum(math.prod(t["shape"]) * width[t["dtype"]] for k, t in header.items()
                if k.startswith("model.layers.") and "layernorm" not in k)
 

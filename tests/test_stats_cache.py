@@ -40,7 +40,7 @@ def test_a_second_method_reuses_the_inputs_and_changed_weights_are_measured_agai
     def no_forward(*a, **k):
         raise AssertionError("a forward pass ran although the statistics were stored")
 
-    monkeypatch.setattr("agentic_compression.methods.base.forward_with_hooks", no_forward)
+    monkeypatch.setattr("agentic_compression.stats_cache.forward_with_hooks", no_forward)
     again = stats_cache.input_stats(model, windows, folder)
     assert all(torch.equal(first[n]["sq_sum"], again[n]["sq_sum"]) for n in first)
     with pytest.raises(AssertionError, match="a forward pass ran"):
@@ -78,11 +78,9 @@ def test_a_second_wanda_episode_at_another_sparsity_reads_the_stored_norms(tiny_
     from safetensors.torch import load_file
 
     from agentic_compression.data import calibration_samples
-    from agentic_compression.methods import base
-
     forwards = []
-    real = base.forward_with_hooks
-    monkeypatch.setattr(base, "forward_with_hooks", lambda *a, **k: (forwards.append(1), real(*a, **k))[1])
+    real = stats_cache.forward_with_hooks
+    monkeypatch.setattr(stats_cache, "forward_with_hooks", lambda *a, **k: (forwards.append(1), real(*a, **k))[1])
     calib = lambda tok, n, L: calibration_samples(tok, data_dir, n, L, seed=0)  # noqa: E731
 
     def wanda(sparsity, out, stats):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,6 +27,28 @@ CHECK_TEXT = (
     "twenty miles across the water, and the reef shows as a pale line where the waves break. The light itself was "
     "automated in 1962, and a solar panel now charges the batteries that power it through the night."
 )
+# the types llama.cpp stores a weight matrix in that a per-tensor allocation chooses from (targets/gguf_types.py)
+TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL", "IQ4_XS", "Q3_K")
+
+
+def tools_dir() -> Path:
+    """Where setup.sh unpacks llama.cpp's converter and builds its tools (ACF_LLAMA_CPP_DIR elsewhere)."""
+    return Path(os.environ.get("ACF_LLAMA_CPP_DIR", Path(sys.prefix) / "share" / "llama.cpp"))
+
+
+def tool(name: str) -> Path | None:
+    """A llama.cpp command-line tool setup.sh built (llama-quantize, llama-imatrix), or None."""
+    p = tools_dir() / "bin" / name
+    return p if p.is_file() and os.access(p, os.X_OK) else None
+
+
+def converter_missing() -> str | None:
+    """Why a model cannot be converted to GGUF here, or None."""
+    if not (tools_dir() / "convert_hf_to_gguf.py").is_file():
+        return f"llama.cpp's converter is not in {tools_dir()} (setup.sh unpacks it there; or set ACF_LLAMA_CPP_DIR)"
+    return None
+
+
 PPL_TOLERANCE = 0.05  # relative perplexity difference allowed between the converted model and llama.cpp
 KL_TOLERANCE = 0.05  # mean KL divergence (nats per token) allowed between their next-token distributions
 

@@ -19,7 +19,6 @@ import re
 import secrets
 import tarfile
 import threading
-from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from pydantic import ValidationError
 from .config import NAME, brief
 from .options import request_model
 from .errors import UserError
-from .store import CANCEL, FAILED, PROGRESS, finished
+from .store import CANCEL, FAILED, PROGRESS, finished, record_failure
 from .files import read_json
 from .models import ALIASES
 
@@ -332,16 +331,6 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
         return {"name": name, "status": "cancelling", "note": "the loop stops at its next decision"}
 
     return app
-
-
-def record_failure(exp_dir: Path, e: BaseException) -> str:
-    """Why an experiment stopped with an error, and when, kept in its folder (failed.json) for the API."""
-    from .files import write_json
-
-    error = f"{type(e).__name__}: {e}"[:2000]
-    if exp_dir.is_dir():
-        write_json(exp_dir / FAILED, {"error": error, "failed_at": datetime.now(timezone.utc).isoformat()})
-    return error
 
 
 def serve(output_dir: Path, data_dir: Path, host: str, port: int, models_dir: Path | None = None) -> None:

@@ -80,8 +80,6 @@ def input_stats(model, samples: list[list[int]], folder: Path | None) -> dict[st
     def compute():
         import torch
 
-        from .methods.base import forward_with_hooks
-
         linears = of_model(model).block_linears(model)
         out = {n: {"abs_sum": torch.zeros(m.in_features), "sq_sum": torch.zeros(m.in_features),
                    "tokens": torch.tensor(0)} for n, m in linears.items()}
@@ -99,3 +97,16 @@ def input_stats(model, samples: list[list[int]], folder: Path | None) -> dict[st
 
     key = {"weights": weights_digest(model), "windows": windows_digest(samples), "stats": "abs_sum, sq_sum"}
     return cached(folder, "inputs", key, compute, tensors=True)[0]
+
+
+def forward_with_hooks(model, samples: list[list[int]], handles: list) -> None:
+    """Run the calibration windows through the model with hooks registered (``handles``), then remove them."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            for s in samples:
+                model(input_ids=torch.tensor([s]))
+    finally:
+        for h in handles:
+            h.remove()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import stats_cache
@@ -209,3 +209,11 @@ class ExperimentStore:
     def write_summary(self, frontier: dict, summary: dict) -> None:
         write_json(self.dir / FRONTIER, frontier)
         write_json(self.dir / SUMMARY, summary)
+
+
+def record_failure(exp_dir: Path, e: BaseException) -> str:
+    """Why an experiment stopped with an error, and when, kept in its folder (failed.json) for the API."""
+    error = f"{type(e).__name__}: {e}"[:2000]
+    if exp_dir.is_dir():
+        write_json(exp_dir / FAILED, {"error": error, "failed_at": datetime.now(timezone.utc).isoformat()})
+    return error

@@ -30,8 +30,7 @@ app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True, worker_pre
 @app.task(name="acf.run_experiment")
 def run_experiment(exp_dir: str) -> str:
     from .experiment import Experiment
-    from .store import ExperimentBusy, finished
-    from .service import record_failure
+    from .store import ExperimentBusy, finished, record_failure
 
     path = Path(exp_dir)
     if finished(path):

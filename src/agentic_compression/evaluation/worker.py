@@ -104,7 +104,9 @@ def main(request: Path, result: Path) -> None:
         if keep and measure.StoredLogProbs(keep).complete():
             keep = None
         try:
-            ppl = target.perplexity(model, req.ppl_ids[: s.ppl_tokens], s, bos, reference, keep, req.prune)
+            ids = req.ppl_ids[: s.ppl_tokens]
+            ppl = target.perplexity(model, ids, s, bos, reference, keep, req.prune) if target.perplexity else \
+                measure.perplexity(model, ids, s.ppl_window, s.ppl_stride, bos, reference, keep, req.prune)
         except measure.Pruned as e:  # the slice showed enough: no benchmark, no result to cache
             if isinstance(reference, measure.Reference):
                 reference.close(complete=False)  # a baseline's store half written is not the baseline's

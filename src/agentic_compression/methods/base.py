@@ -177,19 +177,6 @@ class Method:
     keeps_base_weights: ClassVar[bool] = False
 
 
-def forward_with_hooks(model, samples: list[list[int]], handles: list) -> None:
-    """Run the calibration windows through the model with hooks registered (``handles``), then remove them."""
-    import torch
-
-    try:
-        with torch.no_grad():
-            for s in samples:
-                model(input_ids=torch.tensor([s]))
-    finally:
-        for h in handles:
-            h.remove()
-
-
 REGISTRY: dict[str, type[Method]] = {}
 
 

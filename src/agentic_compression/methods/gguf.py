@@ -3,6 +3,7 @@ the last step of a strategy on the llamacpp target, after any PyTorch-side steps
 LoRA merged). Optionally with an importance matrix computed by llama.cpp from the experiment's calibration text."""
 from __future__ import annotations
 
+from ..llamacpp import TYPES, converter_missing, tool
 from .base import Method, Param, register
 
 
@@ -32,23 +33,18 @@ class GGUFQuant(Method):
 
     @classmethod
     def available(cls):
-        from ..targets import get
-
         ok, why = super().available()
-        return get("llamacpp").available() if ok else (ok, why)
+        missing = converter_missing() if ok else None
+        return (False, missing) if missing else (ok, why)
 
     @classmethod
     def check(cls, params, config):
-        from ..targets.llamacpp import tool
-
         if params.get("imatrix") and not (tool("llama-imatrix") and tool("llama-quantize")):
             return "gguf.imatrix needs llama.cpp's llama-imatrix and llama-quantize tools, which setup.sh builds"
         types = params.get("tensor_types")
         if types is not None and not (isinstance(types, dict) and all(isinstance(k, str) and isinstance(v, str)
                                                                       for k, v in types.items())):
             return "gguf.tensor_types must map tensor names to ggml types, e.g. {\"attn_v\": \"q8_0\"}"
-        from ..targets.gguf_types import TYPES
-
         unknown = [t for t in str(params.get("exclude") or "").upper().split(",") if t and t not in TYPES]
         if unknown:
             return f"gguf exclude names no type of the allocation: {', '.join(unknown)} (types: {', '.join(TYPES)})"

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..architecture import Architecture, of_config, of_model
-from ..stats_cache import input_stats
-from .base import Context, Method, Param, forward_with_hooks, register
+from ..stats_cache import forward_with_hooks, input_stats
+from .base import Context, Method, Param, register
 
 
 def _keep(scores: torch.Tensor, n_keep: int) -> torch.Tensor:

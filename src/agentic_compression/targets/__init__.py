@@ -68,14 +68,10 @@ class Target:
         """Output tokens per second at a fixed batch where the runtime serves batches (vLLM), else None."""
         return None
 
-    def perplexity(self, model, ids: list[int], settings, bos: int | None, reference=None, keep=None,
-                   prune=None) -> dict:
-        """evaluation.measure.perplexity through the model's logits, with the KL divergence from ``reference`` (the
-        baseline's log-probabilities) on the same windows, the model's own stored at ``keep``, and a hopeless
-        candidate stopped by ``prune`` (a runtime without full logits overrides it)."""
-        from ..evaluation import measure
-
-        return measure.perplexity(model, ids, settings.ppl_window, settings.ppl_stride, bos, reference, keep, prune)
+    # a runtime without full logits scores the perplexity windows itself: perplexity(model, ids, settings, bos,
+    # reference, keep, prune) -> dict (vllm.py); None: the evaluation runs evaluation.measure.perplexity over scoring
+    # mode's logits, with the KL divergence from the baseline's log-probabilities on the same windows
+    perplexity: ClassVar[Any] = None
 
     def memory(self, model) -> dict | None:
         """The model's memory where the process's own peak cannot see it (a runtime in a process of its own), or

@@ -25,7 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL", "IQ4_XS", "Q3_K")
+from ..llamacpp import TYPES
+
 SCALE = 32  # bits x 32 is a whole number for every type (Q6_K: 210; Q3_K: 110): the knapsack's integer weights
 
 

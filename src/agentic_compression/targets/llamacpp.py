@@ -19,22 +19,13 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
+from ..llamacpp import TYPES, converter_missing, tool, tools_dir
 from . import Target, clean_tokenizer, copy_side_files, register
-from .gguf_types import TYPES, importance
+from .gguf_types import importance
 
 GGUF = "model.gguf"
 FORMAT_FILE = "acf_format.json"
 F32_KL = 1e-3  # next-token KL (nats) allowed between an f32 export and the PyTorch model (seen: 1e-6)
-
-
-def tools_dir() -> Path:
-    return Path(os.environ.get("ACF_LLAMA_CPP_DIR", Path(sys.prefix) / "share" / "llama.cpp"))
-
-
-def tool(name: str) -> Path | None:
-    """A llama.cpp command-line tool setup.sh built (llama-quantize, llama-imatrix), or None."""
-    p = tools_dir() / "bin" / name
-    return p if p.is_file() and os.access(p, os.X_OK) else None
 
 
 @contextlib.contextmanager
@@ -182,10 +173,8 @@ class LlamaCppTarget(Target):
 
     def available(self) -> tuple[bool, str]:
         ok, why = super().available()
-        if ok and not (tools_dir() / "convert_hf_to_gguf.py").is_file():
-            return False, (f"llama.cpp's converter is not in {tools_dir()} "
-                           "(setup.sh unpacks it there; or set ACF_LLAMA_CPP_DIR)")
-        return ok, why
+        missing = converter_missing() if ok else None
+        return (False, missing) if missing else (ok, why)
 
     def version(self) -> str:
         return f"llama-cpp-python {version('llama_cpp_python')}"
