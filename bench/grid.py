@@ -156,6 +156,7 @@ def main() -> None:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from agentic_compression import resuming
     from agentic_compression.config import EvalSettings, RunConfig
     from agentic_compression.experiment import Experiment
 
@@ -165,9 +166,9 @@ def main() -> None:
         first = [k for k in a.first.split(",") if k]
         exp.policy.todo.sort(key=lambda st: first.index(st.key()) if st.key() in first else len(first))
         try:
-            exp._resume()
+            resuming.resume(exp)
         finally:
-            exp._close()
+            exp.close()
         a.to.write_text(json.dumps(table(exp.dir), indent=1))
         print(f"wrote {a.to}")
         return

@@ -192,6 +192,31 @@ AUTO = "auto"
 HUMANEVAL_ONLY_HERE = "transformers"  # HumanEval executes generated code: only the transformers target generates it
 
 
+def _runs(target: Target, strategy) -> bool:
+    from .. import methods
+
+    return all(m in methods.REGISTRY and target.offers(methods.get(m)) for m in (s.method for s in strategy.steps))
+
+
+def route(chosen: dict[str, Target], strategy) -> Target:
+    """The target a strategy's result runs in: the first of a run's targets (``chosen``, in order) that runs every
+    step's format (llama.cpp for a GGUF type, ONNX Runtime GenAI for its own quantization; a PyTorch-only strategy
+    goes to the first target listed)."""
+    for t in chosen.values():
+        if _runs(t, strategy) and t.refuses(strategy.steps) is None:
+            return t
+    first = next(iter(chosen.values()))
+    return next((t for t in chosen.values() if _runs(t, strategy)), first)  # validation says why
+
+
+def refused(chosen: dict[str, Target], strategy) -> str | None:
+    """Why the target whose formats a strategy needs cannot run it as written (a converter's limits): refused
+    before an episode is spent on it, as the resource check refuses."""
+    t = route(chosen, strategy)
+    found = t.refuses(strategy.steps) if _runs(t, strategy) else None
+    return f"the {t.name} target: {found[1]}" if found else None
+
+
 def choose(device: str, humaneval: bool = False) -> tuple[list[str], str]:
     """What ``--targets auto`` runs on this machine, and why: the runtimes installed here that serve on ``device``
     (CPU: llama.cpp and ONNX Runtime GenAI; CUDA: vLLM and transformers); transformers where none is installed.
