@@ -24,8 +24,10 @@ sys.path.insert(0, str(REPO / "src"))
 TABLES = ("bench/grid_smollm2_l200_paired.json", "bench/grid_smollm2_deploy.json")
 
 
-def entries(table: dict, family: str) -> list[dict]:
-    from agentic_compression import prior
+def entries(table: dict, family: str, config: dict) -> list[dict]:
+    """The table's rows as prior entries; a failed row whose strategy acf's own checks now refuse (Method.check on
+    the model's config) is left out: no policy proposes it, so its failure teaches nothing."""
+    from agentic_compression import methods, prior
     from agentic_compression.objectives import ratio
     from agentic_compression.policies.rule import bits
     from agentic_compression.reward import reward
@@ -34,7 +36,10 @@ def entries(table: dict, family: str) -> list[dict]:
     base = table["baseline"]
     out = []
     for r in table["rows"]:
-        lead = Step(**r["strategy"]["steps"][0])
+        steps = [Step(**s) for s in r["strategy"]["steps"]]
+        if r["status"] != "success" and any(methods.get(s.method).check(s.params, config) for s in steps):
+            continue
+        lead = steps[0]
         obj = r["objectives"]
         ppl = ratio(r["perplexity"], base["perplexity"]) if r.get("perplexity") and base.get("perplexity") else None
         out.append({"model": table["model"], "family": family, "num_params": base["num_params"],
@@ -50,15 +55,16 @@ def entries(table: dict, family: str) -> list[dict]:
     return out
 
 
-def family_of(model: str) -> str:
+def model_of(model: str) -> tuple[str, dict]:
+    """The model's family and config."""
     from agentic_compression.models import resolve
     from agentic_compression.spec import infer_spec
 
     path, canonical = resolve(model)
-    return infer_spec(canonical, path, online=False).model_family
+    return infer_spec(canonical, path, online=False).model_family, json.loads((path / "config.json").read_text())
 
 
-def build(tables: list[Path], family=family_of) -> dict:
+def build(tables: list[Path], model=model_of) -> dict:
     """The prior's file from the tables, in order (a later table's row replaces an earlier one's for the same
     model, target and strategy)."""
     from agentic_compression import prior
@@ -67,9 +73,10 @@ def build(tables: list[Path], family=family_of) -> dict:
     sources = []
     for path in tables:
         t = json.loads(path.read_text())
-        rows = entries(t, family(t["model"]))
+        rows = entries(t, *model(t["model"]))
         kept.update({(e["model"], e["target"], e["key"]): e for e in rows})
-        sources.append({"table": path.name, "experiment": t["experiment"], "model": t["model"], "rows": len(rows)})
+        sources.append({"table": path.name, "experiment": t["experiment"], "model": t["model"], "rows": len(rows),
+                        "left_out": len(t["rows"]) - len(rows)})
     return {"version": prior.VERSION, "built": date.today().isoformat(),
             "command": "bench/prior.py --tables " + ",".join(f"bench/{p.name}" for p in tables),
             "sources": sources, "entries": list(kept.values())}

@@ -37,7 +37,7 @@ def _build(tmp_path, tables):
     for i, t in enumerate(tables):
         paths.append(tmp_path / f"t{i}.json")
         paths[-1].write_text(json.dumps(t))
-    return build(paths, family=lambda model: "llama")
+    return build(paths, model=lambda name: ("llama", {"hidden_size": 576, "intermediate_size": 1536}))
 
 
 def test_a_table_becomes_entries_with_their_verdicts_and_rewards(tmp_path):
@@ -46,8 +46,11 @@ def test_a_table_becomes_entries_with_their_verdicts_and_rewards(tmp_path):
     data = _build(tmp_path, [_table([
         (gptq, "success", {**OBJ, "accuracy": 0.39, "model_size_gb": 0.2}, 26.0),
         (asvd, "success", {**OBJ, "accuracy": 0.25}, 6940.0),  # 347x the baseline's perplexity
-        ({"method": "awq", "params": {}}, "failed", None, None)])])
+        ({"method": "awq", "params": {"group_size": 64}}, "failed", None, None),
+        # a failure acf's own check refuses now (the builder's k-quant at block 64): no policy proposes it
+        ({"method": "ort", "params": {"algo_config": "k_quant", "block_size": 64}}, "failed", None, None)])])
     assert data["version"] == prior.VERSION and data["sources"][0]["rows"] == 3
+    assert data["sources"][0]["left_out"] == 1
     g, a, w = data["entries"]
     assert (g["method"], g["bits"], g["verdict"], g["perplexity_ratio"]) == ("gptq", 4, "ok", 1.3)
     assert g["reward"] > 0 and g["size_ratio"] == 0.4 and g["target"] == "transformers"
