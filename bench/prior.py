@@ -26,18 +26,21 @@ TABLES = ("bench/grid_smollm2_l200_paired.json", "bench/grid_smollm2_deploy.json
 
 def entries(table: dict, family: str, config: dict) -> list[dict]:
     """The table's rows as prior entries; a failed row whose strategy acf's own checks now refuse (Method.check on
-    the model's config) is left out: no policy proposes it, so its failure teaches nothing."""
-    from agentic_compression import methods, prior
+    the model's config, or no target of the table runs a step's format) is left out: no policy proposes it, so its
+    failure teaches nothing."""
+    from agentic_compression import methods, prior, targets
     from agentic_compression.objectives import ratio
     from agentic_compression.policies.rule import bits
     from agentic_compression.reward import reward
     from agentic_compression.schemas import Step
 
     base = table["baseline"]
+    runs = [targets.get(t) for t in table["eval"].get("target", "transformers").split(",")]
     out = []
     for r in table["rows"]:
         steps = [Step(**s) for s in r["strategy"]["steps"]]
-        if r["status"] != "success" and any(methods.get(s.method).check(s.params, config) for s in steps):
+        if r["status"] != "success" and any(methods.get(s.method).check(s.params, config) or not any(
+                t.offers(methods.get(s.method)) for t in runs) for s in steps):
             continue
         lead = steps[0]
         obj = r["objectives"]

@@ -66,7 +66,8 @@ def replay_key(h):
 
 # the default policy's figures that docs/architecture.md states for each committed table (HV / full HV at 5, 10 and
 # 15 episodes): a change to the rule that lowers one fails here, and one that raises it updates the docs and this
-DOCUMENTED = {"grid_smollm2_l200_paired.json": (0.982, 0.995, 0.999),
+DOCUMENTED = {"grid_smollm2_deploy.json": (0.927, 0.972, 0.972),
+              "grid_smollm2_l200_paired.json": (0.982, 0.995, 0.999),
               "grid_smollm2_l200.json": (0.774, 0.989, 0.994),
               "grid_smollm2.json": (0.786, 0.932, 0.968)}
 
