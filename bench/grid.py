@@ -4,17 +4,18 @@
     .venv/bin/python bench/grid.py run --space deploy --limit 100 --ppl-tokens 4096 --threads 2 \
         --experiment grid-smollm2-deploy --to bench/grid_smollm2_deploy.json
     .venv/bin/python bench/grid.py table EXPERIMENT_DIR [--to bench/grid_smollm2.json]
-    .venv/bin/python bench/grid.py resume EXPERIMENT_DIR [--first KEY,KEY,...] [--to F]
+    .venv/bin/python bench/grid.py resume EXPERIMENT_DIR [--space S] [--first KEY,KEY,...] [--to F]
 
 `run` executes a space's grid through the real loop: workers, the evaluation subprocess, the frontier. The
 `pytorch` space (GRID: every PyTorch-side method at its main parameter values, plus the recovery template) is
 measured in transformers; the `deploy` space (DEPLOY: every llama.cpp type with and without an importance matrix,
 per-tensor budgets, ORT GenAI's precisions, block sizes, accuracy levels and roundings, and PyTorch-side steps
-chained into both) in llama.cpp and ONNX Runtime GenAI, with KL divergence to each runtime's f32 export. Every
-candidate is measured in full (no early abort) and presets are not run (the grid holds them). `resume` continues a stopped grid experiment (the episode
-that was running starts again), the strategies named by `--first` (their keys, as the table lists them) before the
-others. `table` turns the experiment folder (complete or not) into the data file bench/replay.py reads: the
-baseline's and every episode's measured objectives.
+chained into both) in llama.cpp and ONNX Runtime GenAI, with KL divergence to each runtime's f32 export; the
+`ort-mixed` space (ORT_MIXED: ORT GenAI's int8 groups inside int4) in ORT GenAI. Every candidate is measured in full
+(no early abort), presets are not run (the grid holds them), and a strategy acf's own checks refuse on the model is
+left out. `resume` continues a stopped grid experiment (the episode that was running starts again), the strategies
+named by `--first` (their keys, as the table lists them) before the others. `table` turns the experiment folder
+(complete or not) into the data file bench/replay.py reads: the baseline's and every episode's measured objectives.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def make_evaluators(exp) -> None:
     tok = models.load_tokenizer(exp.model_path)  # the model itself is loaded in the evaluation process
     exp.work_dir.mkdir(exist_ok=True)
     exp.evaluators = {n: Evaluator(exp.cfg.eval.model_copy(update={"target": n}), exp.cfg.data_dir, tok,
-                                    exp.work_dir) for n in exp.targets}
+                                   exp.work_dir) for n in exp.targets}
     exp.evaluator = exp.evaluators[exp.target.name]
 
 

@@ -52,7 +52,7 @@ def decide(exp, state: CompressionState) -> dict:
         return {"should_terminate": True, "next_action": "end", "refused": refused, "termination_reason": end}
     first = state["current_episode"]
     exp.progress("work", first, action=batch[0].action, steps=[st.method for st in batch[0].steps],
-                  policy=batch[0].policy, **({"batch": len(batch)} if exp.cfg.parallel > 1 else {}))
+                 policy=batch[0].policy, **({"batch": len(batch)} if exp.cfg.parallel > 1 else {}))
     messages = [{"role": "assistant", "content": f"[{st.policy}] {st.action}: {[s.method for s in st.steps]} - "
                  f"{st.reasoning}"} for st in batch]
     if exp.cfg.parallel > 1:

@@ -10,7 +10,6 @@ order (episodes.py).
 """
 from __future__ import annotations
 
-import logging
 import shutil
 import sqlite3
 import time
@@ -33,9 +32,6 @@ from .spec import infer_spec, read_config
 from .state import CompressionState
 from .store import ExperimentStore, finished
 from .validation import validate
-
-log = logging.getLogger("acf.experiment")
-
 
 class Experiment:
     """The loop's nodes and what they share: the model, its targets and evaluators, the frontier, the episodes. Its

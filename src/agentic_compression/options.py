@@ -53,7 +53,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("ray_address", ("ray_address",)),
     Option("episode_retries", ("episode_retries",)),
     Option("skills", ("skills_path",)),
-    Option("no_skills", ("use_skills",), negated=True, help="neither read nor write the skill memory (nor read its shipped prior)"),
+    Option("no_skills", ("use_skills",), negated=True,
+           help="neither read nor write the skill memory (nor read its shipped prior)"),
     Option("no_presets", ("presets",), negated=True, api="presets",
            help="do not measure the targets' community presets (llama.cpp Q4_K_M, ORT int4, GPTQ W4A16) beside "
                 "the frontier"),

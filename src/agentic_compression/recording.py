@@ -43,7 +43,7 @@ def record(exp, state: CompressionState) -> dict:
     evaluated = {"baseline": exp.baseline.objectives()} | {
         e.episode_id: e.result.objectives() for e in exp.episodes if e.result}
     exp.frontier.record_dominance(evaluated, {e.episode_id: e.result.intervals for e in exp.episodes
-                                               if e.result})
+                                              if e.result})
     exp.record_hv(ep.episode_id)
     if ok:  # before results.json: a finished episode's checkpoint always carries its card
         write_card(Path(ep.checkpoint), ep=ep, baseline=exp.baseline, base_model=exp.spec.model_name,
@@ -58,14 +58,14 @@ def record(exp, state: CompressionState) -> dict:
     if exp.skills:
         base, measured = exp.baseline.objectives(), ep.result.objectives() if ok else None
         exp.skills.record(exp.skill_ctx, strategy.model_dump(), ok, measured, base,
-                           reward(measured, base, exp.cfg.reward), ep.error)
+                          reward(measured, base, exp.cfg.reward), ep.error)
         update["skill_recommendations"] = exp.recommendations()
     write_summary(exp, {**state, **update}, complete=False)
     return update
 
 
 def record_batch(exp, state: CompressionState) -> dict:
-    """Record the batch's episodes one by one in episode order, exactly as update_state records one."""
+    """Record the batch's episodes one by one in episode order, exactly as ``record`` records one."""
     merged: dict = dict(state)
     update: dict = {}
     for item, outcome in zip(state["batch"], state["outcomes"]):

@@ -99,8 +99,8 @@ class SkillMemory:
         with its ``verdict_confidence``; ``source``: "prior" where no outcome of the family is the user's."""
         from . import prior
 
-        with self._connect() as con:
-            rows = [(*r, False, "memory") for r in con.execute(
+        with self._connect() as con:  # the user's own: full weight, and their rewards count
+            rows = [(*r, False, True, True) for r in con.execute(
                 "SELECT family, num_params, task, method, bits, success, accuracy_delta, size_ratio, reward "
                 "FROM outcomes").fetchall()]
 
@@ -115,22 +115,23 @@ class SkillMemory:
             if covered.get((e["method"], e["bits"]), 0.0) >= prior.WEIGHT:  # the user's own outcomes decide
                 continue
             # a reward earned in another runtime says nothing here (its latency, its bytes); a verdict holds anywhere
-            source = "prior" if not ctx.targets or e["target"] in ctx.targets else "prior, verdict only"
+            rewarded = not ctx.targets or e["target"] in ctx.targets
             rows.append((e["family"], e["num_params"], e["task"], e["method"], e["bits"], e["verdict"] == "ok",
-                         e["accuracy_delta"], e["size_ratio"], e["reward"], e["verdict"] == "wrecked", source))
+                         e["accuracy_delta"], e["size_ratio"], e["reward"], e["verdict"] == "wrecked", False,
+                         rewarded))
         groups: dict[tuple[str, int], dict[str, Any]] = {}
-        for family, n, task, method, b, ok, dacc, size, rew, wrecked, source in rows:
-            wv = similarity(family, n, task) * (prior.WEIGHT if source.startswith("prior") else 1.0)
-            w = 0.0 if source.endswith("verdict only") else wv
+        for family, n, task, method, b, ok, dacc, size, rew, wrecked, mine, rewarded in rows:
+            wv = similarity(family, n, task) * (1.0 if mine else prior.WEIGHT)  # the weight of its verdict
+            w = wv if rewarded else 0.0  # the weight of its reward
             g = groups.setdefault((method, b), {"w": 0.0, "wv": 0.0, "reward": 0.0, "n": 0, "ok": 0, "dacc": [],
-                                                "size": [], "wrecked": 0.0, "sources": set()})
+                                                "size": [], "wrecked": 0.0, "mine": False})
             g["w"] += w
             g["wv"] += wv
             g["reward"] += w * (rew if ok else -1.0)
             g["wrecked"] += wv * wrecked
             g["n"] += 1
             g["ok"] += ok
-            g["sources"].add(source)
+            g["mine"] |= mine
             if ok:
                 g["dacc"].append(dacc)
                 g["size"].append(size)
@@ -143,7 +144,7 @@ class SkillMemory:
                         "mean_size_ratio": round(sum(g["size"]) / len(g["size"]), 4) if g["size"] else None,
                         "wrecked_rate": round(g["wrecked"] / g["wv"], 3) if g["wv"] else 0.0,
                         "verdict_confidence": round(1 - 1 / (1 + g["wv"]), 3),
-                        "source": "memory" if "memory" in g["sources"] else "prior",
+                        "source": "memory" if g["mine"] else "prior",
                         "similarity": round(g["w"] / g["n"], 3),
                         "confidence": round(1 - 1 / (1 + g["w"]), 3)})
         out.sort(key=lambda r: (-r["mean_reward"] * r["confidence"], r["method"]))

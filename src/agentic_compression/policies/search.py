@@ -203,8 +203,8 @@ class BanditPolicy:
         best: dict[str, float] = {}  # per method, its best family's learned reward in the skill memory
         for (m, _), v in learned(view).items():
             best[m] = max(v, best.get(m, -1.0))
-        for a in wrecked_methods(view) & set(arms) - set(pulls):  # the skill memory says it wrecks such a model: one failed pull
-            pulls[a] = [FAILED]
+        for a in wrecked_methods(view) & set(arms) - set(pulls):  # the memory says it wrecks such a model
+            pulls[a] = [FAILED]  # counted as one failed pull
         pending = Counter(p.steps[0].method for p in view.pending if p.steps)  # pulled in this batch, no reward yet
         untried = [a for a in arms if a not in pulls and a not in pending]
         total = sum(len(v) for v in pulls.values()) + sum(pending.values())
