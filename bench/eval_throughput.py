@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int)
-    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ACF_DATA_DIR", REPO.parent / "shared" / "data")))
+    ap.add_argument("--data-dir", type=Path,
+                    default=Path(os.environ.get("ACF_DATA_DIR", REPO.parent / "shared" / "data")))
     a = ap.parse_args()
 
     import torch
@@ -75,7 +76,8 @@ def main() -> None:
                 model(input_ids=x).logits.log_softmax(-1)
         t_raw = time.perf_counter() - t0
 
-    print("| benchmark | items | rows | tokens | threads | lm-eval s | raw forward s | lm-eval tok/s | raw tok/s | overhead |")
+    print("| benchmark | items | rows | tokens | threads | lm-eval s | raw forward s | lm-eval tok/s | raw tok/s "
+          "| overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {a.benchmark} | {built.n_items} | {len(rows)} | {scored} | {torch.get_num_threads()} | {t_eval:.1f} | "
           f"{t_raw:.1f} | {scored / t_eval:.0f} | {scored / t_raw:.0f} | {100 * (t_eval / t_raw - 1):+.0f}% |")

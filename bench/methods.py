@@ -1,6 +1,7 @@
 """Every available compression method on one model: wall time, size on disk, parameters, WikiText-2 perplexity.
 
-    .venv/bin/python bench/methods.py --model smollm2-135m --data-dir ../shared/data [--only gptq,rtn] [--ppl-tokens 4096]
+    .venv/bin/python bench/methods.py --model smollm2-135m --data-dir ../shared/data [--only gptq,rtn] \
+        [--ppl-tokens 4096]
 
 Each case (one method, or a pipeline of steps) runs through the workers' apply_strategy; its checkpoint is
 saved, reloaded from disk, and scored on the same evaluation-half tokens (the calibration

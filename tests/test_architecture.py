@@ -95,3 +95,17 @@ def test_the_check_finds_a_cycle_closed_by_a_lazy_import(tmp_path):
     assert cycles(parts_graph(modules(pkg))) == [{"low", "high"}]
     (pkg / "low" / "__init__.py").write_text("def f():\n    return 1\n")
     assert cycles(parts_graph(modules(pkg))) == []
+
+
+def test_the_registry_is_the_bottom_layer_and_submodules_import_their_base_not_their_package():
+    """registry.py imports nothing of acf's (so anything may register, and config.py checks names without importing
+    what they stand for); a format's, target's or method's module imports its package's base module, never the
+    package's __init__, whose own imports would then run first."""
+    mods = modules()
+    edges = imports(mods)
+    assert edges["agentic_compression.registry"] == set()
+    for package in ("formats", "targets", "methods"):
+        name = f"agentic_compression.{package}"
+        inside = [m for m in mods if m.startswith(name + ".")]
+        assert f"{name}.base" in inside
+        assert [m for m in inside if name in edges[m]] == [], f"a {package} module imports the package's __init__"

@@ -11,7 +11,8 @@ from agentic_compression.evaluation import Evaluator, cache_dir
 
 @pytest.fixture
 def settings():
-    return EvalSettings(benchmark="arc_easy,winogrande,humaneval", limit=6, max_new_tokens=8, ppl_tokens=256, ppl_window=128, ppl_stride=64,
+    return EvalSettings(benchmark="arc_easy,winogrande,humaneval", limit=6, max_new_tokens=8, ppl_tokens=256,
+                        ppl_window=128, ppl_stride=64,
                         prompt_tokens=16, decode_tokens=4, warmup=1, repeats=2, batch_size=8, threads=1)
 
 

@@ -83,7 +83,7 @@ def test_a_gemma3_episode_on_a_baseline_that_matches_llama_cpp(gemma, data_dir, 
 
     from agentic_compression.cli import main
     from agentic_compression.data import read_text
-    from agentic_compression.llamacpp import LlamaCpp
+    from agentic_compression.llamacpp_runtime import LlamaCpp
     from agentic_compression.models import load_tokenizer
 
     gguf, folder = gemma
@@ -163,7 +163,7 @@ def test_two_processes_converting_one_model_at_once_convert_it_once(tmp_path, mo
 
 def test_a_converted_model_that_predicts_unlike_llama_cpp_fails_the_comparison(smollm2_dir):
     """Weights off by a little: the comparison gives both perplexities and the KL divergence, and says no."""
-    from agentic_compression.llamacpp import compare
+    from agentic_compression.llamacpp_runtime import compare
     from agentic_compression.models import _smollm2_gguf, load
 
     model, tok = load(smollm2_dir)

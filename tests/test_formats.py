@@ -20,10 +20,6 @@ def ctx(data_dir):
     return Context(calibration=lambda tok, n, L: calibration_samples(tok, data_dir, n, L, seed=0))
 
 
-def declared(method) -> str:
-    return "dense" if method.runtime == "dense-smaller" else method.runtime
-
-
 @pytest.mark.parametrize("name", TORCH_SIDE)
 def test_each_method_produces_the_format_it_declares(tiny_dir, tmp_path, ctx, name):
     m = get(name)
@@ -32,12 +28,12 @@ def test_each_method_produces_the_format_it_declares(tiny_dir, tmp_path, ctx, na
         params["group_size"] = 32
     model, tok = load(tiny_dir)
     done = m().apply(model, tok, params, ctx)
-    assert formats.of(done).name == declared(m)
+    assert formats.of(done).name == m.produces
     formats.save(done, tok, tmp_path / name)
-    assert formats.stored_as(tmp_path / name).name == declared(m)
+    assert formats.stored_as(tmp_path / name).name == m.produces
     again = formats.load(tmp_path / name)
-    assert formats.of(again).name == declared(m)
-    if declared(m) in ("compressed-tensors", "bitsandbytes") and not (tmp_path / name / "adapter").is_dir():
+    assert formats.of(again).name == m.produces
+    if m.produces in ("compressed-tensors", "bitsandbytes") and not (tmp_path / name / "adapter").is_dir():
         # quantized weights count as the weights they stand for (factorised or pruned models compute with fewer)
         assert formats.logical_params(again) == formats.logical_params(load(tiny_dir)[0])
 

@@ -54,8 +54,9 @@ def _unpacked(linear):
 @pytest.mark.parametrize("method,params", [("rtn", {"scheme": "W4A16", "group_size": 32}),
                                            ("gptq", {"scheme": "W4A16", "group_size": 64, "num_samples": 4,
                                                      "seq_len": 32}),
-                                           ("autoround", {"scheme": "W4A16", "group_size": 32, "iters": 3,
-                                                          "num_samples": 8, "seq_len": 32, "batch_size": 4})])
+                                           pytest.param("autoround", {"scheme": "W4A16", "group_size": 32, "iters": 3,
+                                                                      "num_samples": 8, "seq_len": 32,
+                                                                      "batch_size": 4}, marks=pytest.mark.slow)])
 def test_4bit_checkpoint_reloads_holding_4bit_values(tiny_dir, tmp_path, ctx, method, params):
     out = _compress(tiny_dir, tmp_path, method, params, ctx)
     qcfg = json.loads((out / "config.json").read_text())["quantization_config"]

@@ -44,7 +44,8 @@ def test_kill_9_mid_episode_then_resume(tiny_dir, data_dir, tmp_path, cli_env):
     done = subprocess.run(_acf("resume", str(exp)), env=cli_env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     final = json.loads((exp / "final_results.json").read_text())
-    assert final["complete"] and final["episodes_run"] == 3 and final["termination_reason"].startswith("max_episodes"), (
+    assert final["complete"] and final["episodes_run"] == 3 and \
+        final["termination_reason"].startswith("max_episodes"), (
         final["termination_reason"], [(e["episode_id"], e["status"], e["steps"]) for e in final["episodes"]])
     assert (exp / "episode_000" / "results.json").read_bytes() == first  # kept, not re-run
     ids = [e["episode_id"] for e in final["episodes"]]

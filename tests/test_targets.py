@@ -23,7 +23,7 @@ def _ctx(data_dir=None):
 
 
 def _runtime(target, out, n_ctx, logits_all=True):
-    from agentic_compression.llamacpp import LlamaCpp
+    from agentic_compression.llamacpp_runtime import LlamaCpp
     from agentic_compression.targets.ortgenai import OrtGenAI
 
     if target is LLAMACPP:
@@ -35,7 +35,8 @@ def _runtime(target, out, n_ctx, logits_all=True):
                                     pytest.param(ORT, marks=needs_ort, id="ortgenai")])
 def test_the_f32_export_scores_every_token_as_transformers_does(tmp_path, tiny_dir, target):
     """lm-eval's log-likelihoods through the runtime (RuntimeLM) against lm-eval's HFLM on the PyTorch model: within
-    1e-3 per token, also for choices that share a context; and serving mode decodes the same greedy tokens as transformers (what latency is timed on)."""
+    1e-3 per token, also for choices that share a context; and serving mode decodes the same greedy tokens as
+    transformers (what latency is timed on)."""
     from lm_eval.models.huggingface import HFLM
 
     from agentic_compression.evaluation import measure
@@ -73,7 +74,7 @@ def test_the_f32_export_scores_every_token_as_transformers_does(tmp_path, tiny_d
 def test_a_quantization_type_chains_after_structured_pruning(tmp_path, tiny_dir, data_dir):
     """structured MLP pruning in PyTorch, then llama.cpp's Q8_0 on the exported result: a smaller GGUF that
     llama.cpp loads, whose recorded bits per weight are what its tensors hold."""
-    from agentic_compression.llamacpp import LlamaCpp
+    from agentic_compression.llamacpp_runtime import LlamaCpp
     from agentic_compression.targets.llamacpp import tensor_facts
 
     s = Strategy(action="pipeline", steps=[Step(method="structured", params={"granularity": "mlp", "ratio": 0.25}),
@@ -321,7 +322,7 @@ def smollm2_f32(tmp_path_factory, smollm2_dir):
 def test_each_type_reloads_and_stores_the_bits_it_claims(tmp_path, smollm2_dir, smollm2_f32):
     """SmolLM2's width 576 is no multiple of 256, so K-types fall back per tensor: the recorded bits per weight are
     the file's, each type's file is smaller than the one before, and each reloads with a sane perplexity."""
-    from agentic_compression import llamacpp
+    from agentic_compression import llamacpp_runtime as llamacpp
     from agentic_compression.models import load
     from agentic_compression.targets.llamacpp import quantize, tensor_facts
 
@@ -346,7 +347,7 @@ def test_each_type_reloads_and_stores_the_bits_it_claims(tmp_path, smollm2_dir, 
 def test_an_importance_matrix_changes_the_weights_and_lowers_the_calibration_error(tmp_path, smollm2_dir,
                                                                                    smollm2_f32, data_dir):
     from agentic_compression import data
-    from agentic_compression.llamacpp import LlamaCpp
+    from agentic_compression.llamacpp_runtime import LlamaCpp
     from agentic_compression.models import load_tokenizer
     from agentic_compression.targets.llamacpp import importance_matrix, quantize
 
@@ -374,7 +375,7 @@ def _kld_llama_perplexity_way(f32, quant, text, n_ctx, chunks):
     """acf's KL divergence (measure.KLDivergence) on exactly the tokens llama-perplexity scores: the text in chunks of
     n_ctx tokens, each starting with BOS where the vocabulary adds one, the second half of each chunk scored."""
     from agentic_compression.evaluation import measure
-    from agentic_compression.llamacpp import LlamaCpp
+    from agentic_compression.llamacpp_runtime import LlamaCpp
 
     ref, q = LlamaCpp(f32, n_ctx=n_ctx), LlamaCpp(quant, n_ctx=n_ctx)
     ids, bos = ref.tokenize(text), ref.llm.token_bos()
@@ -475,7 +476,7 @@ def test_a_run_across_two_targets_measures_each_candidate_in_its_runtime(tmp_pat
     for e in ok:  # a PyTorch-only strategy goes to the first target listed, compressed-tensors to ONNX
         last = methods.get(e["steps"][-1]["method"])
         name = next((n for n, (_, m, _) in RUNTIMES.items() if last.name == m),
-                    "ortgenai" if last.runtime == "compressed-tensors" else "llamacpp")
+                    "ortgenai" if last.produces == "compressed-tensors" else "llamacpp")
         runtime, method, weights = RUNTIMES[name]
         assert e["runtime"]["runtime"] == runtime and Path(e["checkpoint"], weights).is_file()
         if e["steps"][-1]["method"] == method:

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from . import registry
 from .errors import UserError
 from .files import reading
 
@@ -200,7 +201,8 @@ class Benchmark:
     extra: dict = field(default_factory=dict)
 
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+BENCHMARKS = registry.BENCHMARKS
+for _b in (
     Benchmark("hellaswag", _hellaswag, "hellaswag/hellaswag.yaml", "acc_norm,none", "hellaswag",
               ("hellaswag/hellaswag_val_full.txt.bz2",), chance=0.25,
               notes="derived text form: ctx instead of ctx_a + ' ' + ctx_b.capitalize() (SOURCES.md)"),
@@ -224,7 +226,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
                                "split offline)"),
     Benchmark("bbh", _bbh, "bbh/zeroshot/{sub}.yaml", "exact_match,flexible-extract", "bbh_zeroshot", ("bbh",),
               group_filter="flexible-extract", notes="zero-shot, 27 tasks"),
-)}
+):
+    BENCHMARKS.add(_b.name, _b)
 
 
 HUMANEVAL = "humaneval"  # code execution (evaluation/humaneval.py), not an lm-eval task

@@ -7,17 +7,17 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from . import methods
+from .objectives import SPECS, stderr
 from .schemas import Episode, EvaluationResult
 
 CARD = "README.md"
-# tags per method: the format it writes and the algorithm (Hub conventions: compressed-tensors, gptq, awq, ...)
-_TAGS = {"rtn": ["compressed-tensors", "quantized"], "gptq": ["compressed-tensors", "gptq", "quantized"],
-         "awq": ["compressed-tensors", "awq", "quantized"], "autoround": ["compressed-tensors", "autoround",
-                                                                          "quantized"],
-         "bnb": ["bitsandbytes", "quantized"], "wanda": ["sparse", "pruned"],
-         "sparsegpt": ["compressed-tensors", "sparse", "pruned"], "magnitude": ["sparse", "pruned"],
-         "structured": ["pruned"], "asvd": ["low-rank"], "lora": ["peft", "lora"], "qlora": ["peft", "qlora"],
-         "distill": ["distillation"]}
+
+
+def build_tags(steps) -> list[str]:
+    """The card's Hub tags: acf's own, then each step's method's (the format it writes and the algorithm)."""
+    return ["acf", "compressed"] + sorted({t for s in steps if s.method in methods.REGISTRY
+                                           for t in methods.get(s.method).tags})
 
 
 def machine() -> str:
@@ -101,7 +101,7 @@ def model_card(ep: Episode, baseline: EvaluationResult, base_model: str, calibra
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     r = ep.result
-    tags = ["acf", "compressed"] + sorted({t for s in ep.strategy.steps for t in _TAGS.get(s.method, [])})
+    tags = build_tags(ep.strategy.steps)
     results = []
     for name, b in (r.accuracy_detail.get("benchmarks") or {}).items():
         if isinstance(b, dict) and b.get("value") is not None:
@@ -127,18 +127,20 @@ def model_card(ep: Episode, baseline: EvaluationResult, base_model: str, calibra
     steps = "\n".join(f"{i + 1}. `{s.method}` {s.params}" + (f" (only if {s.condition})" if s.condition else "")
                       for i, s in enumerate(ep.strategy.steps))
     b = baseline
-    table = "\n".join([
-        "| objective | this checkpoint | baseline | ratio |", "|---|---:|---:|---:|",
-        _row(f"accuracy ({r.benchmark}, n={r.accuracy_n})", "", r.accuracy, b.accuracy, r.accuracy_stderr,
-             b.accuracy_stderr),
-        _row(f"perplexity (n={r.perplexity_tokens} tokens)", "", r.perplexity, b.perplexity),
-        _row("decode latency", " (ms/token; paired with the baseline)" if "latency_ms" in r.intervals
-             else " (ms/token, median)", r.latency_ms, b.latency_ms),
-        _row("peak memory", " (GB)", r.memory_gb, b.memory_gb),
-        _row("size on disk", " (GB)", r.model_size_gb, b.model_size_gb),
-        _row("parameters", "", r.num_params, b.num_params),
-        _row(f"CO2 per 1,000 generated tokens ({r.energy.get('source', 'measured')})", " (g)", r.co2_grams,
-             b.co2_grams), kld_row(r)])
+    titles = {"accuracy": f"accuracy ({r.benchmark}, n={r.accuracy_n})",
+              "latency_ms": "decode latency (ms/token; paired with the baseline)" if "latency_ms" in r.intervals
+              else "decode latency (ms/token, median)",
+              "co2_grams": f"CO2 per 1,000 generated tokens ({r.energy.get('source', 'measured')}) (g)"}
+    rows = ["| objective | this checkpoint | baseline | ratio |", "|---|---:|---:|---:|"]
+    for o in SPECS:  # every declared objective, then what else was measured beside it
+        rows.append(kld_row(r) if o.name == "kld" else
+                    _row(titles.get(o.name, f"{o.label}"), "", getattr(r, o.name), getattr(b, o.name),
+                         stderr(r, o.name), stderr(b, o.name)))
+        if o.name == "accuracy":
+            rows.append(_row(f"perplexity (n={r.perplexity_tokens} tokens)", "", r.perplexity, b.perplexity))
+        if o.name == "model_size_gb":
+            rows.append(_row("parameters", "", r.num_params, b.num_params))
+    table = "\n".join(rows)
     content = f"""---
 {data.to_yaml()}
 ---

@@ -1,7 +1,6 @@
 """Run configuration (written to config.json): every limit of the loop and of the evaluation lives here."""
 from __future__ import annotations
 
-
 import os
 import re
 from functools import lru_cache
@@ -14,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .errors import UserError
 from .goals import Goals
 from .objectives import NOISE
+from .registry import TARGETS
 from .reward import RewardSettings
 from .strict import Settings
 
@@ -73,8 +73,6 @@ class EvalSettings(Settings):
     @field_validator("target")
     @classmethod
     def _target(cls, v: str) -> str:
-        from .targets import TARGETS
-
         if v.strip() == "auto":
             return "auto"
         names = [n.strip() for n in v.split(",") if n.strip()]

@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from .objectives import SPECS, stderr
+
 LOG = "log.txt"
 PENDING_CAP = 1 << 20  # bytes of output kept from before the first log file (the tail)
 _router: "OutputRouter | None" = None
@@ -108,28 +110,26 @@ def _steps(steps: list[dict]) -> str:
 
 
 def baseline_line(result: dict) -> str:
+    """Every declared objective's value (with its standard error where it has one) and the perplexity."""
     r = result
     ppl = f"ppl {r['perplexity']:.2f}  " if r.get("perplexity") else ""
-    return (f"baseline     acc {r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f} (n={r['accuracy_n']})  {ppl}"
-            f"{kld_text(r)}"
-            f"{r['latency_ms']:.1f} ms/token  {r['memory_gb']:.3f} GB peak  {r['model_size_gb']:.3f} GB on disk")
+    values = "  ".join(f"{o.short or o.name} {o.shown(r.get(o.name), stderr(r, o.name))}" + (f" {o.unit}" if o.unit
+                       else "") + (f" (n={r['accuracy_n']})" if o.name == "accuracy" else "")
+                       for o in SPECS if r.get(o.name) is not None)
+    return f"baseline     {values}  {ppl}".rstrip()
 
 
 def episode_line(ep: dict) -> str:
+    """The strategy, then each objective with a standard error as its value, and the others as ratios to the
+    baseline."""
     head = f"{ep['episode_id']}  {ep['status']:<7}  {_steps(ep['strategy']['steps'])}"
     if ep["status"] != "success":
         return f"{head}  {(ep.get('error') or '').strip().splitlines()[0][:160] if ep.get('error') else ''}"
     r, rel = ep["result"], ep["result"].get("relative") or {}
-    ratios = "  ".join(f"{label} {rel[k]:.2f}x" for k, label in (("model_size_gb", "size"), ("latency_ms", "latency"),
-                                                                    ("memory_gb", "memory")) if k in rel)
-    return (f"{head}  acc {r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f}  {kld_text(r)}{ratios}  "
-            f"frontier: {'yes' if ep.get('entered_frontier') else 'no'}")
-
-
-def kld_text(r: dict) -> str:
-    """'KLD 0.0559 ± 0.0021  ' from a result (as llama-perplexity prints its mean), or nothing when not measured."""
-    d = r.get("kld_detail") or {}
-    return f"KLD {d['mean']:.4f} ± {d.get('stderr', 0):.4f}  " if d.get("mean") is not None else ""
+    parts = [f"{o.short or o.name} {o.shown(r[o.name], stderr(r, o.name))}" if stderr(r, o.name) is not None
+             else f"{o.short or o.name} {rel[o.name]:.2f}x" if o.name in rel else ""
+             for o in SPECS if r.get(o.name) is not None]
+    return f"{head}  {'  '.join(p for p in parts if p)}  frontier: {'yes' if ep.get('entered_frontier') else 'no'}"
 
 
 class RunConsole:

@@ -20,13 +20,15 @@ def check_data_dir(data_dir: Path, dataset: str) -> None:
     from . import benchmarks
 
     if not data_dir.is_dir():
-        raise UserError(f"data dir {data_dir} does not exist", "pass --data-dir pointing at a folder like ../shared/data")
+        raise UserError(f"data dir {data_dir} does not exist",
+                        "pass --data-dir pointing at a folder like ../shared/data")
     for name in benchmarks.names(dataset) if dataset else ():
         if name != benchmarks.HUMANEVAL:
             benchmarks.load_docs(data_dir, name)
     need = data_dir / "wikitext-2" / "wiki.test.raw"
     if not need.is_file():
-        raise UserError(f"missing data file {need}", "pass --data-dir pointing at a folder laid out like ../shared/data")
+        raise UserError(f"missing data file {need}",
+                        "pass --data-dir pointing at a folder laid out like ../shared/data")
 
 
 @lru_cache(maxsize=4)

@@ -183,7 +183,7 @@ def divergence(reference, ours, tokenizer_dir: Path) -> float:
     CHECK_TEXT, tokenized by the tokenizer in ``tokenizer_dir``; both are closed."""
     import torch
 
-    from .llamacpp import next_token_stats
+    from .llamacpp_runtime import next_token_stats
     from .models import load_tokenizer
 
     ids = load_tokenizer(tokenizer_dir)(CHECK_TEXT)["input_ids"]

@@ -92,7 +92,7 @@ def _convert(gguf: Path, out: Path) -> Path:
 
 
 def check_conversion(gguf: Path, folder: Path) -> dict:
-    from . import llamacpp
+    from . import llamacpp_runtime as llamacpp
 
     model, tok = load(folder)
     result = {"source": gguf.name, "source_bytes": gguf.stat().st_size, **llamacpp.compare(model, tok, gguf)}

@@ -84,7 +84,7 @@ def validate(strategy: Strategy, target=None) -> tuple[int, str] | None:
         if m.final and i != len(strategy.steps) - 1:
             return i, f"step {i}: {st.method} writes the deployed file, so it must be the last step"
         if target is not None and not target.offers(m):
-            return i, (f"step {i}: {st.method} produces {m.runtime} checkpoints, which the {target.name} target does "
+            return i, (f"step {i}: {st.method} produces {m.produces} checkpoints, which the {target.name} target does "
                        f"not run (it runs {', '.join(sorted(target.runs))})")
     return target.refuses(strategy.steps) if target is not None else None
 

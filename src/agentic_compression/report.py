@@ -167,16 +167,12 @@ def markdown(exp_dir: Path) -> str:
     """A GitHub table, ready for a model card or an issue: accuracy ± its standard error, costs as measured."""
     final = read_final(exp_dir)
 
-    def num(v, fmt=".4g"):
-        return "-" if v is None else format(v, fmt)
-
-    lines = ["| episode | status | Pareto | accuracy | decode ms/token | peak memory GB | size GB | CO2 g/1k tokens | "
-             "KLD nats/token | perplexity | strategy |", "|---|---|:-:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| episode | status | Pareto | " + " | ".join(o.label for o in SPECS) + " | perplexity | strategy |",
+             "|---|---|:-:|" + "---:|" * (len(SPECS) + 1) + "---|"]
     for r in records(exp_dir):
-        acc = num(r["accuracy"], ".3f") + (f" ± {r['accuracy_stderr']:.3f}" if r["accuracy_stderr"] else "")
-        lines.append(f"| {r['episode']} | {r['status']} | {'✓' if r['pareto'] else ''} | {acc} | "
-                     f"{num(r['latency_ms'], '.1f')} | {num(r['memory_gb'], '.3f')} | {num(r['model_size_gb'], '.3f')} "
-                     f"| {num(r['co2_grams'], '.3g')} | {num(r['kld'], '.4f')} | {num(r['perplexity'], '.2f')} "
+        values = " | ".join(o.shown(r[o.name], r.get(f"{o.name}_stderr") or None) for o in SPECS)
+        ppl = "-" if r["perplexity"] is None else f"{r['perplexity']:.2f}"
+        lines.append(f"| {r['episode']} | {r['status']} | {'✓' if r['pareto'] else ''} | {values} | {ppl} "
                      f"| `{r['strategy']}` |")
     lines.append("")
     lines.append(f"Stopped: {final['termination_reason']}. Balanced pick: {final['balanced']}. "

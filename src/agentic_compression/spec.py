@@ -88,12 +88,13 @@ def _hub_info(name: str, timeout: float = 3.0) -> tuple[int, str] | None:
 
 
 def classify(num_params: int) -> tuple[str, list[str]]:
-    """The seed's rule: small -> AutoRound, medium -> GPTQ/AWQ, large -> GPTQ 4-bit."""
-    if num_params <= 3e9:
-        return "small", ["autoround", "gptq", "awq", "rtn"]
-    if num_params <= 15e9:
-        return "medium", ["gptq", "awq", "autoround", "rtn"]
-    return "large", ["gptq", "rtn"]
+    """The size class (the seed's rule: small <= 3B, medium <= 15B, large) and the methods preferred for it, in the
+    order they declare (``Method.size_rank``: small -> AutoRound, medium -> GPTQ/AWQ, large -> GPTQ 4-bit)."""
+    from . import methods
+
+    size = "small" if num_params <= 3e9 else "medium" if num_params <= 15e9 else "large"
+    ranked = [m for m in methods.REGISTRY.values() if size in m.size_rank]
+    return size, [m.name for m in sorted(ranked, key=lambda m: m.size_rank[size])]
 
 
 def infer_spec(name: str, local: Path | None = None, online: bool = False) -> ModelSpec:

@@ -94,11 +94,11 @@ class TaskEvaluator(Protocol):
 
 
 def evaluators() -> list[TaskEvaluator]:
-    """Every kind, the most specific first: a benchmark is scored by the first that claims it."""
-    from .humaneval import HumanEval
-    from .measure import LmEval
+    """Every kind (registry.EVALUATORS), in registration order, the most specific first: a benchmark is scored by
+    the first that claims it."""
+    from ..registry import EVALUATORS
 
-    return [HumanEval(), LmEval()]
+    return list(EVALUATORS.values())
 
 
 def evaluator_for(name: str) -> TaskEvaluator:

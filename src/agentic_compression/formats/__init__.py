@@ -1,6 +1,6 @@
 """Checkpoint formats on the PyTorch side. Each one owns how a model in it is recognised (in memory and in a saved
-folder), saved and loaded back; a method declares the format it produces (``Method.runtime``), and a target names
-the formats it serves (``Target.runs``). A new format is one module here plus its tests.
+folder), saved and loaded back; a method declares the format it produces (``Method.produces``), and a target names
+the formats it serves (``Target.runs``). A new format is one module here (base.py: the interface) plus its tests.
 
 - ``dense`` (dense.py): transformers' own safetensors, structured pruning's smaller model included;
 - ``compressed-tensors`` (compressed_tensors.py): llm-compressor's packed weights, scales and recipe;
@@ -13,53 +13,16 @@ the formats it serves (``Target.runs``). A new format is one module here plus it
 The runtimes' own files (GGUF, ONNX) belong to their targets (targets/), which export to them."""
 from __future__ import annotations
 
-import json
+import importlib
+import pkgutil
 import shutil
 from pathlib import Path
-from typing import ClassVar
 
+from ..registry import FORMATS
+from .base import Format, quant_method, register
 
-class Format:
-    name: ClassVar[str]
-
-    def holds(self, model) -> bool:
-        """The model in memory is in this format."""
-        raise NotImplementedError
-
-    def stored(self, folder: Path) -> bool:
-        """A saved checkpoint folder is in this format."""
-        return quant_method(folder) == self.name
-
-    def save(self, model, out: Path) -> None:
-        model.save_pretrained(out)
-
-    def load(self, folder: Path, device: str = "cpu"):
-        """The model in float32 where the format allows, on ``device`` (device_map places the quantized formats that
-        cannot be moved after loading)."""
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                    **({"device_map": device} if device != "cpu" else {}))
-
-
-# in the order they are recognised; dense holds whatever the others do not, and a folder quantized by a library acf
-# does not write is stored as "other" (other.py)
-FORMATS: dict[str, Format] = {}
-
-
-def register(cls: type[Format]) -> type[Format]:
-    if cls.name in FORMATS and type(FORMATS[cls.name]) is not cls:
-        raise ValueError(f"format name '{cls.name}' is taken by {type(FORMATS[cls.name]).__qualname__}")
-    FORMATS[cls.name] = cls()
-    return cls
-
-
-def quant_method(folder: Path) -> str | None:
-    """What a saved config.json says its weights are quantized with (None: not quantized)."""
-    f = Path(folder) / "config.json"
-    cfg = json.loads(f.read_text()) if f.is_file() else {}
-    return (cfg.get("quantization_config") or {}).get("quant_method")
+__all__ = ["FORMATS", "Format", "bits_per_weight", "describe", "load", "logical_params", "of", "quant_method",
+           "register", "save", "stored_as"]
 
 
 def of(model) -> Format:
@@ -76,7 +39,11 @@ def of(model) -> Format:
 
 
 def stored_as(folder: Path) -> Format:
-    return next(f for f in FORMATS.values() if f.stored(Path(folder)))
+    """The one format a saved folder is in."""
+    found = [f for f in FORMATS.values() if f.stored(Path(folder))]
+    if len(found) != 1:
+        raise ValueError(f"{folder} is claimed by {len(found)} formats ({', '.join(f.name for f in found)}), not one")
+    return found[0]
 
 
 def save(model, tokenizer, out: Path, source: Path | None = None) -> None:
@@ -142,4 +109,8 @@ def describe(folder: Path, params: int) -> dict:
             "bits_per_weight": round(bits_per_weight(folder, params), 3)}
 
 
-from . import low_rank, compressed_tensors, bitsandbytes, dense, other  # noqa: E402,F401  (registered in this order)
+# each module registers its format (a new format is one file); the built-in ones first, in the order listed above
+from . import low_rank, compressed_tensors, bitsandbytes, dense, other  # noqa: E402,F401,I001
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

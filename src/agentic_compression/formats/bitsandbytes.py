@@ -2,7 +2,7 @@
 BitsAndBytesConfig the saved config carries (methods/bnb.py)."""
 from __future__ import annotations
 
-from . import Format, register
+from .base import Format, register
 
 
 @register

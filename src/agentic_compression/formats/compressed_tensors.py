@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Format, register
+from .base import Format, register
 
 
 @register

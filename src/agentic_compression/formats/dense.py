@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Format, quant_method, register
+from .base import Format, quant_method, register
 from .low_rank import LOWRANK_FILE
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import Format, register
+from .base import Format, register
 
 LOWRANK_FILE = "acf_lowrank.json"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import FORMATS, Format, quant_method, register
+from ..registry import FORMATS
+from .base import Format, quant_method, register
 
 
 @register

@@ -1,5 +1,10 @@
-# each registers its methods
-from . import asvd, bnb, gguf, llmcompressor_quant, mixed, ort, pruning, structured, training  # noqa: F401
+"""Compression methods: each module registers its methods (base.py: the interface), so a new method is one file."""
+import importlib
+import pkgutil
+
 from .base import REGISTRY, Context, Method, Param, ParamError, available_methods, get, register, registered
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["REGISTRY", "Context", "Method", "Param", "ParamError", "available_methods", "get", "register", "registered"]

@@ -39,7 +39,8 @@ def factorise(linear: nn.Linear, scale: torch.Tensor | None, rank: int, alpha: f
 class ASVD(Method):
     name = "asvd"
     action = "asvd"
-    runtime = "low-rank"
+    produces = "low-rank"
+    tags = ("low-rank",)
     requires = ()
     memory_factor = 2.0
     reduces = ("model_size_gb", "memory_gb", "latency_ms")

@@ -1,5 +1,7 @@
 """The Method interface and its registry: every compression method declares what it is, which parameters it takes
-(with ranges), which libraries it needs, and whether it can run here. Unavailable methods are never offered."""
+(with ranges), which libraries it needs, whether it can run here, the format it produces, the bits it stores, its
+Hub tags and its rank for a model's size class. Unavailable methods are never offered. The targets package checks,
+when it is imported and at every later registration, that some target runs each method's format (registry.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,6 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, create_model
+
+from ..registry import METHODS
 
 
 class ParamError(ValueError):
@@ -77,11 +81,17 @@ class Context:
 class Method:
     name: ClassVar[str]
     action: ClassVar[str]  # the action family the coordinator routes by
-    # the format it produces (formats/, or a target's own file: gguf, onnx), which decides where the result runs and
-    # what its latency and memory depend on: candidates of one format land in one region of objective space, so a
-    # policy widening the frontier spreads its first episodes over them ("dense-smaller": a dense checkpoint of
-    # smaller widths)
-    runtime: ClassVar[str] = "dense"
+    # the format it produces (a registered one, formats/, or a target's own file: gguf, onnx), which decides where
+    # the result runs (a target whose ``runs`` holds it)
+    produces: ClassVar[str] = "dense"
+    # the region of objective space its candidates land in (its format unless it says otherwise: "dense-smaller", a
+    # dense checkpoint of smaller widths): a policy widening the frontier spreads its first episodes over regions
+    region: ClassVar[str]
+    # the Hub tags of its result (the format it writes and the algorithm: compressed-tensors, gptq, awq, ...)
+    tags: ClassVar[tuple[str, ...]] = ()
+    # its place in the preference for a model of each size class (spec.py: small <= 3B < medium <= 15B < large;
+    # 0 first); a size class it is not listed for does not prefer it
+    size_rank: ClassVar[dict[str, int]] = {}
     requires: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[tuple[Param, ...]] = ()
     # peak memory of applying it, as a multiple of the fp32 weights (what the resource check compares)
@@ -91,6 +101,16 @@ class Method:
     reduces: ClassVar[tuple[str, ...]] = ("model_size_gb",)
     # how long applying it takes on CPU: 0 seconds (data-free), 1 about a minute, 2 several minutes (SmolLM2-135M)
     cost: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "region" not in cls.__dict__:
+            cls.region = cls.produces
+
+    @classmethod
+    def bits(cls, params: dict[str, Any]) -> int:
+        """The weight bits a step of it with these parameters stores (a quantizer says; others keep 16)."""
+        return 16
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -177,16 +197,13 @@ class Method:
     keeps_base_weights: ClassVar[bool] = False
 
 
-REGISTRY: dict[str, type[Method]] = {}
+REGISTRY = METHODS
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Add a method; a second method under a taken name is an error (lm-eval's registry rule), never a silent
-    replacement."""
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise ValueError(f"method name '{cls.name}' is taken by {REGISTRY[cls.name].__qualname__}")
-    REGISTRY[cls.name] = cls
-    return cls
+    replacement, and so is one that breaks a contract (its format run by no target)."""
+    return METHODS.register(cls)
 
 
 @contextmanager
@@ -196,15 +213,15 @@ def registered(cls: type[Method]):
     try:
         yield cls
     finally:
-        REGISTRY.pop(cls.name, None)
+        METHODS.remove(cls.name)
 
 
 def get(name: str) -> type[Method]:
-    if name not in REGISTRY:
-        raise KeyError(f"unknown method '{name}' (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[name]
+    if name not in METHODS:
+        raise KeyError(METHODS.unknown(name))
+    return METHODS[name]
 
 
 def available_methods(arch=None) -> dict[str, type[Method]]:
     """The methods that can run here, and on a model of this architecture when one is given."""
-    return {n: m for n, m in REGISTRY.items() if m.available()[0] and (arch is None or m.supports(arch) is None)}
+    return {n: m for n, m in METHODS.items() if m.available()[0] and (arch is None or m.supports(arch) is None)}

@@ -36,11 +36,16 @@ class BitsAndBytes(Method):
     name = "bnb"
     cost = 0
     action = "quantization"
-    runtime = "bitsandbytes"
+    produces = "bitsandbytes"
+    tags = ("bitsandbytes", "quantized")
     requires = ("bitsandbytes",)
     memory_factor = 2.0
     params = (Param(name="mode", choices=["int8", "nf4", "fp4"], default="nf4"),
               Param(name="double_quant", choices=[True, False], default=True, help="4-bit only: quantize scales"))
+
+    @classmethod
+    def bits(cls, params):
+        return 8 if {**cls.defaults(), **params}["mode"] == "int8" else 4
 
     @classmethod
     def check(cls, params, config):

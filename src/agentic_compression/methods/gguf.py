@@ -3,7 +3,7 @@ the last step of a strategy on the llamacpp target, after any PyTorch-side steps
 LoRA merged). Optionally with an importance matrix computed by llama.cpp from the experiment's calibration text."""
 from __future__ import annotations
 
-from ..llamacpp import TYPES, converter_missing, tool
+from ..llamacpp_runtime import TYPES, converter_missing, tool
 from .base import Method, Param, register
 
 
@@ -11,7 +11,7 @@ from .base import Method, Param, register
 class GGUFQuant(Method):
     name = "gguf"
     action = "quantization"
-    runtime = "gguf"
+    produces = "gguf"
     final = True
     cost = 0
     memory_factor = 3.0  # the PyTorch model for the export check, plus llama.cpp's f32 file being quantized
@@ -30,6 +30,14 @@ class GGUFQuant(Method):
               Param(name="tensor_types", default=None,
                     help="per-tensor overrides, {tensor name or pattern: ggml type}, e.g. {\"attn_v\": \"q8_0\"} "
                          "(mixed precision; set by a person or an allocation, never enumerated by a policy)"))
+
+    @classmethod
+    def bits(cls, params):
+        """An allocation's budget (4.5 -> 4), else the type's first digit (Q4_K_M, IQ4_XS -> 4)."""
+        p = {**cls.defaults(), **params}
+        if p.get("avg_bits") is not None:
+            return int(p["avg_bits"])
+        return int(next(c for c in p["type"] if c.isdigit()))
 
     @classmethod
     def available(cls):

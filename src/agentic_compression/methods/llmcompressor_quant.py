@@ -58,8 +58,12 @@ _CALIB = (Param(name="num_samples", low=8, high=1024, default=64, help="calibrat
 
 class _LLMCompressorQuant(Method):
     action = "quantization"
-    runtime = "compressed-tensors"
+    produces = "compressed-tensors"
     requires = ("llmcompressor", "compressed_tensors")
+
+    @classmethod
+    def bits(cls, params):
+        return int({**cls.defaults(), **params}["scheme"][1])  # W4A16 -> 4
 
     @classmethod
     def check(cls, params, config):
@@ -91,6 +95,8 @@ class RTN(_LLMCompressorQuant):
     """Round-to-nearest, data-free: seconds."""
 
     name = "rtn"
+    tags = ("compressed-tensors", "quantized")
+    size_rank = {"small": 3, "medium": 3, "large": 1}
     cost = 0
     memory_factor = 1.5
     params = (Param(name="scheme", choices=_SCHEMES, default="W4A16"),
@@ -107,6 +113,8 @@ class GPTQ(_LLMCompressorQuant):
     """GPTQ: second-order error compensation on calibration activations (minutes on CPU)."""
 
     name = "gptq"
+    tags = ("compressed-tensors", "gptq", "quantized")
+    size_rank = {"small": 1, "medium": 0, "large": 0}
     memory_factor = 2.5
     params = (Param(name="scheme", choices=["W4A16", "W8A16"], default="W4A16"),
               Param(name="group_size", choices=_GROUPS, default=128),
@@ -129,6 +137,8 @@ class AWQ(_LLMCompressorQuant):
     pinning (a transfer optimisation only) is skipped on CPU."""
 
     name = "awq"
+    tags = ("compressed-tensors", "awq", "quantized")
+    size_rank = {"small": 2, "medium": 1}
     memory_factor = 3.0
     params = (Param(name="scheme", choices=["W4A16"], default="W4A16"),
               Param(name="group_size", choices=[32, 64, 128], default=128),
@@ -179,6 +189,8 @@ class AutoRound(_LLMCompressorQuant):
     after load, instead of auto-round's own fp16 QuantLinear that is ~25x slower on CPU)."""
 
     name = "autoround"
+    tags = ("compressed-tensors", "autoround", "quantized")
+    size_rank = {"small": 0, "medium": 2}
     cost = 2
     requires = ("llmcompressor", "compressed_tensors", "auto_round")
     memory_factor = 3.0

@@ -163,7 +163,7 @@ class Mixed(Method):
 
     name = "mixed"
     action = "quantization"
-    runtime = "compressed-tensors"
+    produces = "compressed-tensors"
     requires = ("llmcompressor", "compressed_tensors")
     cost = 2
     memory_factor = 2.0
@@ -172,6 +172,10 @@ class Mixed(Method):
               Param(name="group_size", choices=[32, 64, 128], default=64, help="weights per scale, both formats"),
               Param(name="num_samples", low=1, high=64, default=4, help="calibration windows the KLs are measured on"),
               Param(name="seq_len", low=32, high=1024, default=128, help="tokens per calibration window"))
+
+    @classmethod
+    def bits(cls, params):
+        return int({**cls.defaults(), **params}["avg_bits"])
 
     @classmethod
     def check(cls, params, config):

@@ -13,7 +13,7 @@ MIXED = ["mixed_layers:int8", "last_matmul:int8,mixed_layers:int8"]
 class OrtQuant(Method):
     name = "ort"
     action = "quantization"
-    runtime = "onnx"
+    produces = "onnx"
     final = True
     cost = 0
     memory_factor = 3.0
@@ -30,6 +30,10 @@ class OrtQuant(Method):
                     help="int4 precision with the builder's int8 groups: llama.cpp's sensitive layers "
                          "(mixed_layers: the first and last eighth of the layers and every third layer's qkv/v/down "
                          "projections), and the head (last_matmul, on a model whose head is not its embedding)"))
+
+    @classmethod
+    def bits(cls, params):
+        return 8 if {**cls.defaults(), **params}["precision"] == "int8" else 4
 
     @classmethod
     def check(cls, params, config):

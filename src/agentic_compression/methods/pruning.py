@@ -51,6 +51,7 @@ class _Pruner(Method):
 @register
 class Magnitude(_Pruner):
     name = "magnitude"
+    tags = ("sparse", "pruned")
     cost = 0
     requires = ()
     memory_factor = 1.5
@@ -92,6 +93,7 @@ class _LLMCompressorPruner(_Pruner):
 @register
 class SparseGPT(_LLMCompressorPruner):
     name = "sparsegpt"
+    tags = ("compressed-tensors", "sparse", "pruned")
     modifier_class = "SparseGPTModifier"
 
 
@@ -103,6 +105,7 @@ class Wanda(_Pruner):
     another sparsity measures nothing again. (llm-compressor's modifier measures layer by layer through the layers it
     has already pruned, so its norms depend on the sparsity and cannot be reused.)"""
     name = "wanda"
+    tags = ("sparse", "pruned")
     requires = ()
     memory_factor = 1.5
     params = (_SPARSITY, _STRUCTURE, *_CALIB)

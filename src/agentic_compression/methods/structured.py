@@ -117,7 +117,8 @@ def prune_layers(model, arch: Architecture, samples, ratio: float) -> list[int]:
 class Structured(Method):
     name = "structured"
     action = "pruning"
-    runtime = "dense-smaller"
+    produces, region = "dense", "dense-smaller"
+    tags = ("pruned",)
     requires = ()
     memory_factor = 1.5
     reduces = ("model_size_gb", "memory_gb", "latency_ms")

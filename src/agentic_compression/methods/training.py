@@ -70,13 +70,14 @@ def train_lora(model, tokenizer, p: dict, ctx: Context):
     return merged
 
 
-_LORA = (Param(name="rank", choices=[4, 8, 16, 32], default=16), Param(name="alpha", choices=[8, 16, 32, 64], default=32),
-         *_TRAIN)
+_LORA = (Param(name="rank", choices=[4, 8, 16, 32], default=16),
+         Param(name="alpha", choices=[8, 16, 32, 64], default=32), *_TRAIN)
 
 
 @register
 class LoRA(Method):
     name = "lora"
+    tags = ("peft", "lora")
     action = "lora"
     requires = ("peft",)
     memory_factor = 3.0
@@ -93,11 +94,16 @@ class LoRA(Method):
 class QLoRA(Method):
     name = "qlora"
     action = "qlora"
-    runtime = "bitsandbytes"
+    produces = "bitsandbytes"
+    tags = ("peft", "qlora")
     requires = ("peft", "bitsandbytes")
     memory_factor = 3.0
     reduces = ("model_size_gb",)
     params = _LORA
+
+    @classmethod
+    def bits(cls, params):
+        return 4
 
     def apply(self, model, tokenizer, params, ctx: Context):
         from .bnb import load_quantized
@@ -108,6 +114,7 @@ class QLoRA(Method):
 @register
 class Distill(Method):
     name = "distill"
+    tags = ("distillation",)
     action = "distillation"
     requires = ()
     memory_factor = 4.0

@@ -395,7 +395,7 @@ class LLMPolicy:
             kw["tools"] = [{"type": "function", "function": {"name": "decide", "parameters": schema,
                                                              "description": "the next compression strategy"}}]
             kw["tool_choice"] = {"type": "function", "function": {"name": "decide"}}
-        delay, last = s.backoff_s, None
+        delay = s.backoff_s
         for i in range(s.http_retries + 1):
             t = time.perf_counter()
             try:
@@ -407,7 +407,7 @@ class LLMPolicy:
                                 "status": e.status_code, "seconds": round(time.perf_counter() - t, 2)})
                     raise EndpointError(f"endpoint refused the request: HTTP {e.status_code}: "
                                         f"{self._scrub(str(e.message))[:300]}") from None
-                last = e  # refused connection, 429, 5xx, a deadline, a body too large or unparseable: retried
+                # refused connection, 429, 5xx, a deadline, a body too large or unparseable: retried
                 why = f"{e} ({e.__cause__})" if e.__cause__ else str(e)  # openai's "Connection error." hides it
                 entry = {"http_error": self._scrub(f"{type(e).__name__}: {why}")[:500],
                          "status": getattr(e, "status_code", None), "seconds": round(time.perf_counter() - t, 2)}

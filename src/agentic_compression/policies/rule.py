@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import math
 
+from .. import methods
 from ..pipelines import TEMPLATES, instantiate
 from ..prior import WRECKED
 from ..schemas import Step, Strategy
 from .base import PolicyView, candidate_steps, learned, m_action, single, wrecked_methods
-
 
 # a runtime already tried ranks its methods down by more than two places of the spec's preference: each runtime
 # (format) is a region of objective space, and the first episodes should visit each before refining one
@@ -44,20 +44,9 @@ RUNTIME_TRIED = 3.0
 
 
 def bits(step: Step) -> int:
-    """Weight bits a step stores: W4A16 -> 4, bitsandbytes int8 -> 8 and nf4/fp4 -> 4, QLoRA 4, llama.cpp's
-    Q4_K_M / IQ4_XS and ONNX Runtime's int4 -> 4 (their first digit), mixed precision's average (4.5 -> 4), else
-    16."""
-    scheme, mode = step.params.get("scheme"), step.params.get("mode")
-    qtype, avg = step.params.get("type") or step.params.get("precision"), step.params.get("avg_bits")
-    if isinstance(avg, (int, float)) and not isinstance(avg, bool):
-        return int(avg)
-    if isinstance(scheme, str) and scheme[:1] == "W":
-        return int(scheme[1])
-    if isinstance(qtype, str) and any(c.isdigit() for c in qtype):
-        return int(next(c for c in qtype if c.isdigit()))
-    if mode is not None:
-        return 8 if mode == "int8" else 4
-    return 4 if step.method == "qlora" else 16
+    """Weight bits a step stores, as its method declares them (W4A16 -> 4, bitsandbytes int8 -> 8, llama.cpp's
+    Q4_K_M -> 4, an allocation's 4.5 -> 4; a method that keeps float weights 16)."""
+    return methods.get(step.method).bits(step.params) if step.method in methods.REGISTRY else 16
 
 
 def _family(step: Step) -> tuple[str, int]:
@@ -88,7 +77,7 @@ class RulePolicy:
             for s in h["strategy"]["steps"]:
                 st = Step(**s)
                 tried_families[_family(st)] = tried_families.get(_family(st), 0) + 1
-                rt = view.methods[st.method].runtime if st.method in view.methods else st.method
+                rt = view.methods[st.method].region if st.method in view.methods else st.method
                 tried_runtimes[rt] = tried_runtimes.get(rt, 0) + 1
                 if h["status"] in ("failed", "pruned") or (h.get("relative") or {}).get("perplexity", 1.0) > WRECKED:
                     dropped_methods.add(st.method)
@@ -102,7 +91,7 @@ class RulePolicy:
             rank = pref.index(step.method) if step.method in pref else len(pref)
             b = bits(step)
             s = 0.5 * rank + 2.0 * tried_families.get(_family(step), 0)
-            s += RUNTIME_TRIED * tried_runtimes.get(view.methods[step.method].runtime, 0)
+            s += RUNTIME_TRIED * tried_runtimes.get(view.methods[step.method].region, 0)
             s += 0.3 if step.params.get("mode") == "fp4" else 0.0  # NF4 is the better 4-bit float (QLoRA paper)
             if "granularity" in step.params:  # bench/methods.py: 10% of MLP channels cost far less than 10% of layers
                 s += {"mlp": 0.0, "head": 0.3, "layer": 0.6}[step.params["granularity"]]
@@ -114,7 +103,7 @@ class RulePolicy:
             s += view.methods[step.method].cost * (1.0 if b == 8 else 0.1)
             if step.params.get("imatrix"):  # measured: llama.cpp's importance matrix removes 41% of Q4_K_M's KLD
                 s -= 0.5
-            if step.params.get("avg_bits") is not None and view.methods[step.method].runtime == "gguf":
+            if step.params.get("avg_bits") is not None and view.methods[step.method].produces == "gguf":
                 near = 4.5 if size_unmet else 6.0  # the presets' size, or less while a size goal is unmet
                 s += 0.3 * abs(step.params["avg_bits"] - near) - 0.2  # every type per tensor
             if step.params.get("matmul_mixed_precision"):  # int8 groups in an int4 ONNX model: after the plain one

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..llamacpp import TYPES
+from ..llamacpp_runtime import TYPES
 
 SCALE = 32  # bits x 32 is a whole number for every type (Q6_K: 210; Q3_K: 110): the knapsack's integer weights
 

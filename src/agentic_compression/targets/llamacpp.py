@@ -19,8 +19,8 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from ..llamacpp import TYPES, converter_missing, tool, tools_dir
-from . import Target, clean_tokenizer, copy_side_files, register
+from ..llamacpp_runtime import TYPES, converter_missing, tool, tools_dir
+from .base import Target, clean_tokenizer, copy_side_files, register
 from .gguf_types import importance
 
 GGUF = "model.gguf"
@@ -166,7 +166,8 @@ def architecture_of(path: Path) -> str:
 class LlamaCppTarget(Target):
     name = "llamacpp"
     runtime = "llama.cpp"
-    runs = frozenset({"dense", "dense-smaller", "gguf"})
+    runs = frozenset({"dense", "gguf"})
+    writes = frozenset({"gguf"})
     requires = ("llama_cpp", "gguf")
     presets = {"Q4_K_M": [{"method": "gguf", "params": {"type": "Q4_K_M"}}],  # llama.cpp's recommended default
                "Q8_0": [{"method": "gguf", "params": {"type": "Q8_0"}}]}
@@ -180,7 +181,8 @@ class LlamaCppTarget(Target):
         return f"llama-cpp-python {version('llama_cpp_python')}"
 
     def export(self, dense: Path, out: Path, final=None, ctx=None) -> dict:
-        from .. import llamacpp, methods
+        from .. import llamacpp_runtime as llamacpp
+        from .. import methods
         from ..models import load
 
         out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +238,7 @@ class LlamaCppTarget(Target):
         return info
 
     def predictor(self, checkpoint: Path):
-        from ..llamacpp import LlamaCpp
+        from ..llamacpp_runtime import LlamaCpp
 
         return LlamaCpp(checkpoint / GGUF, n_ctx=512, threads=1)
 
@@ -257,13 +259,13 @@ From Python (llama-cpp-python): `from llama_cpp import Llama; llm = Llama("PATH/
                                           f"FROM ./{GGUF}\n")
 
     def load(self, checkpoint: Path, settings):
-        from ..llamacpp import LlamaCpp
+        from ..llamacpp_runtime import LlamaCpp
 
         n_ctx = settings.prompt_tokens + settings.decode_tokens + 8  # what serving this prompt holds in KV cache
         return LlamaCpp(checkpoint / GGUF, n_ctx=n_ctx, threads=settings.threads, logits_all=False)
 
     def scoring(self, model, settings):
-        from ..llamacpp import LlamaCpp
+        from ..llamacpp_runtime import LlamaCpp
 
         model.close()
         return LlamaCpp(model.path, n_ctx=max(settings.ppl_window, 2048), threads=settings.threads)

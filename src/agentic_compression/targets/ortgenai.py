@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..llamacpp import shared_prefix
-from . import Target, clean_tokenizer, copy_side_files, register
+from ..llamacpp_runtime import shared_prefix
+from .base import Target, clean_tokenizer, copy_side_files, register
 
 FORMAT_FILE = "acf_format.json"
 # how a user runs an exported folder (the model card's; tests run it as written, PATH replaced)
@@ -195,7 +195,7 @@ def check(model, tokenizer, runtime, kl_tolerance: float) -> dict:
     """The exported model against the PyTorch one on the check text: perplexity ratio and next-token KL."""
     import torch
 
-    from ..llamacpp import CHECK_TEXT, next_token_stats
+    from ..llamacpp_runtime import CHECK_TEXT, next_token_stats
 
     ids = tokenizer(CHECK_TEXT)["input_ids"]
     with torch.no_grad():
@@ -212,7 +212,8 @@ def check(model, tokenizer, runtime, kl_tolerance: float) -> dict:
 class OrtGenAITarget(Target):
     name = "ortgenai"
     runtime = "onnxruntime-genai"
-    runs = frozenset({"dense", "dense-smaller", "onnx", "compressed-tensors"})
+    runs = frozenset({"dense", "onnx", "compressed-tensors"})
+    writes = frozenset({"onnx"})
     # the model builder's defaults for int4 on the CPU: blocks of 32, int8 activations (accuracy level 4), RTN
     presets = {"int4": [{"method": "ort", "params": {"precision": "int4", "block_size": 32, "accuracy_level": 4}}]}
     requires = ("onnxruntime_genai", "onnx_ir")
@@ -222,7 +223,7 @@ class OrtGenAITarget(Target):
         from ..methods import get
 
         for i, st in enumerate(steps):
-            if get(st.method).runtime == "compressed-tensors":
+            if get(st.method).produces == "compressed-tensors":
                 if i != len(steps) - 1:
                     return i, (f"step {i}: {st.method}'s integer weights are exported to ONNX as they are, so it "
                                "must be the last step")

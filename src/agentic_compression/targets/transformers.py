@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Target, register
+from .base import Target, register
 
 
 @register
 class Transformers(Target):
     name = "transformers"
     runtime = "transformers"
-    runs = frozenset({"dense", "dense-smaller", "compressed-tensors", "bitsandbytes", "low-rank"})
+    runs = frozenset({"dense", "compressed-tensors", "bitsandbytes", "low-rank"})
     # GPTQ W4A16 (llm-compressor) at the largest group size the model's widths allow
     presets = {"GPTQ W4A16": [{"method": "gptq", "params": {"scheme": "W4A16", "group_size": "largest"}}]}
     requires = ("transformers",)

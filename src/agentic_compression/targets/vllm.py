@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import Target, register
+from .base import Target, register
 
 MEMORY_FRACTION = 0.4  # of the GPU, per engine: a candidate and the baseline it is timed beside share one GPU
 THROUGHPUT_BATCH = 16  # requests in flight at once for the throughput figure
@@ -145,7 +145,7 @@ def gpu_memory_bytes(pids: set[int]) -> int:
 class VLLMTarget(Target):
     name = "vllm"
     runtime = "vllm"
-    runs = frozenset({"dense", "dense-smaller", "compressed-tensors"})
+    runs = frozenset({"dense", "compressed-tensors"})
     # GPTQ W4A16 (llm-compressor) at the largest group size the model's widths allow
     presets = {"GPTQ W4A16": [{"method": "gptq", "params": {"scheme": "W4A16", "group_size": "largest"}}]}
     requires = ("vllm",)
