@@ -41,6 +41,7 @@ from .base import PolicyView, candidate_steps, learned, m_action, single, wrecke
 # a runtime already tried ranks its methods down by more than two places of the spec's preference: each runtime
 # (format) is a region of objective space, and the first episodes should visit each before refining one
 RUNTIME_TRIED = 3.0
+STORED = ("type", "precision", "scheme", "mode", "avg_bits")  # the parameters that choose what a method stores
 
 
 def bits(step: Step) -> int:
@@ -113,6 +114,11 @@ class RulePolicy:
                 s += 0.6 if g is None else 0.3 * abs(math.log2(g / 64))
             s += 0.0 if view.methods[step.method].reduces else 10.0  # below every method that can lower a cost
             s -= 3.0 * known.get(_family(step), 0.0)
+            # a tie goes to the defaults of how a method rounds and runs, its author's choice (ONNX Runtime's accuracy
+            # level 4 is its fast CPU kernel: int8 at level 1 decoded 17x slower than SmolLM2's f32 baseline,
+            # 2026-12-07); what it stores (a type, a scheme) is the choice the families above compare
+            defaults = view.methods[step.method].defaults()
+            s += 0.01 * sum(v != defaults[k] for k, v in step.params.items() if k in defaults and k not in STORED)
             return s + (20.0 if step.method in dropped_methods else 0.0)  # far: below every runtime's repeats
 
         def score_strategy(st: Strategy) -> float:
