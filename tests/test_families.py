@@ -16,9 +16,9 @@ class Recorder:
     def __init__(self, model):
         self.model, self.device, self.windows = model, model.device, []
 
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, **kw):
         self.windows.append(input_ids[0].tolist())
-        return self.model(input_ids=input_ids)
+        return self.model(input_ids=input_ids, **kw)
 
 
 def test_every_perplexity_window_starts_with_bos_when_the_tokenizer_does(tiny_dir):

@@ -94,26 +94,52 @@ class LlamaCpp:
         """Token ids as llama.cpp makes them, with BOS where the GGUF's vocabulary asks for one."""
         return self.llm.tokenize(text.encode(), add_bos=True, special=False)
 
-    def __call__(self, input_ids, past_key_values: int | None = None, **_):
+    def __call__(self, input_ids, past_key_values: int | None = None, logits_to_keep: int = 0, **_):
+        """Serving mode: the last position's logits. Scoring mode: every position's, or with ``logits_to_keep``
+        (transformers' argument) only the last that many, the output head computed for those alone."""
         import numpy as np
         import torch
 
         ids = input_ids[0].tolist()
-        self.llm.n_tokens = past_key_values or 0  # eval() drops whatever the cache holds beyond this
-        self.llm.eval(ids)
+        self.llm.n_tokens = past_key_values or 0  # the cache holds these; what follows is evaluated
         if self.logits_all:
-            logits = np.array(self.llm.scores[self.llm.n_tokens - len(ids): self.llm.n_tokens])
+            first = max(len(ids) - logits_to_keep, 0) if logits_to_keep else 0
+            self._eval(ids, first)
+            logits = np.array(self.llm.scores[self.llm.n_tokens - len(ids) + first: self.llm.n_tokens])
         else:
+            self.llm.eval(ids)
             logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(1, self.llm.n_vocab())).copy()
         return SimpleNamespace(logits=torch.from_numpy(logits)[None], past_key_values=self.llm.n_tokens)
 
-    def logits(self, ids: list[int]):
-        """Scoring mode: the logits of every position of ``ids`` (numpy, a view), evaluating only what follows the
-        longest prefix it shares with the tokens already in the cache (lm-eval's choices share their context)."""
-        common = shared_prefix(self.llm.input_ids[: self.llm.n_tokens], ids)
+    def logits(self, ids: list[int], first: int = 0):
+        """Scoring mode: the logits of positions ``first``.. of ``ids`` (numpy, a view), evaluating only what
+        follows the longest prefix it shares with the tokens already in the cache (lm-eval's choices share their
+        context) and computing the output head for the positions asked for alone."""
+        common = min(shared_prefix(self.llm.input_ids[: self.llm.n_tokens], ids), first)
         self.llm.n_tokens = common
-        self.llm.eval(ids[common:])
-        return self.llm.scores[: len(ids)]
+        self._eval(ids[common:], first - common)
+        return self.llm.scores[first: len(ids)]
+
+    def _eval(self, tokens: list[int], first: int) -> None:
+        """llama-cpp-python's ``Llama.eval`` after the cached tokens, asking llama.cpp for the logits of
+        ``tokens[first:]`` only (a batch's per-token output flags); they are written to ``scores`` at their
+        positions, and no other row of ``scores`` is read before it is written again."""
+        import numpy as np
+
+        llm = self.llm
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+        for i in range(0, len(tokens), llm.n_batch):
+            chunk, past = tokens[i: i + llm.n_batch], llm.n_tokens
+            llm._batch.set_batch(batch=chunk, n_past=past, logits_all=False)
+            out = [j for j in range(len(chunk)) if i + j >= first]
+            for j in range(len(chunk)):
+                llm._batch.batch.logits[j] = i + j >= first
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[past: past + len(chunk)] = chunk
+            if out:  # the outputs, in batch order: contiguous positions
+                llm.scores[past + out[0]: past + len(chunk)] = np.ctypeslib.as_array(
+                    llm._ctx.get_logits(), shape=(len(out), llm._n_vocab))
+            llm.n_tokens += len(chunk)
 
     def close(self) -> None:
         self.llm.close()

@@ -207,6 +207,13 @@ def hopeless(kld: dict[str, Any], limits: dict[str, float]) -> str | None:
 
 
 @torch.no_grad()
+def last_logits(model, inp: torch.Tensor, n: int) -> torch.Tensor:
+    """The next-token logits at the last ``n`` positions that predict a token of ``inp`` ([n, vocab], float): a
+    runtime that can compute the output head for those alone (transformers' ``logits_to_keep``, llama.cpp's output
+    flags) does; one that computes every position's gives its last rows."""
+    return model(input_ids=inp, logits_to_keep=n + 1).logits[0, -(n + 1):-1].float()
+
+
 def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None = None,
                reference: "Reference | None" = None, keep: Path | None = None,
                prune: dict[str, float] | None = None) -> dict[str, Any]:
@@ -224,19 +231,15 @@ def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None 
     writer = StoredLogProbs(keep).writer() if keep is not None else None
     for begin in range(0, len(ids), stride):
         end = min(begin + window - len(ctx), len(ids))
-        trg_len = end - prev_end
         inp = torch.tensor([ctx + ids[begin:end]], device=model.device)
-        target = inp.clone()
-        target[:, :-trg_len] = -100  # the BOS and the context already scored by the previous window
-        logits, labels = model(input_ids=inp).logits[:, :-1].float(), target[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        n = int((labels != -100).sum())
-        scored = labels[0] != -100
+        # the tokens not scored by the previous window (the BOS and that window's tokens are context only)
+        n = min(end - prev_end, inp.shape[1] - 1)
+        logits, labels = last_logits(model, inp, n), inp[0, -n:]
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
         if kld is not None:
-            kld.add(logits[0][scored].cpu(), reference.next(inp, scored), labels[0][scored].cpu())
+            kld.add(logits.cpu(), reference.next(inp, n), labels.cpu())
         if writer is not None:
-            writer.add(StoredLogProbs.rounded(logits[0][scored].cpu()))
+            writer.add(StoredLogProbs.rounded(logits.cpu()))
         nll, count, prev_end = nll + float(loss), count + n, end
         if prune and kld is not None and count >= SLICE and count - n < SLICE:
             if reason := hopeless(stats := kld.stats(), prune):
@@ -355,8 +358,7 @@ class _Reader:
         self.q = np.memmap(path / "q.u16", dtype=np.uint16, mode="r", shape=(meta["positions"], meta["vocab"]))
         self.top, self.at = torch.from_numpy(np.load(path / "top.npy")), 0
 
-    def next(self, inp: torch.Tensor, scored: torch.Tensor) -> Rounded:
-        n = int(scored.sum())
+    def next(self, inp: torch.Tensor, n: int) -> Rounded:
         if self.at + n > len(self.top):
             raise ValueError(f"the stored reference holds {len(self.top)} positions; this text scores more")
         out = Rounded(self.q[self.at:self.at + n], self.top[self.at:self.at + n])
@@ -375,9 +377,8 @@ class Reference:
     def __init__(self, model, keep: Path | None = None):
         self.model, self.writer = model, StoredLogProbs(keep).writer() if keep is not None else None
 
-    def next(self, inp: torch.Tensor, scored: torch.Tensor) -> Rounded:
-        logits = self.model(input_ids=inp.to(self.model.device)).logits[0, :-1].float().cpu()[scored.cpu()]
-        r = StoredLogProbs.rounded(logits)
+    def next(self, inp: torch.Tensor, n: int) -> Rounded:
+        r = StoredLogProbs.rounded(last_logits(self.model, inp.to(self.model.device), n).cpu())
         if self.writer is not None:
             self.writer.add(r)
         return r

@@ -67,10 +67,10 @@ class OrtGenAI:
         return SimpleNamespace(logits=torch.from_numpy(np.array(logits, dtype=np.float32))[None],
                                past_key_values=(past_key_values or 0) + len(ids))
 
-    def logits(self, ids: list[int]):
-        """Scoring mode: the logits of every position of ``ids``, evaluating only what follows the longest prefix
-        it shares with the sequence before (lm-eval's choices share their context): the generator is rewound to
-        that prefix, whose logits are kept, as llama.cpp's scoring mode reuses its KV cache."""
+    def logits(self, ids: list[int], first: int = 0):
+        """Scoring mode: the logits of positions ``first``.. of ``ids``, evaluating only what follows the longest
+        prefix it shares with the sequence before (lm-eval's choices share their context): the generator is rewound
+        to that prefix, whose logits are kept, as llama.cpp's scoring mode reuses its KV cache."""
         import numpy as np
 
         common = shared_prefix(self.held, ids)
@@ -82,7 +82,7 @@ class OrtGenAI:
         new = np.asarray(self.gen.get_output("logits"), dtype=np.float32)[0]
         self.scores = new if common == 0 else np.concatenate([self.scores[:common], new])
         self.held = list(ids)
-        return self.scores
+        return self.scores[first:]
 
     def close(self) -> None:
         self.gen = self.model = None

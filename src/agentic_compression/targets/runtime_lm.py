@@ -1,5 +1,5 @@
 """lm-eval over a runtime's logits: the accuracy backend of every target but transformers. The runtime's model
-gives ``logits(ids)``, the logits of every position of a token sequence (numpy, [len, vocab])."""
+gives ``logits(ids, first)``, the logits of positions ``first``.. of a token sequence (numpy, [len - first, vocab])."""
 from __future__ import annotations
 
 from lm_eval.api.model import TemplateLM
@@ -33,7 +33,7 @@ class RuntimeLM(TemplateLM):
         out = []
         for _, context, continuation in requests:
             ids = (context + continuation)[-(self.max_length + 1):][:-1]
-            logits = torch.from_numpy(np.array(self.runtime.logits(ids)[-len(continuation):]))
+            logits = torch.from_numpy(np.array(self.runtime.logits(ids, len(ids) - len(continuation))))
             lp = torch.log_softmax(logits.float(), -1)
             target = torch.tensor(continuation)
             out.append((float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
@@ -58,7 +58,7 @@ class RuntimeLM(TemplateLM):
             ids, new = self.tok_encode(context)[-(self.max_length - budget):], []
             text = ""
             for _ in range(budget):
-                nxt = int(self.runtime.logits(ids + new)[len(ids) + len(new) - 1].argmax())
+                nxt = int(self.runtime.logits(ids + new, len(ids) + len(new) - 1)[0].argmax())
                 if nxt == self.eot_token_id:
                     break
                 new.append(nxt)
