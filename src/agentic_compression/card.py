@@ -134,7 +134,7 @@ def model_card(ep: Episode, baseline: EvaluationResult, base_model: str, calibra
     rows = ["| objective | this checkpoint | baseline | ratio |", "|---|---:|---:|---:|"]
     for o in SPECS:  # every declared objective, then what else was measured beside it
         rows.append(kld_row(r) if o.name == "kld" else
-                    _row(titles.get(o.name, f"{o.label}"), "", getattr(r, o.name), getattr(b, o.name),
+                    _row(titles.get(o.name, o.label), "", getattr(r, o.name), getattr(b, o.name),
                          stderr(r, o.name), stderr(b, o.name)))
         if o.name == "accuracy":
             rows.append(_row(f"perplexity (n={r.perplexity_tokens} tokens)", "", r.perplexity, b.perplexity))

@@ -111,12 +111,14 @@ def _steps(steps: list[dict]) -> str:
 
 def baseline_line(result: dict) -> str:
     """Every declared objective's value (with its standard error where it has one) and the perplexity."""
-    r = result
-    ppl = f"ppl {r['perplexity']:.2f}  " if r.get("perplexity") else ""
-    values = "  ".join(f"{o.short or o.name} {o.shown(r.get(o.name), stderr(r, o.name))}" + (f" {o.unit}" if o.unit
-                       else "") + (f" (n={r['accuracy_n']})" if o.name == "accuracy" else "")
-                       for o in SPECS if r.get(o.name) is not None)
-    return f"baseline     {values}  {ppl}".rstrip()
+    r, parts = result, []
+    for o in SPECS:
+        if r.get(o.name) is not None:
+            n = f" (n={r['accuracy_n']})" if o.name == "accuracy" else ""
+            parts.append(f"{o.word} {o.shown(r[o.name], stderr(r, o.name))}{' ' + o.unit if o.unit else ''}{n}")
+    if r.get("perplexity"):
+        parts.append(f"ppl {r['perplexity']:.2f}")
+    return "baseline     " + "  ".join(parts)
 
 
 def episode_line(ep: dict) -> str:
@@ -125,11 +127,15 @@ def episode_line(ep: dict) -> str:
     head = f"{ep['episode_id']}  {ep['status']:<7}  {_steps(ep['strategy']['steps'])}"
     if ep["status"] != "success":
         return f"{head}  {(ep.get('error') or '').strip().splitlines()[0][:160] if ep.get('error') else ''}"
-    r, rel = ep["result"], ep["result"].get("relative") or {}
-    parts = [f"{o.short or o.name} {o.shown(r[o.name], stderr(r, o.name))}" if stderr(r, o.name) is not None
-             else f"{o.short or o.name} {rel[o.name]:.2f}x" if o.name in rel else ""
-             for o in SPECS if r.get(o.name) is not None]
-    return f"{head}  {'  '.join(p for p in parts if p)}  frontier: {'yes' if ep.get('entered_frontier') else 'no'}"
+    r, rel, parts = ep["result"], ep["result"].get("relative") or {}, []
+    for o in SPECS:
+        if r.get(o.name) is None:
+            continue
+        if (err := stderr(r, o.name)) is not None:
+            parts.append(f"{o.word} {o.shown(r[o.name], err)}")
+        elif o.name in rel:
+            parts.append(f"{o.word} {rel[o.name]:.2f}x")
+    return f"{head}  {'  '.join(parts)}  frontier: {'yes' if ep.get('entered_frontier') else 'no'}"
 
 
 class RunConsole:

@@ -33,6 +33,7 @@ from .state import CompressionState
 from .store import ExperimentStore, finished
 from .validation import validate
 
+
 class Experiment:
     """The loop's nodes and what they share: the model, its targets and evaluators, the frontier, the episodes. Its
     folder is an ExperimentStore (store.py); LangGraph's CompressionState carries only what passes between nodes."""

@@ -130,15 +130,15 @@ class LlamaCpp:
         llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
         for i in range(0, len(tokens), llm.n_batch):
             chunk, past = tokens[i: i + llm.n_batch], llm.n_tokens
+            start = max(first - i, 0)  # the chunk's first position with an output; the rest follow it
             llm._batch.set_batch(batch=chunk, n_past=past, logits_all=False)
-            out = [j for j in range(len(chunk)) if i + j >= first]
             for j in range(len(chunk)):
-                llm._batch.batch.logits[j] = i + j >= first
+                llm._batch.batch.logits[j] = j >= start
             llm._ctx.decode(llm._batch)
             llm.input_ids[past: past + len(chunk)] = chunk
-            if out:  # the outputs, in batch order: contiguous positions
-                llm.scores[past + out[0]: past + len(chunk)] = np.ctypeslib.as_array(
-                    llm._ctx.get_logits(), shape=(len(out), llm._n_vocab))
+            if start < len(chunk):  # the outputs, in batch order
+                llm.scores[past + start: past + len(chunk)] = np.ctypeslib.as_array(
+                    llm._ctx.get_logits(), shape=(len(chunk) - start, llm._n_vocab))
             llm.n_tokens += len(chunk)
 
     def close(self) -> None:

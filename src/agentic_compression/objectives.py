@@ -22,6 +22,10 @@ class Objective:
     fmt: str = ".4g"  # how its values are written
 
     @property
+    def word(self) -> str:
+        return self.short or self.name
+
+    @property
     def goal(self) -> str:
         return "max" if self.sign > 0 else "min"
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .files import read_json
-from .objectives import OBJECTIVES, SPECS
+from .objectives import OBJECTIVES, SPECS, stderr
 
 _LABELS = {o.name: o.label for o in SPECS}
 
@@ -170,7 +170,7 @@ def markdown(exp_dir: Path) -> str:
     lines = ["| episode | status | Pareto | " + " | ".join(o.label for o in SPECS) + " | perplexity | strategy |",
              "|---|---|:-:|" + "---:|" * (len(SPECS) + 1) + "---|"]
     for r in records(exp_dir):
-        values = " | ".join(o.shown(r[o.name], r.get(f"{o.name}_stderr") or None) for o in SPECS)
+        values = " | ".join(o.shown(r[o.name], stderr(r, o.name) or None) for o in SPECS)
         ppl = "-" if r["perplexity"] is None else f"{r['perplexity']:.2f}"
         lines.append(f"| {r['episode']} | {r['status']} | {'✓' if r['pareto'] else ''} | {values} | {ppl} "
                      f"| `{r['strategy']}` |")

@@ -206,7 +206,6 @@ def hopeless(kld: dict[str, Any], limits: dict[str, float]) -> str | None:
     return None
 
 
-@torch.no_grad()
 def last_logits(model, inp: torch.Tensor, n: int) -> torch.Tensor:
     """The next-token logits at the last ``n`` positions that predict a token of ``inp`` ([n, vocab], float): a
     runtime that can compute the output head for those alone (transformers' ``logits_to_keep``, llama.cpp's output
@@ -214,6 +213,7 @@ def last_logits(model, inp: torch.Tensor, n: int) -> torch.Tensor:
     return model(input_ids=inp, logits_to_keep=n + 1).logits[0, -(n + 1):-1].float()
 
 
+@torch.no_grad()
 def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None = None,
                reference: "Reference | None" = None, keep: Path | None = None,
                prune: dict[str, float] | None = None) -> dict[str, Any]:

@@ -45,7 +45,7 @@ class BitsAndBytes(Method):
 
     @classmethod
     def bits(cls, params):
-        return 8 if {**cls.defaults(), **params}["mode"] == "int8" else 4
+        return 8 if cls.resolve(params)["mode"] == "int8" else 4
 
     @classmethod
     def check(cls, params, config):

@@ -34,7 +34,7 @@ class GGUFQuant(Method):
     @classmethod
     def bits(cls, params):
         """An allocation's budget (4.5 -> 4), else the type's first digit (Q4_K_M, IQ4_XS -> 4)."""
-        p = {**cls.defaults(), **params}
+        p = cls.resolve(params)
         if p.get("avg_bits") is not None:
             return int(p["avg_bits"])
         return int(next(c for c in p["type"] if c.isdigit()))

@@ -63,7 +63,7 @@ class _LLMCompressorQuant(Method):
 
     @classmethod
     def bits(cls, params):
-        return int({**cls.defaults(), **params}["scheme"][1])  # W4A16 -> 4
+        return int(cls.resolve(params)["scheme"][1])  # W4A16 -> 4
 
     @classmethod
     def check(cls, params, config):

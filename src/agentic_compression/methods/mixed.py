@@ -175,7 +175,7 @@ class Mixed(Method):
 
     @classmethod
     def bits(cls, params):
-        return int({**cls.defaults(), **params}["avg_bits"])
+        return int(cls.resolve(params)["avg_bits"])
 
     @classmethod
     def check(cls, params, config):

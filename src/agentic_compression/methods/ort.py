@@ -33,7 +33,7 @@ class OrtQuant(Method):
 
     @classmethod
     def bits(cls, params):
-        return 8 if {**cls.defaults(), **params}["precision"] == "int8" else 4
+        return 8 if cls.resolve(params)["precision"] == "int8" else 4
 
     @classmethod
     def check(cls, params, config):
