@@ -16,16 +16,16 @@ os.environ["ACF_SKILLS"] = os.path.join(tempfile.mkdtemp(prefix="acf-skills-"), 
 # test_targets.py tests what it resolves to and runs it)
 os.environ["ACF_TARGETS"] = "transformers"
 
-# the fast tier (`pytest -m "not slow"`, a few minutes, what to run while working) leaves out the real-model runs
-# (integration) and the modules that run whole experiments, kill processes or start servers; CI runs everything
-SLOW_MODULES = {"test_integration", "test_targets", "test_families", "test_resume", "test_queue", "test_parallel",
-                "test_paired", "test_practitioner", "test_loop", "test_service"}
+# The fast tier (`pytest -m "not slow"`, about 2 minutes: what to run while working) leaves out a test by what it
+# uses, not by where it lives: the real models (marker `integration`), a whole experiment, a server or a killed process
+# (marker `slow`, or one of these fixtures, each of which starts one of those for its tests). CI runs everything.
+SLOW_FIXTURES = {"finished", "calm_run", "run_dir", "twin", "served_smollm2", "redis_url", "client", "smollm2_f32",
+                 "gemma"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.get_closest_marker("integration") or item.module.__name__ in SLOW_MODULES \
-                or item.get_closest_marker("slow"):
+        if item.get_closest_marker("integration") or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

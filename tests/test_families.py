@@ -161,6 +161,7 @@ def test_two_processes_converting_one_model_at_once_convert_it_once(tmp_path, mo
     assert got == [out, out] and calls == [out]
 
 
+@pytest.mark.slow
 def test_a_converted_model_that_predicts_unlike_llama_cpp_fails_the_comparison(smollm2_dir):
     """Weights off by a little: the comparison gives both perplexities and the KL divergence, and says no."""
     from agentic_compression.llamacpp_runtime import compare
@@ -204,6 +205,7 @@ def test_sanity_guard_names_each_sign_of_a_broken_baseline(result, says):
     assert (not found) if says is None else any(says in p for p in found), found
 
 
+@pytest.mark.slow
 def test_a_broken_baseline_stops_the_run_unless_forced(tiny_dir, data_dir, tmp_path, capsys):
     """A random-weight model is a broken model: the run stops with the numbers, and leaves nothing behind;
     --force runs it and records that it did."""

@@ -107,6 +107,7 @@ def test_successful_episode_is_measured_and_reloadable(finished):
     assert baseline["relative"]["accuracy"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_candidate_far_past_a_goal_is_pruned_after_its_first_tokens(tiny_dir, data_dir, tmp_path, fast_eval):
     """--max-kld 1e-6: an RTN W4 candidate's first 512 scored tokens already put its KL divergence far past twice
     the goal, so its evaluation stops there (no benchmark), the episode is 'pruned' with the reason and the slice's
@@ -136,12 +137,14 @@ def test_a_candidate_far_past_a_goal_is_pruned_after_its_first_tokens(tiny_dir, 
     assert res["status"] == "success" and res["result"]["perplexity_tokens"] == 1023 and not res["feasible"]
 
 
+@pytest.mark.slow
 def test_stop_on_time_budget(tiny_dir, data_dir, tmp_path, fast_eval):
     exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, fast_eval, budget_hours=1e-6))
     final = exp.run()
     assert final["termination_reason"].startswith("time budget exceeded") and final["episodes_run"] == 0
 
 
+@pytest.mark.slow
 def test_stop_on_patience(tiny_dir, data_dir, tmp_path, fast_eval):
     exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, fast_eval, patience=1, max_episodes=4))
     exp.policy = Scripted([Step(method="test_explode")])
@@ -149,6 +152,7 @@ def test_stop_on_patience(tiny_dir, data_dir, tmp_path, fast_eval):
     assert final["episodes_run"] == 1 and final["termination_reason"].startswith("converged: 1 consecutive")
 
 
+@pytest.mark.slow
 def test_resource_check_refuses_what_cannot_fit(tiny_dir, data_dir, tmp_path, fast_eval, monkeypatch):
     import psutil
 
@@ -171,6 +175,7 @@ def test_resource_check_refuses_what_cannot_fit(tiny_dir, data_dir, tmp_path, fa
     assert resources.check(strategy, exp.spec, available_gb=100.0) is None
 
 
+@pytest.mark.slow
 def test_a_strategy_its_target_cannot_build_spends_no_episode(tiny_dir, data_dir, tmp_path, fast_eval):
     """GPTQ with per-channel scales has no ONNX form (MatMulNBits takes power-of-two blocks): on --target ortgenai
     it is refused with the reason before any work, as the resource check refuses, and the policy asked again."""
@@ -184,6 +189,7 @@ def test_a_strategy_its_target_cannot_build_spends_no_episode(tiny_dir, data_dir
                                  "at least 16, which MatMulNBits needs")
 
 
+@pytest.mark.slow
 def test_rule_policy_never_repeats_and_ends(tiny_dir, data_dir, tmp_path, fast_eval):
     from agentic_compression.policies import PolicyView
 

@@ -42,6 +42,7 @@ def _span(r):
     return datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"])
 
 
+@pytest.mark.slow
 def test_two_episodes_overlap_and_record_what_one_at_a_time_records(tiny_dir, data_dir, tmp_path, fast_eval):
     two = _run(tiny_dir, data_dir, tmp_path, fast_eval, "k2", 2)
     ran = _results(tmp_path / "k2")
@@ -60,6 +61,7 @@ def test_two_episodes_overlap_and_record_what_one_at_a_time_records(tiny_dir, da
     assert [r["entered_frontier"] for r in ran] == [r["entered_frontier"] for r in _results(tmp_path / "k1")]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_reruns_its_episode_and_one_killed_too_often_fails(tiny_dir, data_dir, tmp_path, fast_eval):
     kills: dict[str, list[int]] = {"episode_000": [], "episode_001": []}
     want = {"episode_000": 1, "episode_001": 2}  # --episode-retries 1: one kill is survived, two are not
@@ -121,6 +123,7 @@ def _acf(*args):
     return [sys.executable, "-m", "agentic_compression.cli", *args]
 
 
+@pytest.mark.slow
 def test_the_driver_killed_mid_batch_then_resumed_loses_and_repeats_nothing(tiny_dir, data_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACF_SKILLS": str(tmp_path / "skills.sqlite")}
     out, exp = tmp_path / "out", tmp_path / "out" / "exp"
@@ -165,6 +168,7 @@ def test_the_driver_killed_mid_batch_then_resumed_loses_and_repeats_nothing(tiny
     assert [h["after"] for h in final["hypervolume_history"]] == ["baseline", *(r["episode_id"] for r in results)]
 
 
+@pytest.mark.slow
 def test_a_running_cluster_passes_the_address_check_and_a_token_it_lacks_is_named(monkeypatch, tmp_path):
     """--ray-address is joined in a child process before any work: a cluster started with `ray start --head` on
     this machine passes (with its token), and without the token the refusal says what is missing. Without

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test runs an experiment and kills it
+
 
 def _acf(*args):
     return [sys.executable, "-m", "agentic_compression.cli", *args]

@@ -31,6 +31,7 @@ def _runtime(target, out, n_ctx, logits_all=True):
     return OrtGenAI(out, n_ctx, logits_all=logits_all)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [pytest.param(LLAMACPP, marks=needs_cpp, id="llamacpp"),
                                     pytest.param(ORT, marks=needs_ort, id="ortgenai")])
 def test_the_f32_export_scores_every_token_as_transformers_does(tmp_path, tiny_dir, target):
@@ -70,6 +71,7 @@ def test_the_f32_export_scores_every_token_as_transformers_does(tmp_path, tiny_d
     assert ours == measure.latency(model, prompt, 8, 0, 1)["generated"]
 
 
+@pytest.mark.slow
 @needs_cpp
 def test_a_quantization_type_chains_after_structured_pruning(tmp_path, tiny_dir, data_dir):
     """structured MLP pruning in PyTorch, then llama.cpp's Q8_0 on the exported result: a smaller GGUF that
@@ -95,6 +97,7 @@ def test_a_quantization_type_chains_after_structured_pruning(tmp_path, tiny_dir,
     assert [s["method"] for s in res.steps] == ["structured", "gguf"] and res.export["type"] == "Q8_0"
 
 
+@pytest.mark.slow
 @needs_cpp
 def test_per_tensor_types_override_the_quantization_type(tmp_path, tiny_dir):
     """gguf.tensor_types (what a mixed-precision allocation sets): the named tensors hold the type asked for, every
@@ -111,6 +114,7 @@ def test_per_tensor_types_override_the_quantization_type(tmp_path, tiny_dir):
     assert res.export["tensor_overrides"] == {"ffn_down": "q4_0"}
 
 
+@pytest.mark.slow
 @needs_cpp
 def test_mixed_precision_becomes_llamacpp_per_tensor_types(tmp_path, tiny_dir, data_dir):
     """gguf.avg_bits: every weight matrix's type (the token embedding too) chosen among the types llama.cpp stores
@@ -139,6 +143,7 @@ def test_mixed_precision_becomes_llamacpp_per_tensor_types(tmp_path, tiny_dir, d
         assert all(bits(t) <= 8.5 for t in mixed["file_types"].values() if t not in ("F32", "F16"))
 
 
+@pytest.mark.slow
 @needs_cpp
 def test_autoround_writes_a_gguf_that_llamacpp_runs_with_its_own_rounding(tmp_path, tiny_dir, data_dir):
     """autoround_gguf: auto-round's GGUF writer, checked against the PyTorch model in llama.cpp (same tokens, a
@@ -161,6 +166,7 @@ def test_autoround_writes_a_gguf_that_llamacpp_runs_with_its_own_rounding(tmp_pa
     assert not np.array_equal(np.asarray(ar_t[name].data), np.asarray(plain_t[name].data))
 
 
+@pytest.mark.slow
 @needs_ort
 def test_int4_onnx_chains_after_structured_pruning(tmp_path, tiny_dir, data_dir):
     s = Strategy(action="pipeline", steps=[Step(method="structured", params={"granularity": "mlp", "ratio": 0.25}),
@@ -187,6 +193,7 @@ def _graph_ops(folder: Path) -> dict:
                                     for n in g.graph.node if n.op_type.startswith(("MatMul", "Gather"))))
 
 
+@pytest.mark.slow
 @needs_ort
 @pytest.mark.parametrize("method,params,bits", [
     ("gptq", {"scheme": "W4A16", "group_size": 32, "num_samples": 8, "seq_len": 64}, {4}),
@@ -210,6 +217,7 @@ def test_llmcompressor_integers_run_in_onnx_as_they_are(tmp_path, tiny_dir, data
     assert not list(tmp_path.glob(".stage-*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target,method,params,says", [
     pytest.param(LLAMACPP, "gguf", {"type": "Q4_0"}, ("llama.cpp's converter failed", "NoSuchModelForCausalLM"),
                  marks=needs_cpp, id="llamacpp"),
@@ -268,6 +276,7 @@ def test_ort_refuses_what_its_builder_cannot_build():
     assert "int4" in check({"precision": "int8", "matmul_mixed_precision": "last_matmul:int8"}, config)
 
 
+@pytest.mark.slow
 @needs_ort
 def test_int4_onnx_with_the_builders_int8_groups(tmp_path, tiny_dir, data_dir):
     """ORT GenAI's per-module precision: llama.cpp's sensitive layers in int8 (mixed_layers) inside the int4 graph,
