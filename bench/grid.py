@@ -78,7 +78,7 @@ SPACES = {"pytorch": (GRID, TEMPLATES, "transformers"), "deploy": (DEPLOY, (), "
 
 def strategies(config: dict | None = None, space: str = "pytorch") -> list[Strategy]:
     from agentic_compression.methods import available_methods, get
-    from agentic_compression.pipelines import instantiate
+    from agentic_compression.policies.pipelines import instantiate
 
     grid, templates, _ = SPACES[space]
     out = []
@@ -166,9 +166,9 @@ def main() -> None:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from agentic_compression import resuming
     from agentic_compression.config import EvalSettings, RunConfig
-    from agentic_compression.experiment import Experiment
+    from agentic_compression.loop import resuming
+    from agentic_compression.loop.experiment import Experiment
 
     if a.cmd == "resume":
         exp = Experiment(RunConfig.from_file(a.experiment_dir / "config.json"), resume_dir=a.experiment_dir)

@@ -19,8 +19,8 @@ import torch
 from agentic_compression import data, methods, models
 from agentic_compression.evaluation.measure import perplexity
 from agentic_compression.formats import logical_params
+from agentic_compression.loop.workers import apply_strategy
 from agentic_compression.schemas import Step, Strategy
-from agentic_compression.workers import apply_strategy
 
 # each case is a list of (method, params) steps; group size 64 because SmolLM2's width 576 is not a multiple of 128
 CASES = [

@@ -29,11 +29,11 @@ def main() -> None:
     import torch
 
     from agentic_compression import data, methods
-    from agentic_compression.evaluation.measure import perplexity
     from agentic_compression.evaluation import bos_id
+    from agentic_compression.evaluation.measure import perplexity
+    from agentic_compression.loop.workers import apply_strategy
     from agentic_compression.models import load, load_tokenizer, resolve
     from agentic_compression.schemas import Step, Strategy
-    from agentic_compression.workers import apply_strategy
 
     torch.set_num_threads(a.threads)
     base, _ = resolve("smollm2-135m")

@@ -61,7 +61,7 @@ def measure(base: Path, cands: list[Path], data_dir: Path, work: Path, limit: in
 
 
 def frontier(results) -> list[bool]:
-    from agentic_compression.pareto import ParetoFrontier
+    from agentic_compression.loop.pareto import ParetoFrontier
     from agentic_compression.schemas import ParetoSolution, Strategy
 
     f = ParetoFrontier(baseline=results[0].objectives())

@@ -44,12 +44,13 @@ def timed(table: dict, label: str, fn):
 
 
 def compression(data_dir: Path, threads: int) -> None:
-    from agentic_compression import data, methods, workers
+    from loguru import logger  # llm-compressor's log lines, off the table on stdout
+
+    from agentic_compression import data, methods
+    from agentic_compression.loop import workers
     from agentic_compression.methods import base
     from agentic_compression.models import resolve
     from agentic_compression.schemas import Step, Strategy
-
-    from loguru import logger  # llm-compressor's log lines, off the table on stdout
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from agentic_compression.config import EvalSettings, RunConfig
-from agentic_compression.experiment import Experiment
+from agentic_compression.loop.experiment import Experiment
 from agentic_compression.schemas import Step, Strategy
 
 STEPS = [Step(method="rtn", params={"scheme": "W8A16", "group_size": 64}),

@@ -28,8 +28,9 @@ def entries(table: dict, family: str, config: dict) -> list[dict]:
     """The table's rows as prior entries; a failed row whose strategy acf's own checks now refuse (Method.check on
     the model's config, or no target of the table runs a step's format) is left out: no policy proposes it, so its
     failure teaches nothing."""
-    from agentic_compression import methods, prior, targets
+    from agentic_compression import methods, targets
     from agentic_compression.objectives import ratio
+    from agentic_compression.policies import prior
     from agentic_compression.policies.rule import bits
     from agentic_compression.reward import reward
     from agentic_compression.schemas import Step
@@ -60,8 +61,8 @@ def entries(table: dict, family: str, config: dict) -> list[dict]:
 
 def model_of(model: str) -> tuple[str, dict]:
     """The model's family and config."""
+    from agentic_compression.loop.spec import infer_spec
     from agentic_compression.models import resolve
-    from agentic_compression.spec import infer_spec
 
     path, canonical = resolve(model)
     return infer_spec(canonical, path, online=False).model_family, json.loads((path / "config.json").read_text())
@@ -70,7 +71,7 @@ def model_of(model: str) -> tuple[str, dict]:
 def build(tables: list[Path], model=model_of) -> dict:
     """The prior's file from the tables, in order (a later table's row replaces an earlier one's for the same
     model, target and strategy)."""
-    from agentic_compression import prior
+    from agentic_compression.policies import prior
 
     kept: dict[tuple[str, str, str], dict] = {}
     sources = []

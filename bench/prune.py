@@ -37,7 +37,7 @@ class Script:
 
 def run(out: Path, data_dir: Path, prune: bool) -> list[dict]:
     from agentic_compression.config import EvalSettings, RunConfig
-    from agentic_compression.experiment import Experiment
+    from agentic_compression.loop.experiment import Experiment
 
     exp = Experiment(RunConfig(model="smollm2-135m", data_dir=data_dir, output_dir=out,
                                experiment="prune" if prune else "full", max_episodes=len(STEPS),

@@ -32,11 +32,10 @@ def load_env(table_path: Path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from grid import OVERRIDES
 
+    from agentic_compression.loop.spec import infer_spec
     from agentic_compression.methods import available_methods
     from agentic_compression.models import resolve
     from agentic_compression.schemas import EvaluationResult
-    from agentic_compression.spec import infer_spec
-
     from agentic_compression.targets import get
 
     table = json.loads(table_path.read_text())
@@ -69,7 +68,7 @@ def tied(row: dict, base) -> dict:
 def volume(points: list[dict], rows: dict, base, ties: bool) -> float:
     """The hypervolume of the baseline and the measured rows ``points`` (keys), as a run computes it (a dominated
     point adds nothing; an objective some row cannot tell apart is left out), plain or with interval ties."""
-    from agentic_compression.pareto import ParetoFrontier
+    from agentic_compression.loop.pareto import ParetoFrontier
     from agentic_compression.schemas import ParetoSolution, Strategy
 
     f = ParetoFrontier(baseline=base.objectives(), tolerance={})
@@ -88,7 +87,7 @@ def replay(policy, env, episodes: int, goal=None, keys: list | None = None) -> t
     episode's successful row (None for a failed one), in order."""
     from agentic_compression import goals as G
     from agentic_compression.goals import Goals
-    from agentic_compression.pareto import ParetoFrontier
+    from agentic_compression.loop.pareto import ParetoFrontier
     from agentic_compression.policies import PolicyView
     from agentic_compression.schemas import ParetoSolution, Strategy
 
@@ -152,8 +151,7 @@ def full_hypervolume(env, ties: bool = False) -> float:
 
 
 def make_policy(name: str, seed: int, args):
-    from agentic_compression.policies import RulePolicy
-    from agentic_compression.policies import search
+    from agentic_compression.policies import RulePolicy, search
 
     if name == "rule":
         return RulePolicy()

@@ -51,14 +51,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
 
-    from agentic_compression import targets
+    from agentic_compression import methods, targets
     from agentic_compression.config import EvalSettings
-    from agentic_compression.evaluation import Evaluator
-    from agentic_compression import methods
     from agentic_compression.data import calibration_samples
+    from agentic_compression.evaluation import Evaluator
+    from agentic_compression.loop.workers import apply_strategy
     from agentic_compression.models import load_tokenizer, resolve
     from agentic_compression.schemas import Step, Strategy
-    from agentic_compression.workers import apply_strategy
 
     base, _ = resolve("smollm2-135m")
     tok = load_tokenizer(base)

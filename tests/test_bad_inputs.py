@@ -135,7 +135,7 @@ def _tiny_weights(w: World) -> bytes:
 
 
 def _locked(w: World) -> list[str]:
-    from agentic_compression.store import FolderLock
+    from agentic_compression.loop.store import FolderLock
 
     (w.out / "exp").mkdir()
     w.held = FolderLock(w.out / "exp")  # another acf process holds it (flock: per open file, so in-process too)
@@ -309,7 +309,7 @@ def test_cli_bad_input(case, world, capsys):
 # ---- the API's table ----
 @pytest.fixture
 def api(world, data_dir):
-    from agentic_compression.service import create_app
+    from agentic_compression.service.api import create_app
 
     world.model("tiny")
     with TestClient(create_app(world.out, data_dir, TOKEN, models_dir=world.root / "models")) as c:
@@ -432,14 +432,14 @@ def test_a_checkpoint_download_streams_from_disk_in_bounded_memory(tmp_path):
         for _ in range(300):
             f.write(os.urandom(1 << 20))
     code = ("import resource, sys, tarfile, io\nfrom pathlib import Path\n"
-            "from agentic_compression.service import tar_stream\n"
+            "from agentic_compression.service.api import tar_stream\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             f"n = sum(len(c) for c in tar_stream(Path({str(ckpt)!r}), 'x'))\n"
             "print(n, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     sent, grew_mb = map(int, out.stdout.split())
     assert sent > 300 << 20 and grew_mb < 50, out.stdout + out.stderr[-2000:]
-    from agentic_compression.service import tar_stream
+    from agentic_compression.service.api import tar_stream
 
     threads = threading.active_count()
     stream = tar_stream(ckpt, "x")
@@ -481,7 +481,7 @@ class Crash(BaseException):
 def crashed(tmp_path_factory, tiny_dir, data_dir):
     """An experiment killed in episode 1: the baseline and episode_000 are finished."""
     from agentic_compression.config import EvalSettings, RunConfig
-    from agentic_compression.experiment import Experiment
+    from agentic_compression.loop.experiment import Experiment
 
     out = tmp_path_factory.mktemp("crashed")
     fast = EvalSettings(limit=8, ppl_tokens=256, ppl_window=128, ppl_stride=64, prompt_tokens=16, decode_tokens=4,
@@ -517,7 +517,7 @@ def _copy_with_user_files(crashed: Path, tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "garbage"])
 def test_resume_without_its_state_rebuilds_from_the_results(crashed, tmp_path, damage):
-    from agentic_compression.experiment import Experiment
+    from agentic_compression.loop.experiment import Experiment
 
     exp = _copy_with_user_files(crashed, tmp_path)
     first = (exp / "episode_000" / "results.json").read_bytes()
@@ -719,9 +719,9 @@ def test_without_bwrap_humaneval_is_unavailable_not_weaker(monkeypatch, world, c
 # ---- a hostile LLM endpoint ----
 @pytest.fixture(scope="module")
 def view(tiny_dir):
+    from agentic_compression.loop.spec import infer_spec
     from agentic_compression.methods import available_methods
     from agentic_compression.policies import PolicyView
-    from agentic_compression.spec import infer_spec
 
     avail = available_methods()
     return PolicyView(spec=infer_spec("tiny", tiny_dir, online=False),
@@ -884,7 +884,7 @@ def test_ray_processes_are_reaped_only_when_their_run_is_gone(tmp_path):
     cluster is left alone (two runs in one output folder); a pid now held by another program is never touched."""
     import psutil
 
-    from agentic_compression import episodes
+    from agentic_compression.loop import episodes
 
     def start():
         return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ray::probe"])

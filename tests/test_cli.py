@@ -87,7 +87,7 @@ def test_the_cli_and_the_api_default_to_the_same_run(tmp_path, monkeypatch):
     """Run options' defaults live in RunConfig only: `acf run` with no options and an API request with none
     describe the same run (an environment variable changes only the CLI's LLM settings, so none is set)."""
     from agentic_compression.cli import _parser, run_config
-    from agentic_compression.service import RunRequest
+    from agentic_compression.service.api import RunRequest
 
     for var in ("ACF_LLM_MODEL", "ACF_LLM_BASE_URL", "OPENAI_BASE_URL", "ACF_LLM_MODE"):
         monkeypatch.delenv(var, raising=False)
@@ -103,7 +103,7 @@ def test_the_same_options_given_to_the_cli_and_the_api_make_the_same_run(tmp_pat
     """Both are generated from one option list (options.py): each option lands at the same RunConfig paths,
     e.g. --threads in the loop's and the evaluation's settings, --set in method_overrides, a goal in goals."""
     from agentic_compression.cli import _parser, run_config
-    from agentic_compression.service import RunRequest
+    from agentic_compression.service.api import RunRequest
 
     for var in ("ACF_LLM_MODEL", "ACF_LLM_BASE_URL", "OPENAI_BASE_URL", "ACF_LLM_MODE"):
         monkeypatch.delenv(var, raising=False)

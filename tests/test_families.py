@@ -83,8 +83,8 @@ def test_a_gemma3_episode_on_a_baseline_that_matches_llama_cpp(gemma, data_dir, 
 
     from agentic_compression.cli import main
     from agentic_compression.data import read_text
-    from agentic_compression.llamacpp_runtime import LlamaCpp
     from agentic_compression.models import load_tokenizer
+    from agentic_compression.models.llamacpp_runtime import LlamaCpp
 
     gguf, folder = gemma
     out = tmp_path_factory.mktemp("gemma-run")
@@ -164,8 +164,8 @@ def test_two_processes_converting_one_model_at_once_convert_it_once(tmp_path, mo
 @pytest.mark.slow
 def test_a_converted_model_that_predicts_unlike_llama_cpp_fails_the_comparison(smollm2_dir):
     """Weights off by a little: the comparison gives both perplexities and the KL divergence, and says no."""
-    from agentic_compression.llamacpp_runtime import compare
     from agentic_compression.models import _smollm2_gguf, load
+    from agentic_compression.models.llamacpp_runtime import compare
 
     model, tok = load(smollm2_dir)
     assert compare(model, tok, _smollm2_gguf())["ok"]
@@ -199,7 +199,7 @@ def _result(ppl=20.0, scores=None, generated=(5, 9, 7, 5), n=100):
     (_result(generated=(7, 7, 7, 7, 7)), "repeats one token"),
 ])
 def test_sanity_guard_names_each_sign_of_a_broken_baseline(result, says):
-    from agentic_compression.sanity import problems
+    from agentic_compression.evaluation.sanity import problems
 
     found = problems(result)
     assert (not found) if says is None else any(says in p for p in found), found
@@ -226,7 +226,7 @@ def test_a_broken_baseline_stops_the_run_unless_forced(tiny_dir, data_dir, tmp_p
 
 # ---- families built tiny from their configs: the architecture is read from the model, never from Llama's names ----
 def _family_config(family: str, vocab: int):
-    from transformers import GPT2Config, Gemma3TextConfig, MistralConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, GPT2Config, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=256)
@@ -265,9 +265,9 @@ DECODERS = ["qwen2", "mistral", "gemma3_text"]
     ("gemma3_text", True, (64, 128), ("sliding-window attention in 1 of 2 layers", "q/k norms")),
 ])
 def test_the_architecture_is_read_from_each_family(family_dirs, family, tied, widths, notes):
-    from agentic_compression.architecture import of_config, of_model
+    from agentic_compression.loop.spec import read_config
     from agentic_compression.models import load
-    from agentic_compression.spec import read_config
+    from agentic_compression.models.architecture import of_config, of_model
 
     model, _ = load(family_dirs[family])
     arch = of_model(model)
@@ -289,8 +289,8 @@ def test_gpt2s_fused_conv1d_is_read_as_such_and_its_methods_say_why_not(family_d
     rows = {line.split()[0]: line for line in out.splitlines()[2:]}
     assert "not for this model" in rows["rtn"] and "Conv1D" in rows["rtn"]
     assert "not for this model" not in rows["distill"] and "not for this model" not in rows["structured"]
+    from agentic_compression.loop.spec import read_config
     from agentic_compression.methods import get
-    from agentic_compression.spec import read_config
 
     assert "no MLP with separate up/down" in get("structured").check({"granularity": "mlp"},
                                                                      read_config(family_dirs["gpt2"]))
@@ -310,9 +310,9 @@ def test_acf_methods_for_gemma_names_its_structure_and_what_applies(family_dirs,
 def test_structured_pruning_on_each_family_reloads_and_generates(family_dirs, tmp_path, data_dir, family,
                                                                  granularity, ratio):
     from agentic_compression.data import calibration_samples
+    from agentic_compression.loop.spec import read_config
     from agentic_compression.methods import Context, get
     from agentic_compression.models import load
-    from agentic_compression.spec import read_config
 
     cfg = read_config(family_dirs[family])
     params = {"granularity": granularity, "ratio": ratio, "num_samples": 2, "seq_len": 32}
@@ -342,8 +342,8 @@ def test_structured_pruning_on_each_family_reloads_and_generates(family_dirs, tm
 @pytest.mark.parametrize("family", DECODERS)
 def test_asvd_factorises_each_familys_attention_and_reloads_exactly(family_dirs, tmp_path, data_dir, family):
     from agentic_compression.data import calibration_samples
-    from agentic_compression.methods import Context, get
     from agentic_compression.formats.low_rank import LowRankLinear, ranks
+    from agentic_compression.methods import Context, get
     from agentic_compression.models import load
 
     model, tok = load(family_dirs[family])

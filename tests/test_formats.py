@@ -54,8 +54,8 @@ def test_bits_per_weight_are_the_stored_bytes_over_the_logical_weights(tiny_dir,
 
 
 def test_an_adapter_rides_on_a_compressed_base_and_keeps_its_bytes(tiny_dir, tmp_path, ctx):
+    from agentic_compression.loop.workers import apply_strategy
     from agentic_compression.schemas import Step, Strategy
-    from agentic_compression.workers import apply_strategy
 
     st = Strategy(action="pipeline", steps=[Step(method="rtn", params={"scheme": "W4A16", "group_size": 32}),
                                             Step(method="lora", params={**get("lora").resolve({}), "steps": 2,
@@ -108,7 +108,7 @@ def test_a_checkpoint_quantized_by_another_library_is_recognised_and_not_plain(t
     import json
     import shutil
 
-    from agentic_compression.workers import plain
+    from agentic_compression.loop.workers import plain
 
     folder = tmp_path / "hub-gptq"
     shutil.copytree(tiny_dir, folder)

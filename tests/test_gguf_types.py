@@ -73,9 +73,9 @@ def test_the_rules_first_llama_cpp_episode_is_the_per_tensor_allocation_with_an_
     budget near the preset's size, rounded with the importance matrix."""
     import json
 
+    from agentic_compression.loop.spec import infer_spec
     from agentic_compression.methods import available_methods
     from agentic_compression.policies import PolicyView, RulePolicy
-    from agentic_compression.spec import infer_spec
     from agentic_compression.targets import get
 
     llamacpp = get("llamacpp")

@@ -141,8 +141,8 @@ def _view(env, history, goals):
 
 @pytest.fixture(scope="module")
 def env(tiny_weights_dir):
+    from agentic_compression.loop.spec import infer_spec
     from agentic_compression.methods import available_methods
-    from agentic_compression.spec import infer_spec
 
     config = json.loads((tiny_weights_dir / "config.json").read_text())
     return infer_spec("tiny", tiny_weights_dir, online=False), config, available_methods()

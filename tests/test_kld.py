@@ -9,7 +9,7 @@ import torch
 
 from agentic_compression.evaluation import measure
 from agentic_compression.goals import Goals, judge
-from agentic_compression.pareto import ParetoFrontier
+from agentic_compression.loop.pareto import ParetoFrontier
 from agentic_compression.reward import reward
 from agentic_compression.schemas import EvaluationResult, ParetoSolution, Strategy
 
@@ -157,8 +157,9 @@ def test_the_kld_goal_judges_the_mean_and_an_unmeasured_divergence_is_not_feasib
 
 
 def test_a_preset_takes_the_largest_group_size_the_widths_allow(tiny_weights_dir):
-    from agentic_compression import methods, presets, targets
-    from agentic_compression.spec import read_config
+    from agentic_compression import methods, targets
+    from agentic_compression.loop import presets
+    from agentic_compression.loop.spec import read_config
 
     cfg = read_config(tiny_weights_dir)  # widths 64 and 128: group 128 does not divide the attention width
     avail = {n: m for n, m in methods.REGISTRY.items() if n == "gptq"}

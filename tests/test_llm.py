@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agentic_compression.config import LLMSettings, RunConfig
-from agentic_compression.experiment import Experiment
+from agentic_compression.loop.experiment import Experiment
 from agentic_compression.methods import REGISTRY, Method, available_methods, registered
 from agentic_compression.policies import PolicyView
 from agentic_compression.policies.llm import DecisionError, LLMPolicy, context, parse, to_strategy
@@ -40,7 +40,7 @@ def _needs_missing():
 
 @pytest.fixture(scope="module")
 def view_of(tiny_dir):
-    from agentic_compression.spec import infer_spec
+    from agentic_compression.loop.spec import infer_spec
 
     spec = infer_spec("tiny", tiny_dir, online=False)
     config = json.loads((tiny_dir / "config.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 
 from agentic_compression import methods
 from agentic_compression.config import RunConfig
-from agentic_compression.experiment import Experiment
+from agentic_compression.loop.experiment import Experiment
 from agentic_compression.methods import Method, registered
 from agentic_compression.policies import RulePolicy, candidate_steps
 from agentic_compression.schemas import Step, Strategy
@@ -156,7 +156,7 @@ def test_stop_on_patience(tiny_dir, data_dir, tmp_path, fast_eval):
 def test_resource_check_refuses_what_cannot_fit(tiny_dir, data_dir, tmp_path, fast_eval, monkeypatch):
     import psutil
 
-    from agentic_compression import resources
+    from agentic_compression.loop import resources
 
     exp = Experiment(_cfg(tiny_dir, data_dir, tmp_path, fast_eval))
     state = {"current_episode": 0, "consecutive_no_improvement": 0, "history": [], "refused": []}

@@ -223,7 +223,7 @@ def test_asvd_factorises_into_two_smaller_linears_and_reloads(tiny_dir, tmp_path
     assert isinstance(down, LowRankLinear) and down.down.weight.shape == (21, 128) and down.up.weight.shape == (64, 21)
     after = sum(p.numel() for p in reloaded.parameters())
     assert after < before
-    from agentic_compression.spec import safetensors_params
+    from agentic_compression.loop.spec import safetensors_params
 
     assert safetensors_params(out)[0] < safetensors_params(tiny_dir)[0]  # fewer parameters on disk
     ids = tok("Low rank layers", return_tensors="pt")
@@ -270,9 +270,9 @@ def test_structured_pruning_removes_structure_into_a_smaller_config(tiny_dir, tm
 
 def test_structured_mlp_pruning_keeps_the_channels_that_matter(tiny_dir, ctx):
     """A channel whose down-projection column is zero contributes nothing: it must be among the first removed."""
-    from agentic_compression.architecture import of_model
     from agentic_compression.methods.structured import prune_mlp
-    from agentic_compression.stats_cache import input_stats
+    from agentic_compression.models.architecture import of_model
+    from agentic_compression.models.stats_cache import input_stats
 
     model, tok = load(tiny_dir)
     with torch.no_grad():
@@ -285,8 +285,8 @@ def test_structured_mlp_pruning_keeps_the_channels_that_matter(tiny_dir, ctx):
 
 
 def _run_chain(tiny_dir, tmp_path, ctx, chain):
+    from agentic_compression.loop.workers import apply_strategy
     from agentic_compression.schemas import Step, Strategy
-    from agentic_compression.workers import apply_strategy
 
     out = tmp_path / "chain" / "ckpt"
     out.parent.mkdir()
@@ -354,8 +354,8 @@ def test_distillation_moves_a_pruned_student_towards_the_teacher(tiny_dir, tmp_p
 
 
 def test_distillation_refuses_a_quantized_student(tiny_dir, tmp_path, train_ctx):
+    from agentic_compression.loop.workers import apply_strategy
     from agentic_compression.schemas import Step, Strategy
-    from agentic_compression.workers import apply_strategy
 
     out = tmp_path / "d" / "ckpt"
     out.parent.mkdir()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from agentic_compression import methods
+from agentic_compression.loop.workers import apply_strategy
 from agentic_compression.methods.mixed import allocate, fake_quant, sensitivities
 from agentic_compression.schemas import Step, Strategy
-from agentic_compression.workers import apply_strategy
 
 
 def _brute(numels, costs, bits, avg):

@@ -9,7 +9,7 @@ import pytest
 
 from agentic_compression.evaluation import energy_per_1k_tokens, paired
 from agentic_compression.evaluation.measure import pair_stats
-from agentic_compression.pareto import ParetoFrontier, bounds, dominates, equivalent, to_min
+from agentic_compression.loop.pareto import ParetoFrontier, bounds, dominates, equivalent, to_min
 from agentic_compression.schemas import ParetoSolution, Strategy
 
 

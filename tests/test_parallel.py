@@ -12,12 +12,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from test_loop import Scripted
 
 from agentic_compression.config import RunConfig
-from agentic_compression.experiment import Experiment
+from agentic_compression.loop.experiment import Experiment
 from agentic_compression.schemas import Step
-
-from test_loop import Scripted
 
 pytest.importorskip("ray")
 
@@ -173,10 +172,10 @@ def test_a_running_cluster_passes_the_address_check_and_a_token_it_lacks_is_name
     """--ray-address is joined in a child process before any work: a cluster started with `ray start --head` on
     this machine passes (with its token), and without the token the refusal says what is missing. Without
     --ray-address a run starts its own cluster, never joining the one `ray start` left (Ray's default would)."""
-    from agentic_compression import episodes
-    from agentic_compression.episodes import LOOPBACK_SWITCH
     from agentic_compression.errors import UserError
-    from agentic_compression.validation import ray_reachable
+    from agentic_compression.loop import episodes
+    from agentic_compression.loop.episodes import LOOPBACK_SWITCH
+    from agentic_compression.loop.validation import ray_reachable
 
     ray = Path(sys.executable).with_name("ray")
     env = {**os.environ, LOOPBACK_SWITCH: "0"}

@@ -1,6 +1,6 @@
 import pytest
 
-from agentic_compression.pareto import ParetoFrontier, dominates, hypervolume, to_min
+from agentic_compression.loop.pareto import ParetoFrontier, dominates, hypervolume, to_min
 from agentic_compression.schemas import ParetoSolution, Strategy
 
 
@@ -128,7 +128,7 @@ def test_a_few_bytes_of_metadata_do_not_make_a_trade_off():
 
 def test_each_objective_is_declared_once_and_everything_reads_it_from_there():
     from agentic_compression import objectives, report
-    from agentic_compression.pareto import DEFAULT_TOLERANCE
+    from agentic_compression.loop.pareto import DEFAULT_TOLERANCE
     from agentic_compression.reward import RewardSettings
     from agentic_compression.schemas import OBJECTIVES
 

@@ -2,9 +2,9 @@ import pytest
 
 from agentic_compression import methods
 from agentic_compression.data import calibration_samples
-from agentic_compression.pipelines import TEMPLATES, Probe, holds, instantiate, parse_condition
+from agentic_compression.loop.workers import apply_strategy
+from agentic_compression.policies.pipelines import TEMPLATES, Probe, holds, instantiate, parse_condition
 from agentic_compression.schemas import Step, Strategy
-from agentic_compression.workers import apply_strategy
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64,
            "num_key_value_heads": 3}

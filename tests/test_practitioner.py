@@ -137,7 +137,7 @@ def test_export_copies_a_checkpoint_that_loads_on_its_own(calm_run, tmp_path, ca
 def test_export_converts_a_pytorch_candidate_to_gguf(calm_run, tmp_path, capsys):
     """--format gguf: the compressed-tensors candidate, dequantized, as llama.cpp's f32 file (checked by the
     converter against the PyTorch model), with a Modelfile and a card that says its numbers came before."""
-    from agentic_compression.llamacpp_runtime import LlamaCpp
+    from agentic_compression.models.llamacpp_runtime import LlamaCpp
 
     _, _, exp = calm_run
     out = tmp_path / "g"

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agentic_compression import prior
+from agentic_compression.loop.skills import SkillContext, SkillMemory
 from agentic_compression.methods import available_methods
-from agentic_compression.policies import PolicyView, RulePolicy
+from agentic_compression.policies import PolicyView, RulePolicy, prior
 from agentic_compression.policies.search import BanditPolicy
 from agentic_compression.schemas import EvaluationResult
-from agentic_compression.skills import SkillContext, SkillMemory
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -98,7 +97,7 @@ def test_the_prior_weighs_less_than_the_users_outcomes_and_yields_to_them(tmp_pa
 
 @pytest.fixture(scope="module")
 def env(tiny_weights_dir):
-    from agentic_compression.spec import infer_spec
+    from agentic_compression.loop.spec import infer_spec
     from agentic_compression.targets import get
 
     spec = infer_spec("tiny", tiny_weights_dir, online=False)

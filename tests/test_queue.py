@@ -11,7 +11,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from agentic_compression.service import create_app
+from agentic_compression.service.api import create_app
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="Debian redis-server is not installed (setup.sh installs it)")

@@ -99,8 +99,8 @@ def test_a_target_running_an_unregistered_format_cannot_register():
 
 def test_what_the_policies_and_the_card_read_comes_from_the_methods_declarations():
     from agentic_compression.card import build_tags
+    from agentic_compression.loop.spec import classify
     from agentic_compression.schemas import Step
-    from agentic_compression.spec import classify
 
     assert classify(135_000_000) == ("small", ["autoround", "gptq", "awq", "rtn"])
     assert classify(70_000_000_000) == ("large", ["gptq", "rtn"])

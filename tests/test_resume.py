@@ -66,7 +66,7 @@ class Crash(BaseException):
 def test_a_run_killed_in_evaluation_resumes_with_the_checkpoint_it_had_made(tiny_dir, data_dir, tmp_path, fast_eval,
                                                                               monkeypatch):
     from agentic_compression.config import RunConfig
-    from agentic_compression.experiment import Experiment
+    from agentic_compression.loop.experiment import Experiment
 
     cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
                     presets=False, eval=fast_eval, threads=1, force=True, max_episodes=2, patience=9)
@@ -95,9 +95,9 @@ def test_a_run_killed_in_evaluation_resumes_with_the_checkpoint_it_had_made(tiny
 
 def test_a_run_killed_while_finishing_resumes_to_complete(tiny_dir, data_dir, tmp_path, fast_eval, monkeypatch):
     """The loop had ended but the report was not written: resume finishes it without running an episode again."""
-    from agentic_compression import experiment
     from agentic_compression.config import RunConfig
-    from agentic_compression.experiment import Experiment
+    from agentic_compression.loop import experiment
+    from agentic_compression.loop.experiment import Experiment
 
     cfg = RunConfig(model=str(tiny_dir), data_dir=data_dir, output_dir=tmp_path / "out", experiment="exp",
                     presets=False, eval=fast_eval, threads=1, force=True, max_episodes=1)

@@ -6,12 +6,12 @@ import sqlite3
 
 import pytest
 
+from agentic_compression.loop.skills import SkillContext, SkillMemory
 from agentic_compression.methods import available_methods
 from agentic_compression.policies import PolicyView, RulePolicy, make, propose
 from agentic_compression.policies.search import ALGORITHMS, PBT, BanditPolicy, search
 from agentic_compression.reward import RewardSettings, reward
 from agentic_compression.schemas import EvaluationResult, Strategy
-from agentic_compression.skills import SkillContext, SkillMemory
 
 BASE = {"accuracy": 0.5, "latency_ms": 40.0, "memory_gb": 0.9, "model_size_gb": 0.54, "co2_grams": 0.1}
 
@@ -24,7 +24,7 @@ def _baseline():
 
 @pytest.fixture(scope="module")
 def env(tiny_weights_dir):
-    from agentic_compression.spec import infer_spec
+    from agentic_compression.loop.spec import infer_spec
 
     spec = infer_spec("tiny", tiny_weights_dir, online=False)
     config = json.loads((tiny_weights_dir / "config.json").read_text())

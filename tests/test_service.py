@@ -8,9 +8,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from agentic_compression.pareto import bounds, dominates, to_min
+from agentic_compression.loop.pareto import bounds, dominates, to_min
 from agentic_compression.schemas import OBJECTIVES
-from agentic_compression.service import TOKEN_FILE, create_app, token
+from agentic_compression.service.api import TOKEN_FILE, create_app, token
 
 TOKEN = "test-token-0123456789"
 

@@ -2,9 +2,9 @@ import time
 
 import pytest
 
-from agentic_compression import model_db
 from agentic_compression.errors import UserError
-from agentic_compression.spec import classify, infer_spec, params_from_name
+from agentic_compression.loop.spec import classify, infer_spec, params_from_name
+from agentic_compression.models import model_db
 
 
 def test_local_spec_counts_parameters_exactly(tiny_weights_dir):

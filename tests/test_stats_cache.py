@@ -4,10 +4,10 @@ changed weights or windows are measured again."""
 import pytest
 import torch
 
-from agentic_compression import methods, stats_cache
-from agentic_compression.models import load
+from agentic_compression import methods
+from agentic_compression.loop.workers import apply_strategy
+from agentic_compression.models import load, stats_cache
 from agentic_compression.schemas import Step, Strategy
-from agentic_compression.workers import apply_strategy
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_a_second_method_reuses_the_inputs_and_changed_weights_are_measured_agai
     def no_forward(*a, **k):
         raise AssertionError("a forward pass ran although the statistics were stored")
 
-    monkeypatch.setattr("agentic_compression.stats_cache.forward_with_hooks", no_forward)
+    monkeypatch.setattr("agentic_compression.models.stats_cache.forward_with_hooks", no_forward)
     again = stats_cache.input_stats(model, windows, folder)
     assert all(torch.equal(first[n]["sq_sum"], again[n]["sq_sum"]) for n in first)
     with pytest.raises(AssertionError, match="a forward pass ran"):

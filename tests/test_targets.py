@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from agentic_compression import methods, targets
+from agentic_compression.loop.workers import apply_strategy
 from agentic_compression.schemas import Step, Strategy
-from agentic_compression.workers import apply_strategy
 
 LLAMACPP, ORT = targets.get("llamacpp"), targets.get("ortgenai")
 # setup.sh installs every CPU target: CI runs these, and skips none
@@ -23,7 +23,7 @@ def _ctx(data_dir=None):
 
 
 def _runtime(target, out, n_ctx, logits_all=True):
-    from agentic_compression.llamacpp_runtime import LlamaCpp
+    from agentic_compression.models.llamacpp_runtime import LlamaCpp
     from agentic_compression.targets.ortgenai import OrtGenAI
 
     if target is LLAMACPP:
@@ -76,7 +76,7 @@ def test_the_f32_export_scores_every_token_as_transformers_does(tmp_path, tiny_d
 def test_a_quantization_type_chains_after_structured_pruning(tmp_path, tiny_dir, data_dir):
     """structured MLP pruning in PyTorch, then llama.cpp's Q8_0 on the exported result: a smaller GGUF that
     llama.cpp loads, whose recorded bits per weight are what its tensors hold."""
-    from agentic_compression.llamacpp_runtime import LlamaCpp
+    from agentic_compression.models.llamacpp_runtime import LlamaCpp
     from agentic_compression.targets.llamacpp import tensor_facts
 
     s = Strategy(action="pipeline", steps=[Step(method="structured", params={"granularity": "mlp", "ratio": 0.25}),
@@ -331,7 +331,7 @@ def smollm2_f32(tmp_path_factory, smollm2_dir):
 def test_each_type_reloads_and_stores_the_bits_it_claims(tmp_path, smollm2_dir, smollm2_f32):
     """SmolLM2's width 576 is no multiple of 256, so K-types fall back per tensor: the recorded bits per weight are
     the file's, each type's file is smaller than the one before, and each reloads with a sane perplexity."""
-    from agentic_compression import llamacpp_runtime as llamacpp
+    from agentic_compression.models import llamacpp_runtime as llamacpp
     from agentic_compression.models import load
     from agentic_compression.targets.llamacpp import quantize, tensor_facts
 
@@ -356,8 +356,8 @@ def test_each_type_reloads_and_stores_the_bits_it_claims(tmp_path, smollm2_dir, 
 def test_an_importance_matrix_changes_the_weights_and_lowers_the_calibration_error(tmp_path, smollm2_dir,
                                                                                    smollm2_f32, data_dir):
     from agentic_compression import data
-    from agentic_compression.llamacpp_runtime import LlamaCpp
     from agentic_compression.models import load_tokenizer
+    from agentic_compression.models.llamacpp_runtime import LlamaCpp
     from agentic_compression.targets.llamacpp import importance_matrix, quantize
 
     tok = load_tokenizer(smollm2_dir)
@@ -384,7 +384,7 @@ def _kld_llama_perplexity_way(f32, quant, text, n_ctx, chunks):
     """acf's KL divergence (measure.KLDivergence) on exactly the tokens llama-perplexity scores: the text in chunks of
     n_ctx tokens, each starting with BOS where the vocabulary adds one, the second half of each chunk scored."""
     from agentic_compression.evaluation import measure
-    from agentic_compression.llamacpp_runtime import LlamaCpp
+    from agentic_compression.models.llamacpp_runtime import LlamaCpp
 
     ref, q = LlamaCpp(f32, n_ctx=n_ctx), LlamaCpp(quant, n_ctx=n_ctx)
     ids, bos = ref.tokenize(text), ref.llm.token_bos()
@@ -443,10 +443,10 @@ def test_a_run_across_two_targets_measures_each_candidate_in_its_runtime(tmp_pat
     the rule policy's first llama.cpp pick is tested in test_gguf_types.py): each target's baseline is its f32 export,
     timed beside transformers fp32 (the reference) and scoring as it does; every candidate is measured in the
     runtime its last step targets, on the reference's latency scale; a runtime's own quantization shrinks the file."""
-    from agentic_compression.config import EvalSettings, RunConfig
-    from agentic_compression.experiment import Experiment
-
     from test_loop import Scripted
+
+    from agentic_compression.config import EvalSettings, RunConfig
+    from agentic_compression.loop.experiment import Experiment
 
     cfg = RunConfig(model="smollm2-135m", data_dir=data_dir, output_dir=tmp_path, experiment="t", max_episodes=2,
                     use_skills=False, eval=EvalSettings(target="llamacpp,ortgenai", limit=20, ppl_tokens=512,

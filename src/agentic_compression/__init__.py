@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 def run(**config) -> dict:
     """Run one experiment (keyword arguments are RunConfig's fields) and return its final_results summary."""
     from .config import RunConfig
-    from .experiment import Experiment
+    from .loop.experiment import Experiment
 
     return Experiment(RunConfig(**config)).run()

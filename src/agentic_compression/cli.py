@@ -185,7 +185,7 @@ def _max_episodes(exp_dir: Path) -> int:
 
 def _run(a, argv: list[str]) -> int:
     from . import targets
-    from .experiment import Experiment
+    from .loop.experiment import Experiment
     from .report import table
 
     cfg = run_config(a, argv)
@@ -234,9 +234,9 @@ def _methods(model: str | None = None) -> int:
 
     arch = None
     if model is not None:
-        from .architecture import of_config
+        from .loop.spec import read_config
         from .models import resolve
-        from .spec import read_config
+        from .models.architecture import of_config
 
         config = read_config(resolve(model)[0])
         arch = of_config(config)
@@ -282,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "run":
             return _run(a, argv if argv is not None else sys.argv[1:])
         if a.cmd == "spec":
+            from .loop.spec import infer_spec
             from .models import ALIASES, resolve
-            from .spec import infer_spec
 
             if not a.online:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
             return _methods(a.model)
         if a.cmd == "serve":
-            from .service import serve
+            from .service.api import serve
 
             if a.data_dir is None:
                 raise UserError("no data dir given", "pass --data-dir ../shared/data or set ACF_DATA_DIR")
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             serve(a.output_dir, a.data_dir, a.host, a.port, a.models_dir)
             return 0
         if a.cmd == "worker":
-            from .tasks import app, broker_url
+            from .service.tasks import app, broker_url
 
             if broker_url() is None:
                 raise UserError("no broker configured", "set ACF_BROKER_URL, e.g. redis://127.0.0.1:6379/0")
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--without-mingle"])
             return 0
         if a.cmd == "resume":
-            from .experiment import Experiment
+            from .loop.experiment import Experiment
             from .report import table
 
             os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -97,8 +97,8 @@ def _convert(ckpt: Path, out: Path, target) -> None:
     """The PyTorch-side candidate as a dense checkpoint (compressed-tensors unpacked, LoRA merged), exported by the
     target's own converter, which checks the file against the PyTorch model."""
     from . import formats, targets
+    from .loop.workers import merged
     from .models import load
-    from .workers import merged
 
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=".stage-"))
     try:
@@ -125,7 +125,7 @@ def _dense(model):
     from transformers import AutoModelForCausalLM
 
     from .formats.compressed_tensors import unpack
-    from .workers import _ct
+    from .loop.workers import _ct
 
     if not _ct(model):
         return model
@@ -183,8 +183,8 @@ def divergence(reference, ours, tokenizer_dir: Path) -> float:
     CHECK_TEXT, tokenized by the tokenizer in ``tokenizer_dir``; both are closed."""
     import torch
 
-    from .llamacpp_runtime import next_token_stats
     from .models import load_tokenizer
+    from .models.llamacpp_runtime import next_token_stats
 
     ids = load_tokenizer(tokenizer_dir)(CHECK_TEXT)["input_ids"]
     logits = []

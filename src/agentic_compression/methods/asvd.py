@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..architecture import Architecture, of_model
 from ..formats.low_rank import LowRankLinear, set_module
-from ..stats_cache import input_stats
+from ..models.architecture import Architecture, of_model
+from ..models.stats_cache import input_stats
 from .base import Context, Method, Param, register
 
 

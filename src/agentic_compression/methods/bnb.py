@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 
-from ..architecture import of_model
+from ..models.architecture import of_model
 from .base import Context, Method, Param, register
 
 

@@ -3,7 +3,7 @@ the last step of a strategy on the llamacpp target, after any PyTorch-side steps
 LoRA merged). Optionally with an importance matrix computed by llama.cpp from the experiment's calibration text."""
 from __future__ import annotations
 
-from ..llamacpp_runtime import TYPES, converter_missing, tool
+from ..models.llamacpp_runtime import TYPES, converter_missing, tool
 from .base import Method, Param, register
 
 

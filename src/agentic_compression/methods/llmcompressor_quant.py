@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..architecture import of_config, of_model
+from ..models.architecture import of_config, of_model
 from .base import Context, Method, Param, register
 
 _SCHEMES = ["W4A16", "W8A16", "W8A8"]
@@ -156,9 +156,9 @@ class AWQ(_LLMCompressorQuant):
         return calibration_dataset(tokenizer, p, ctx)
 
     def apply(self, model, tokenizer, params, ctx):
-        import torch
         from unittest import mock
 
+        import torch
         from llmcompressor.pipelines.cache import IntermediatesCache
 
         if torch.accelerator.is_available():

@@ -19,8 +19,8 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from ..architecture import of_model
-from ..stats_cache import cached, weights_digest, windows_digest
+from ..models.architecture import of_model
+from ..models.stats_cache import cached, weights_digest, windows_digest
 from .base import Context, Method, Param, register
 from .llmcompressor_quant import _scheme, group_problem
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from .base import Method, Param, register
 
-
 # onnxruntime-genai's builder selectors of the MatMuls quantized to int8 inside an int4 model
 MIXED = ["mixed_layers:int8", "last_matmul:int8,mixed_layers:int8"]
 

@@ -12,8 +12,8 @@ import re
 
 import torch
 
-from ..architecture import of_model
-from ..stats_cache import input_stats
+from ..models.architecture import of_model
+from ..models.stats_cache import input_stats
 from .base import Context, Method, Param, register
 from .llmcompressor_quant import _CALIB, calibration_dataset
 

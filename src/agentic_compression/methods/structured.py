@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..architecture import Architecture, of_config, of_model
-from ..stats_cache import forward_with_hooks, input_stats
+from ..models.architecture import Architecture, of_config, of_model
+from ..models.stats_cache import forward_with_hooks, input_stats
 from .base import Context, Method, Param, register
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..architecture import of_model
 from .. import formats
+from ..models.architecture import of_model
 from .base import Context, Method, Param, register
 
 _TRAIN = (Param(name="steps", low=1, high=5000, default=30, help="optimizer steps"),

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..config import LLMSettings, brief
 from ..errors import UserError
 from ..methods import REGISTRY, ParamError
-from ..pipelines import AUTO, TEMPLATES, fit_group_size, parse_condition
 from ..schemas import ACTIONS, OBJECTIVES, Action, Step, Strategy
 from .base import Policy, PolicyView, chainable, propose, with_pending
+from .pipelines import AUTO, TEMPLATES, fit_group_size, parse_condition
 from .rule import RulePolicy
 from .search import ALGORITHMS, search
 

@@ -33,10 +33,10 @@ from __future__ import annotations
 import math
 
 from .. import methods
-from ..pipelines import TEMPLATES, instantiate
-from ..prior import WRECKED
 from ..schemas import Step, Strategy
 from .base import PolicyView, candidate_steps, learned, m_action, single, wrecked_methods
+from .pipelines import TEMPLATES, instantiate
+from .prior import WRECKED
 
 # a runtime already tried ranks its methods down by more than two places of the spec's preference: each runtime
 # (format) is a region of objective space, and the first episodes should visit each before refining one

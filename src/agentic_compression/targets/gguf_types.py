@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..llamacpp_runtime import TYPES
+from ..models.llamacpp_runtime import TYPES
 
 SCALE = 32  # bits x 32 is a whole number for every type (Q6_K: 210; Q3_K: 110): the knapsack's integer weights
 
@@ -87,7 +87,7 @@ def rounded(weight, qtype: str, importance=None):
 def matrices(model) -> dict[str, Any]:
     """The weight matrices llama.cpp quantizes, by PyTorch name: every block Linear, the token embedding, and the
     output head when it is not tied to the embedding."""
-    from ..architecture import of_model
+    from ..models.architecture import of_model
 
     out = dict(of_model(model).block_linears(model))
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
@@ -115,8 +115,8 @@ def sensitivities(model, windows: list[list[int]], types: tuple[str, ...], impor
     per matrix, every type's error from llama.cpp's real rounding."""
     import torch
 
-    from ..architecture import of_model
     from ..methods.mixed import _Replay, kl
+    from ..models.architecture import of_model
 
     arch, mats = of_model(model), matrices(model)
     with torch.no_grad():
@@ -182,7 +182,7 @@ def plan(model, windows: list[list[int]], budget_bits: float, importance: dict[s
     """Sensitivities to every type (reused from ``stats`` when this model, windows and importance were measured
     before, whichever types a budget offers) and the allocation over ``types`` under the budget, with its average
     stored bits and the summed sensitivity it predicts."""
-    from ..stats_cache import cached, weights_digest, windows_digest
+    from ..models.stats_cache import cached, weights_digest, windows_digest
 
     t0 = time.perf_counter()
     key = {"weights": weights_digest(model), "windows": windows_digest(windows), "types": list(TYPES),
@@ -203,6 +203,6 @@ def plan(model, windows: list[list[int]], budget_bits: float, importance: dict[s
 
 def importance(model, samples: list[list[int]], stats: Path | None) -> dict[str, Any]:
     """Each block Linear's importance as llama-imatrix measures it: the mean squared input of each column."""
-    from ..stats_cache import input_stats
+    from ..models.stats_cache import input_stats
 
     return {n: s["sq_sum"] / max(int(s["tokens"]), 1) for n, s in input_stats(model, samples, stats).items()}

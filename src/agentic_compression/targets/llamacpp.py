@@ -19,7 +19,7 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from ..llamacpp_runtime import TYPES, converter_missing, tool, tools_dir
+from ..models.llamacpp_runtime import TYPES, converter_missing, tool, tools_dir
 from .base import Target, clean_tokenizer, copy_side_files, register
 from .gguf_types import importance
 
@@ -143,7 +143,7 @@ def allocation(model, windows: list[list[int]], avg_bits: float, f32: Path, impo
     matrix (llama-quantize's --tensor-type patterns, each matching exactly one tensor)."""
     import gguf
 
-    from ..architecture import of_model
+    from ..models.architecture import of_model
     from .gguf_types import plan
 
     arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[architecture_of(f32)]
@@ -181,8 +181,8 @@ class LlamaCppTarget(Target):
         return f"llama-cpp-python {version('llama_cpp_python')}"
 
     def export(self, dense: Path, out: Path, final=None, ctx=None) -> dict:
-        from .. import llamacpp_runtime as llamacpp
         from .. import methods
+        from ..models import llamacpp_runtime as llamacpp
         from ..models import load
 
         out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ class LlamaCppTarget(Target):
         return info
 
     def predictor(self, checkpoint: Path):
-        from ..llamacpp_runtime import LlamaCpp
+        from ..models.llamacpp_runtime import LlamaCpp
 
         return LlamaCpp(checkpoint / GGUF, n_ctx=512, threads=1)
 
@@ -259,13 +259,13 @@ From Python (llama-cpp-python): `from llama_cpp import Llama; llm = Llama("PATH/
                                           f"FROM ./{GGUF}\n")
 
     def load(self, checkpoint: Path, settings):
-        from ..llamacpp_runtime import LlamaCpp
+        from ..models.llamacpp_runtime import LlamaCpp
 
         n_ctx = settings.prompt_tokens + settings.decode_tokens + 8  # what serving this prompt holds in KV cache
         return LlamaCpp(checkpoint / GGUF, n_ctx=n_ctx, threads=settings.threads, logits_all=False)
 
     def scoring(self, model, settings):
-        from ..llamacpp_runtime import LlamaCpp
+        from ..models.llamacpp_runtime import LlamaCpp
 
         model.close()
         return LlamaCpp(model.path, n_ctx=max(settings.ppl_window, 2048), threads=settings.threads)

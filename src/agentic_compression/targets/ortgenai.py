@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..llamacpp_runtime import shared_prefix
+from ..models.llamacpp_runtime import shared_prefix
 from .base import Target, clean_tokenizer, copy_side_files, register
 
 FORMAT_FILE = "acf_format.json"
@@ -195,7 +195,7 @@ def check(model, tokenizer, runtime, kl_tolerance: float) -> dict:
     """The exported model against the PyTorch one on the check text: perplexity ratio and next-token KL."""
     import torch
 
-    from ..llamacpp_runtime import CHECK_TEXT, next_token_stats
+    from ..models.llamacpp_runtime import CHECK_TEXT, next_token_stats
 
     ids = tokenizer(CHECK_TEXT)["input_ids"]
     with torch.no_grad():

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
-from . import goals, objectives, presets
-from .schemas import Episode, EpisodeStatus
+from .. import goals, objectives
+from ..schemas import Episode, EpisodeStatus
+from . import presets
 
 
 def allocation(e: Episode) -> dict | None:

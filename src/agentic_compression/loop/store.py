@@ -12,11 +12,11 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import stats_cache
+from ..errors import UserError
+from ..files import read_json, write_json
+from ..models import stats_cache
+from ..schemas import Episode, EvaluationResult
 from .episodes import EPISODE_FILES, now, remove_own
-from .errors import UserError
-from .files import read_json, write_json
-from .schemas import Episode, EvaluationResult
 
 STATE_DB = "state.sqlite"  # the LangGraph checkpoints: the loop's state after every node
 PROGRESS = "progress.json"  # where the loop is now (episode, node, action): read by the CLI and the API

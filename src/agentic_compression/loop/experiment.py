@@ -18,15 +18,17 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from . import (baselines, coordinating, episodes, methods, models, objectives, policies, presets, prior, recording,
-               resuming, stats_cache, summary, targets)
-from .config import RunConfig
-from .errors import UserError
+from .. import methods, models, objectives, policies, targets
+from ..config import RunConfig
+from ..errors import UserError
+from ..models import stats_cache
+from ..policies import prior
+from ..policies.pipelines import Probe
+from ..report import write_visualization
+from ..schemas import Episode, EvaluationResult, ModelSpec, Strategy
+from . import baselines, coordinating, episodes, presets, recording, resuming, summary
 from .episodes import Calibration, EpisodeJob
 from .pareto import ParetoFrontier
-from .pipelines import Probe
-from .report import write_visualization
-from .schemas import Episode, EvaluationResult, ModelSpec, Strategy
 from .skills import SkillContext, SkillMemory
 from .spec import infer_spec, read_config
 from .state import CompressionState
@@ -76,7 +78,7 @@ class Experiment:
 
     def available_methods(self) -> dict[str, type[methods.Method]]:
         """The methods that run here and apply to this model's architecture (architecture.py)."""
-        from .architecture import of_config
+        from ..models.architecture import of_config
 
         return {n: m for n, m in methods.available_methods(of_config(self.model_config)).items()
                 if any(t.offers(m) for t in self.targets.values())}

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .files import write_json
+from ..files import write_json
 
 T = TypeVar("T")
 FOLDER = "statistics"

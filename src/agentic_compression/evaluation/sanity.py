@@ -2,8 +2,8 @@
 the run with a clear error, not be optimised. Three signs, each enough (--force runs anyway and records it)."""
 from __future__ import annotations
 
-from . import benchmarks
-from .schemas import EvaluationResult
+from .. import benchmarks
+from ..schemas import EvaluationResult
 
 PPL_ABSURD = 1000.0  # trained LMs score tens on WikiText-2; a model guessing uniformly scores its vocabulary size
 # items a benchmark needs before "at chance within its standard error" means anything: with 24 items the stderr is

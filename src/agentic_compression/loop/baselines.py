@@ -6,10 +6,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import console, models, sanity
-from .errors import UserError
-from .evaluation import EvaluationError, Evaluator
-from .schemas import ParetoSolution, Strategy
+from .. import console, models
+from ..errors import UserError
+from ..evaluation import EvaluationError, Evaluator, sanity
+from ..schemas import ParetoSolution, Strategy
 
 
 def make_evaluators(exp) -> None:

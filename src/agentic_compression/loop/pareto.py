@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .reward import RewardSettings, reward
-from .objectives import OBJECTIVES, normalised, tolerances
-from .schemas import ParetoSolution
+from ..objectives import OBJECTIVES, normalised, tolerances
+from ..reward import RewardSettings, reward
+from ..schemas import ParetoSolution
 
 Vector = tuple[float, ...]
 

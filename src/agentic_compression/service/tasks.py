@@ -15,7 +15,6 @@ from pathlib import Path
 from celery import Celery
 
 
-
 def broker_url() -> str | None:
     return os.environ.get("ACF_BROKER_URL")
 
@@ -29,8 +28,8 @@ app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True, worker_pre
 
 @app.task(name="acf.run_experiment")
 def run_experiment(exp_dir: str) -> str:
-    from .experiment import Experiment
-    from .store import ExperimentBusy, finished, record_failure
+    from ..loop.experiment import Experiment
+    from ..loop.store import ExperimentBusy, finished, record_failure
 
     path = Path(exp_dir)
     if finished(path):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from .errors import UserError
+from ..errors import UserError
 
 # the conversion check's text: plain English prose with numbers and punctuation, about 300 tokens (written for acf)
 CHECK_TEXT = (

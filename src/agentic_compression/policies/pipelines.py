@@ -10,8 +10,8 @@ import operator
 import re
 from typing import Any, Callable
 
-from .methods import get
-from .schemas import Step, Strategy
+from ..methods import get
+from ..schemas import Step, Strategy
 
 _COND = re.compile(r"^\s*(ppl_ratio)\s*(>=|<=|>|<)\s*([0-9]*\.?[0-9]+)\s*$")
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -98,16 +98,16 @@ class Probe:
         self._base: float | None = None
 
     def _ppl(self, model, tokenizer) -> float:
-        from .data import read_text
-        from .evaluation import bos_id
-        from .evaluation.measure import perplexity
+        from ..data import read_text
+        from ..evaluation import bos_id
+        from ..evaluation.measure import perplexity
 
         ids = tokenizer(read_text(self.data_dir, self.source)[-20000:], add_special_tokens=False)["input_ids"]
         return perplexity(model, ids[-self.tokens:], 512, 512, bos_id(tokenizer))["perplexity"]
 
     def __call__(self, model, tokenizer) -> dict[str, float]:
         if self._base is None:
-            from .models import load
+            from ..models import load
 
             self._base = self._ppl(*load(self.base_path))
         return {"ppl_ratio": self._ppl(model, tokenizer) / self._base}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psutil
 
-from .methods import get
-from .schemas import ModelSpec, Strategy
+from ..methods import get
+from ..schemas import ModelSpec, Strategy
 
 RUNTIME_OVERHEAD_GB = 1.0  # python + torch + transformers + a second (evaluation) process
 
