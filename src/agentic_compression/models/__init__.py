@@ -7,12 +7,14 @@ cached safetensors folder), a local folder with ``config.json``, a local ``.gguf
 or already in the Hub cache)."""
 from __future__ import annotations
 
+import copy
 import fcntl
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 from ..errors import UserError
@@ -176,11 +178,29 @@ def load(path: Path | str, threads: int | None = None, device: str = "cpu"):
     return formats.load(Path(path), device), load_tokenizer(path)
 
 
+_TOKENIZERS: OrderedDict = OrderedDict()  # (folder, its side files' sizes and times) -> its tokenizer, copied out
+WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf", ".onnx", ".data")
+
+
 def load_tokenizer(path: Path | str):
+    """A model folder's tokenizer. Parsing one (SmolLM2's tokenizer.json is 3.5 MB) takes about 0.3 s, so a folder's
+    is parsed once per process, again when one of its files changes, and every caller gets a copy of its own."""
     from transformers import AutoTokenizer
 
+    p = Path(path)
+    key = None
+    if p.is_dir():
+        side = [(f.name, f.stat()) for f in sorted(p.iterdir()) if f.is_file() and not f.name.endswith(WEIGHTS)]
+        key = (str(p.resolve()), tuple((name, st.st_size, st.st_mtime_ns) for name, st in side))
+        if key in _TOKENIZERS:
+            _TOKENIZERS.move_to_end(key)
+            return copy.deepcopy(_TOKENIZERS[key])
     with reading(path, "a model's tokenizer", "check the tokenizer files of the model folder"):
         tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if key is not None:
+        _TOKENIZERS[key] = copy.deepcopy(tok)
+        while len(_TOKENIZERS) > 8:
+            _TOKENIZERS.popitem(last=False)
     return tok
