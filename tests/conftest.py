@@ -9,9 +9,11 @@ DATA_DIR = Path(os.environ.get("ACF_DATA_DIR", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# evaluation results are cached per test session, never across sessions (a stale entry would hide a regression)
-os.environ["ACF_EVAL_CACHE"] = tempfile.mkdtemp(prefix="acf-eval-cache-")
-os.environ["ACF_SKILLS"] = os.path.join(tempfile.mkdtemp(prefix="acf-skills-"), "skills.sqlite")
+# evaluation results are cached per test session, never across sessions (a stale entry would hide a regression);
+# the folders made here are removed when the session ends
+SCRATCH = [tempfile.mkdtemp(prefix="acf-eval-cache-"), tempfile.mkdtemp(prefix="acf-skills-")]
+os.environ["ACF_EVAL_CACHE"] = SCRATCH[0]
+os.environ["ACF_SKILLS"] = os.path.join(SCRATCH[1], "skills.sqlite")
 # runs measure in transformers unless a test names its targets (the default, auto, picks the runtimes installed here:
 # test_targets.py tests what it resolves to and runs it)
 os.environ["ACF_TARGETS"] = "transformers"
@@ -21,6 +23,13 @@ os.environ["ACF_TARGETS"] = "transformers"
 # (marker `slow`, or one of these fixtures, each of which starts one of those for its tests). CI runs everything.
 SLOW_FIXTURES = {"finished", "calm_run", "run_dir", "twin", "served_smollm2", "redis_url", "client", "smollm2_f32",
                  "gemma"}
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for d in SCRATCH:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
