@@ -6,7 +6,7 @@ percentile, same top token %, perplexity, and decode latency as a ratio to the p
 baseline, paired), with the strategy that made each row.
 
     .venv/bin/python bench/presets.py --data-dir ../shared/data --target llamacpp [--model smollm2-135m]
-        [--episodes 10] [--extra Q4_0,Q3_K_M] [--without Q4_1] [--out DIR]
+        [--episodes 10] [--extra Q4_0] [--without Q4_1] [--budget 4.5] [--out DIR]
 
 Goals (issue 29): llama.cpp: mean KLD <= 0.5x imatrix Q4_K_M's at <= 1.0x its size and <= 1.0x its latency; ORT
 GenAI: <= 0.5x the default int4's KLD at <= 1.1x its size. The verdict is printed under the table.
@@ -36,9 +36,11 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--limit", type=int, default=50, help="benchmark items (the bench judges KL divergence)")
     ap.add_argument("--extra", default="", help="more llama.cpp types measured with and without an importance "
-                    "matrix, e.g. Q4_0,Q3_K_M (Gemma 3's source is Q4_K_M: compare at a lower budget)")
+                    "matrix, e.g. Q4_0 (Gemma 3's source is Q4_K_M: compare at a lower budget)")
     ap.add_argument("--without", default="", help="also measure acf's 6-bit allocation with these types excluded, "
                     "e.g. Q4_1 (SmolLM2's own weights are a dequantized Q4_1, which Q4_1 stores without loss)")
+    ap.add_argument("--budget", type=float, action="append", default=[], help="also measure acf's allocation "
+                    "(gguf_mixed with an importance matrix) at this many bits per weight, e.g. 4.5 (Q4_0's)")
     ap.add_argument("--out", type=Path, default=Path("experiments"))
     ap.add_argument("--policy", default=None, help="the run's policy (default: acf's default)")
     a = ap.parse_args()
@@ -51,6 +53,8 @@ def main() -> None:
         extra = {**t.presets, **{x: [{"method": "gguf", "params": {"type": x}}] for x in a.extra.split(",") if x}}
         t.presets = {**extra, **{f"{k} imatrix": [{**s[0], "params": {**s[0]["params"], "imatrix": True}}]
                                  for k, s in extra.items() if k != "Q8_0"}}  # 8 bits are near-lossless anyway
+        for b in a.budget:
+            t.presets[f"acf {b:g} bits"] = [{"method": "gguf_mixed", "params": {"avg_bits": b, "imatrix": True}}]
         if a.without:
             t.presets[f"acf 6.0 bits without {a.without}"] = [{"method": "gguf_mixed", "params": {
                 "avg_bits": 6.0, "imatrix": True, "exclude": a.without}}]
