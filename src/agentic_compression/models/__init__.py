@@ -179,18 +179,20 @@ def load(path: Path | str, threads: int | None = None, device: str = "cpu"):
 
 
 _TOKENIZERS: OrderedDict = OrderedDict()  # (folder, its side files' sizes and times) -> its tokenizer, copied out
-WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf", ".onnx", ".data")
+_ASKED: set = set()  # folders whose tokenizer was loaded once: a second load caches it
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf", ".onnx", ".data")
 
 
 def load_tokenizer(path: Path | str):
-    """A model folder's tokenizer. Parsing one (SmolLM2's tokenizer.json is 3.5 MB) takes about 0.3 s, so a folder's
-    is parsed once per process, again when one of its files changes, and every caller gets a copy of its own."""
+    """A model folder's tokenizer. Parsing one takes about 0.3 s (SmolLM2's 3.5 MB tokenizer.json) to 3 s (Gemma 3's),
+    so a folder asked for twice is parsed once more and kept: each later caller gets a copy of its own (0.2 s, 2.2 s),
+    until one of its files changes. A process that loads it once (an evaluation) pays no copy."""
     from transformers import AutoTokenizer
 
     p = Path(path)
     key = None
     if p.is_dir():
-        side = [(f.name, f.stat()) for f in sorted(p.iterdir()) if f.is_file() and not f.name.endswith(WEIGHTS)]
+        side = [(f.name, f.stat()) for f in sorted(p.iterdir()) if f.is_file() and not f.name.endswith(_WEIGHTS)]
         key = (str(p.resolve()), tuple((name, st.st_size, st.st_mtime_ns) for name, st in side))
         if key in _TOKENIZERS:
             _TOKENIZERS.move_to_end(key)
@@ -199,8 +201,10 @@ def load_tokenizer(path: Path | str):
         tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if key is not None:
+    if key in _ASKED:
         _TOKENIZERS[key] = copy.deepcopy(tok)
-        while len(_TOKENIZERS) > 8:
+        if len(_TOKENIZERS) > 8:
             _TOKENIZERS.popitem(last=False)
+    elif key is not None:
+        _ASKED.add(key)
     return tok
