@@ -77,11 +77,13 @@ def fake_quant(weight, bits: int, group_size: int | None):
 
 def kl(p, ref_logits, logits):
     """Mean KL(p || q) over positions, q = softmax(logits), p = softmax(ref_logits) given as ``p``; computed from the
-    logit differences d as log(sum p e^d) - sum p d, with expm1/log1p, so that float32 resolves KLs of 1e-9."""
+    logit differences d as log(sum p e^d) - sum p d, with expm1/log1p, so that float32 resolves KLs of 1e-9.
+    ``logits`` is used up (overwritten in place: a [positions, vocabulary] array is 100 MB per copy)."""
     import torch
 
-    d = (logits.float() - ref_logits).clamp(-80, 80)
-    return (torch.log1p((p * torch.expm1(d)).sum(-1)) - (p * d).sum(-1)).mean().item()
+    d = logits.float().sub_(ref_logits).clamp_(-80, 80)
+    pd = (p * d).sum(-1)
+    return (torch.log1p(d.expm1_().mul_(p).sum(-1)) - pd).mean().item()
 
 
 class _Replay:

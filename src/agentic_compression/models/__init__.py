@@ -118,20 +118,21 @@ def repair_gguf_tokenizer(tok, gguf: Path):
       transformers' own slow-to-fast conversion does (generate_merges) and as llama.cpp's SPM tokenizer merges by
       score. (The upstream fix: build this BPE in GGUFGemmaConverter instead of the Unigram.)
     - tokenizer.ggml.add_bos_token is honoured: Gemma needs <bos> first; the GGUF says so, the tokenizer lost it."""
-    from gguf import GGUFReader
     from tokenizers.models import BPE
     from transformers.convert_slow_tokenizer import generate_merges
 
-    fields = GGUFReader(str(gguf)).fields
+    from .gguf_file import read_header
+
+    fields = read_header(gguf, arrays=("tokenizer.ggml.scores",)).fields
     backend = json.loads(tok.backend_tokenizer.to_str())["model"]
-    spm_bpe = "tokenizer.ggml.scores" in fields and fields["tokenizer.ggml.model"].contents() == "llama"
+    spm_bpe = "tokenizer.ggml.scores" in fields and fields["tokenizer.ggml.model"] == "llama"
     if spm_bpe and (backend["type"] == "Unigram" or (backend["type"] == "BPE" and len(backend["merges"]) < 2)):
-        scores = fields["tokenizer.ggml.scores"].contents()
+        scores = fields["tokenizer.ggml.scores"].tolist()
         vocab = tok.backend_tokenizer.get_vocab(with_added_tokens=False)
         merges = generate_merges(vocab, [(piece, scores[i]) for piece, i in vocab.items() if i < len(scores)])
         tok.backend_tokenizer.model = BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=tok.unk_token,
                                           byte_fallback=True, dropout=None)
-    if "tokenizer.ggml.add_bos_token" in fields and bool(fields["tokenizer.ggml.add_bos_token"].contents()):
+    if bool(fields.get("tokenizer.ggml.add_bos_token")):
         tok.add_bos_token = True
     return tok
 

@@ -3,7 +3,8 @@ reuse is stored in the experiment folder (``statistics/``), keyed by the weights
 every tensor), the calibration windows and the settings:
 - each block Linear's input activation sums (|x| and x^2 per channel: ASVD's scales, Wanda's norms, structured
   pruning's channel and head scores), ``input_stats``;
-- mixed precision's per-layer sensitivities (methods/mixed.py).
+- mixed precision's per-layer sensitivities (methods/mixed.py, and llama.cpp's per-tensor ones);
+- llama.cpp's importance matrix, a file (``cached_file``).
 A second episode on the same model (another ASVD rank, another Wanda sparsity or pruning ratio, another bit budget)
 measures nothing again. SparseGPT, AWQ and GPTQ collect their statistics inside llm-compressor, which offers no way
 to hand them in: those are computed each time."""
@@ -24,10 +25,15 @@ FOLDER = "statistics"
 def weights_digest(model) -> str:
     """SHA-256 over every parameter and buffer, by name: the checkpoint a statistic was measured on, whatever
     earlier steps of the strategy did to it."""
+    return tensors_digest({**dict(model.named_parameters()), **dict(model.named_buffers())})
+
+
+def tensors_digest(tensors: dict[str, Any]) -> str:
+    """SHA-256 over named tensors: their names and the bytes of their values."""
     import torch
 
     h = hashlib.sha256()
-    for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
+    for name, t in sorted(tensors.items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
     return h.hexdigest()
@@ -41,8 +47,7 @@ def cached(folder: Path | None, kind: str, key: dict[str, Any], compute: Callabl
     if folder is None:
         return compute(), False
     key = json.loads(json.dumps(key, default=str))
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    path = folder / f"{kind}-{digest}.{'pt' if tensors else 'json'}"
+    path = folder / f"{kind}-{_digest(key)}.{'pt' if tensors else 'json'}"
     try:
         if tensors:
             import torch
@@ -65,6 +70,28 @@ def cached(folder: Path | None, kind: str, key: dict[str, Any], compute: Callabl
     else:
         write_json(path, {"kind": kind, "key": key, "value": value})
     return value, False
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cached_file(folder: Path, kind: str, key: dict[str, Any], suffix: str, make: Callable[[Path], None]
+                ) -> tuple[Path, bool]:
+    """A file that ``make(path)`` writes (a tool's output), kept in ``folder`` under a name holding its key's digest;
+    returns (path, reused). It is made under a temporary name with the same suffix and renamed when complete, so a
+    killed run leaves no torn file under the name."""
+    path = folder / f"{kind}-{_digest(key)}{suffix}"
+    if path.is_file():
+        return path, True
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
+    try:
+        make(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path, False
 
 
 def windows_digest(samples: list[list[int]]) -> str:

@@ -3,8 +3,8 @@ included, gets one of the types llama.cpp stores at that matrix's row width, cho
 so that the summed measured sensitivity is least (a multiple-choice knapsack, solved exactly, ``allocate``).
 
 - **llama.cpp's own rounding.** A matrix is quantized by ``ggml_quantize_chunk`` from the binding's libggml (the
-  function llama-quantize calls), with the importance of each input column where asked for (the mean squared input
-  over the calibration text, stats_cache.input_stats: what llama-imatrix measures), and dequantized by gguf-py.
+  function llama-quantize calls), with the importance of each input column where asked for (llama-imatrix's mean
+  squared input over the calibration text, the matrix llama-quantize is given), and dequantized by gguf-py.
   Rows are quantized independently, so the converter's permutation of the attention rows changes nothing.
 - **Measured sensitivity.** The mean next-token KL divergence of the PyTorch model from itself when only that matrix
   holds its values rounded to one type (methods/mixed.py's replay: the blocks before it are not recomputed), carried
@@ -182,11 +182,11 @@ def plan(model, windows: list[list[int]], budget_bits: float, importance: dict[s
     """Sensitivities to every type (reused from ``stats`` when this model, windows and importance were measured
     before, whichever types a budget offers) and the allocation over ``types`` under the budget, with its average
     stored bits and the summed sensitivity it predicts."""
-    from ..models.stats_cache import cached, weights_digest, windows_digest
+    from ..models.stats_cache import cached, tensors_digest, weights_digest, windows_digest
 
     t0 = time.perf_counter()
     key = {"weights": weights_digest(model), "windows": windows_digest(windows), "types": list(TYPES),
-           "importance": importance is not None,
+           "importance": tensors_digest(importance) if importance else None,
            "measure": f"next-token KL at {PROBE}, one matrix in llama.cpp's rounding; weighted squared error ratios "
                       f"over {ROWS} rows"}
     every, reused = cached(stats, "gguf-sensitivity", key, lambda: sensitivities(model, windows, TYPES, importance))
@@ -200,9 +200,3 @@ def plan(model, windows: list[list[int]], budget_bits: float, importance: dict[s
             "budget_bits": budget_bits, "predicted_kl": sum(sens[n][t] for n, t in assignment.items()),
             "sensitivity_seconds": seconds, "sensitivity_reused": reused}
 
-
-def importance(model, samples: list[list[int]], stats: Path | None) -> dict[str, Any]:
-    """Each block Linear's importance as llama-imatrix measures it: the mean squared input of each column."""
-    from ..models.stats_cache import input_stats
-
-    return {n: s["sq_sum"] / max(int(s["tokens"]), 1) for n, s in input_stats(model, samples, stats).items()}

@@ -19,12 +19,13 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
+from ..models.gguf_file import read_header
 from ..models.llamacpp_runtime import TYPES, converter_missing, tool, tools_dir
 from .base import Target, clean_tokenizer, copy_side_files, register
-from .gguf_types import importance
 
 GGUF = "model.gguf"
 FORMAT_FILE = "acf_format.json"
+IMATRIX = ".imatrix.gguf"  # an importance matrix made outside an experiment, removed with the f32 file
 F32_KL = 1e-3  # next-token KL (nats) allowed between an f32 export and the PyTorch model (seen: 1e-6)
 
 
@@ -118,22 +119,18 @@ def tensor_facts(gguf: Path) -> dict:
     """What the file really stores: bits per weight over all tensors (bytes x 8 / elements), the parameter count,
     and how many tensors of each llama.cpp type (SmolLM2's width 576 is no multiple of 256: most "Q4_K_M" tensors
     fall back to Q5_0/Q8_0, and this says so)."""
-    from gguf import GGUFReader
-
-    tensors = GGUFReader(str(gguf)).tensors
-    elements = sum(int(t.n_elements) for t in tensors)
+    tensors = read_header(gguf).tensors
+    elements = sum(t.n_elements for t in tensors)
     types: dict[str, int] = {}
     for t in tensors:
-        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
-    return {"bits_per_weight": 8 * sum(int(t.n_bytes) for t in tensors) / elements, "num_params": elements,
+        types[t.type] = types.get(t.type, 0) + 1
+    return {"bits_per_weight": 8 * sum(t.n_bytes for t in tensors) / elements, "num_params": elements,
             "tensor_types": types}
 
 
 def types_by_tensor(gguf: Path) -> dict[str, str]:
     """{tensor name: its llama.cpp type}, as the file stores it."""
-    from gguf import GGUFReader
-
-    return {t.name: t.tensor_type.name for t in GGUFReader(str(gguf)).tensors}
+    return {t.name: t.type for t in read_header(gguf).tensors}
 
 
 def allocation(model, windows: list[list[int]], avg_bits: float, f32: Path, importance: dict | None,
@@ -141,25 +138,59 @@ def allocation(model, windows: list[list[int]], avg_bits: float, f32: Path, impo
     """Per-tensor types over every type llama.cpp stores at each matrix's row width, under ``avg_bits`` stored bits
     per weight, by measured sensitivity in llama.cpp's own rounding (gguf_types.py), named as the GGUF names each
     matrix (llama-quantize's --tensor-type patterns, each matching exactly one tensor)."""
+    from .gguf_types import plan
+
+    names = gguf_names(model, f32)
+    out = plan(model, windows, avg_bits, importance, stats, types)
+    out["tensor_types"] = {"^" + re.escape(names[n]) + "$": t.lower() for n, t in out["assignment"].items()}
+    return out
+
+
+def gguf_names(model, f32: Path) -> dict[str, str]:
+    """{PyTorch name of each matrix llama.cpp quantizes: its tensor's name in the GGUF} ("blk.0.attn_q.weight")."""
     import gguf
 
     from ..models.architecture import of_model
-    from .gguf_types import plan
+    from .gguf_types import matrices
 
     arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[architecture_of(f32)]
     names = gguf.get_tensor_name_map(arch, of_model(model).n_layers)
-    out = plan(model, windows, avg_bits, importance, stats, types)
-    out["tensor_types"] = {"^" + re.escape(names.get_name(f"{n}.weight", try_suffixes=(".weight",))) + "$": t.lower()
-                           for n, t in out["assignment"].items()}
+    return {n: names.get_name(f"{n}.weight", try_suffixes=(".weight",)) for n in matrices(model)}
+
+
+def imatrix_file(f32: Path, model, tokenizer, windows: list[list[int]], stats: Path | None, scratch: Path
+                 ) -> tuple[Path, bool]:
+    """llama-imatrix's importance matrix over the calibration windows: from the experiment's statistics when these
+    weights and windows were measured before (every importance-matrix candidate of a run shares one), else
+    computed, into ``stats`` (or, outside an experiment, ``scratch/.imatrix.gguf``). Returns (path, reused)."""
+    from ..models.stats_cache import cached_file, weights_digest, windows_digest
+
+    text = "\n".join(tokenizer.decode(s) for s in windows)
+    if stats is None:
+        importance_matrix(f32, text, scratch / IMATRIX, 512)
+        return scratch / IMATRIX, False
+    key = {"weights": weights_digest(model), "windows": windows_digest(windows), "ctx": 512, "tool": "llama-imatrix"}
+    return cached_file(stats, "imatrix", key, ".gguf", lambda path: importance_matrix(f32, text, path, 512))
+
+
+def imatrix_importance(imatrix: Path, names: dict[str, str]) -> dict:
+    """{PyTorch name: the mean squared input of each column} as llama-imatrix stored it (in_sum2 / counts): the
+    importance llama-quantize rounds the file with, for the matrices it measured (not the token embedding)."""
+    import torch
+
+    from ..models.gguf_file import read_f32
+
+    data, out = read_f32(imatrix), {}
+    for n, g in names.items():
+        sums, counts = data.get(f"{g}.in_sum2"), data.get(f"{g}.counts")
+        if sums is not None and counts is not None and counts.ravel()[0] > 0:
+            out[n] = torch.from_numpy(sums / counts.ravel()[0])
     return out
 
 
 def architecture_of(path: Path) -> str:
     """A GGUF file's general.architecture ("llama", "gemma3")."""
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(path)).fields["general.architecture"]
-    return bytes(field.parts[field.data[0]]).decode()
+    return read_header(path).fields["general.architecture"]
 
 
 @register
@@ -206,15 +237,13 @@ class LlamaCppTarget(Target):
                 p = methods.get(final.method).resolve(final.params)
                 imat = None
                 if p.get("imatrix"):
-                    imat = out / ".imatrix.gguf"
-                    texts = ctx.calibration(tok, int(p.get("imatrix_samples", 32)), 512)
-                    importance_matrix(f32, "\n".join(tok.decode(s) for s in texts), imat, 512)
+                    imat, reused = imatrix_file(f32, model, tok, ctx.calibration(
+                        tok, int(p.get("imatrix_samples", 32)), 512), ctx.stats, out)
+                    info["imatrix_reused"] = reused
                 types = dict(p.get("tensor_types") or {})
                 if p.get("avg_bits") is not None:
-                    imp = None
-                    if imat is not None:  # the rounding the file will get: weighted by the same kind of statistic
-                        imp = importance(model, ctx.calibration(tok, int(p.get("imatrix_samples", 32)), 512),
-                                         ctx.stats)
+                    # the rounding the file will get: weighted by the importance matrix llama-quantize is given
+                    imp = imatrix_importance(imat, gguf_names(model, f32)) if imat is not None else None
                     offered = tuple(t for t in TYPES if t not in str(p.get("exclude") or "").upper().split(","))
                     mixed = allocation(model, ctx.calibration(tok, 4, 128), float(p["avg_bits"]), f32, imp,
                                        ctx.stats, offered)
@@ -230,7 +259,7 @@ class LlamaCppTarget(Target):
                     if wrong:
                         raise RuntimeError(f"llama-quantize wrote other types than allocated: {wrong}")
         finally:
-            for tmp in (f32, out / ".imatrix.gguf"):
+            for tmp in (f32, out / IMATRIX):
                 tmp.unlink(missing_ok=True)
         copy_side_files(dense, out)
         info |= tensor_facts(out / GGUF) | {"runtime": self.runtime, "runtime_version": self.version()}
