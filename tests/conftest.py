@@ -8,6 +8,11 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ACF_DATA_DIR", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# under xdist each worker's runtimes get its share of the CPUs (models/threads.py reads OMP_NUM_THREADS, as torch
+# does): two workers whose runtimes each start a thread per CPU crowd each other out, llama.cpp scoring 4.5x slower
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // WORKERS)))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # evaluation results are cached per test session, never across sessions (a stale entry would hide a regression);
 # the folders made here are removed when the session ends

@@ -656,3 +656,13 @@ def test_vllm_is_refused_in_one_line_where_it_cannot_run(tiny_dir, data_dir, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and any("target 'vllm' cannot run here" in line for line in err)
     assert not any("Traceback" in line for line in err)
+
+
+def test_runtimes_take_the_threads_asked_then_omp_num_threads_then_the_cpus_they_may_use(monkeypatch):
+    from agentic_compression.models.threads import default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert (default_threads(5), default_threads()) == (5, 3)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)  # as under `taskset -c 0`
+    assert default_threads() == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..errors import UserError
+from .threads import default_threads
 
 # the conversion check's text: plain English prose with numbers and punctuation, about 300 tokens (written for acf)
 CHECK_TEXT = (
@@ -88,7 +89,7 @@ class LlamaCpp:
 
         self.device, self.logits_all, self.path = torch.device("cpu"), logits_all, gguf
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=logits_all, verbose=False,
-                         n_threads=threads or os.cpu_count(), n_threads_batch=threads or os.cpu_count())
+                         n_threads=default_threads(threads), n_threads_batch=default_threads(threads))
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids as llama.cpp makes them, with BOS where the GGUF's vocabulary asks for one."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..models.gguf_file import read_header
 from ..models.llamacpp_runtime import TYPES, converter_missing, tool, tools_dir
+from ..models.threads import default_threads
 from .base import Target, clean_tokenizer, copy_side_files, register
 
 GGUF = "model.gguf"
@@ -66,7 +67,7 @@ def quantize(f32: Path, out: Path, qtype: str, imatrix: Path | None = None, thre
         cmd = [str(exe), *(["--imatrix", str(imatrix)] if imatrix else [])]
         for name, ggml_type in (tensor_types or {}).items():
             cmd += ["--tensor-type", f"{name}={ggml_type}"]
-        proc = subprocess.run([*cmd, str(f32), str(out), qtype, str(threads or os.cpu_count())],
+        proc = subprocess.run([*cmd, str(f32), str(out), qtype, str(default_threads(threads))],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"llama-quantize failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
@@ -77,7 +78,7 @@ def quantize(f32: Path, out: Path, qtype: str, imatrix: Path | None = None, thre
 
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
-    p.nthread = threads or os.cpu_count()
+    p.nthread = default_threads(threads)
     rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(out).encode(), ctypes.byref(p))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize to {qtype} failed (return code {rc})")
@@ -91,7 +92,7 @@ def importance_matrix(f32: Path, text: str, out: Path, ctx_len: int, threads: in
         fh.write(text)
     try:
         proc = subprocess.run([str(exe), "-m", str(f32), "-f", fh.name, "-o", str(out), "-c", str(ctx_len),
-                               "-t", str(threads or os.cpu_count()), "--no-ppl"], capture_output=True, text=True)
+                               "-t", str(default_threads(threads)), "--no-ppl"], capture_output=True, text=True)
     finally:
         os.unlink(fh.name)
     if proc.returncode != 0 or not out.is_file():

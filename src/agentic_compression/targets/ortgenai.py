@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..models.llamacpp_runtime import shared_prefix
+from ..models.threads import default_threads
 from .base import Target, clean_tokenizer, copy_side_files, register
 
 FORMAT_FILE = "acf_format.json"
@@ -38,13 +39,16 @@ class OrtGenAI:
     """An ONNX Runtime GenAI model called like a transformers model: serving mode returns the last position's
     logits and carries the generator (its KV cache) between calls; scoring mode (``logits``) every position's."""
 
-    def __init__(self, folder: Path, max_length: int, logits_all: bool = True):
+    def __init__(self, folder: Path, max_length: int, logits_all: bool = True, threads: int | None = None):
         import onnxruntime_genai as og
         import torch
 
         limit = json.loads((folder / "genai_config.json").read_text())["model"]["context_length"]
         self.og, self.path, self.max_length, self.logits_all = og, folder, min(max_length, limit), logits_all
-        self.model, self.device, self.gen = og.Model(str(folder)), torch.device("cpu"), None
+        config = og.Config(str(folder))  # the folder's own config, with the thread count of models/threads.py
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": default_threads(threads)}}}}))
+        self.model, self.device, self.gen = og.Model(config), torch.device("cpu"), None
         self.held, self.scores = [], None  # what the generator holds in scoring mode (logits), and its logits
 
     def _generator(self):
@@ -286,11 +290,12 @@ class OrtGenAITarget(Target):
 {SNIPPET}```"""
 
     def load(self, checkpoint: Path, settings):
-        return OrtGenAI(checkpoint, settings.prompt_tokens + settings.decode_tokens + 8, logits_all=False)
+        return OrtGenAI(checkpoint, settings.prompt_tokens + settings.decode_tokens + 8, logits_all=False,
+                        threads=settings.threads)
 
     def scoring(self, model, settings):
         model.close()
-        return OrtGenAI(model.path, max(settings.ppl_window, 2048))
+        return OrtGenAI(model.path, max(settings.ppl_window, 2048), threads=settings.threads)
 
     def lm(self, model, tokenizer, settings, add_bos):
         from .runtime_lm import RuntimeLM
