@@ -214,6 +214,8 @@ def test_a_wrecked_candidate_is_pruned_after_its_first_tokens_and_a_close_one_is
     with pytest.raises(measure.Pruned, match="KL divergence .* the limit is 0.0001"):
         measure.perplexity(mild, ids, 64, 32, reference=measure.Reference(Toy(w, g)), prune={"kld": 1e-4})
     assert measure.perplexity(wrecked, ids, 64, 32, prune={"perplexity_ratio": 2.0})["tokens"] == 1499
+    head = measure.perplexity(mild, ids, 64, 32, reference=measure.Reference(Toy(w, g)), upto=measure.SLICE)
+    assert head["tokens"] == head["kld"]["n"] == 63 + 15 * 32  # the slice alone: the window reaching 512, no more
 
 
 def test_hopeless_judges_the_estimate_three_standard_errors_below_it():
@@ -237,3 +239,43 @@ def test_a_pruned_pass_leaves_no_half_written_reference(tmp_path):
         measure.perplexity(Toy(w, g, 6.0), ids, 64, 32, reference=ref, prune={"perplexity_ratio": 2.0})
     ref.close(complete=False)
     assert not measure.StoredLogProbs(tmp_path / "ref").complete() and not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_slice_is_judged_before_an_evaluation_process_and_in_one_when_no_reference_is_stored(
+        data_dir, tiny_dir, tmp_path, fast_eval, monkeypatch):
+    """A candidate far past a KL limit is pruned in the run's process, against the baseline's stored
+    log-probabilities, before any process is started or latency timed; with no stored reference the evaluation
+    process judges the same slice (after its paired latency) to the same numbers. A candidate within the limits is
+    measured in full."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentic_compression.evaluation import Evaluator
+
+    monkeypatch.setenv("ACF_EVAL_CACHE", str(tmp_path / "cache"))
+    s = fast_eval.model_copy(update={"ppl_tokens": 1024, "limit": 4})
+    work = tmp_path / "work"
+    work.mkdir()
+    ev = Evaluator(s, data_dir, AutoTokenizer.from_pretrained(tiny_dir), work)
+    ev.evaluate(tiny_dir)  # the baseline stores its log-probabilities
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.1)
+    model.save_pretrained(tmp_path / "cand")
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(tmp_path / "cand")
+    with pytest.raises(measure.Pruned, match="KL divergence") as here:
+        ev.evaluate(tmp_path / "cand", prune={"kld": 1e-6})
+    p = here.value.partial
+    assert "before" in p["judged"] and "latency" not in p and 512 <= p["tokens"] < 512 + 64
+    shutil.rmtree(work / "reference")
+    with pytest.raises(measure.Pruned, match="KL divergence") as there:
+        ev.evaluate(tmp_path / "cand", prune={"kld": 1e-6})
+    q = there.value.partial
+    assert "judged" not in q and q["latency"]["decode_ms_per_token"]["n"] > 0 and "benchmarks" not in q["phases"]
+    assert (q["tokens"], q["kld"]["n"]) == (p["tokens"], p["kld"]["n"])
+    assert q["kld"]["mean"] == pytest.approx(p["kld"]["mean"], rel=1e-3)
+    assert q["perplexity"] == pytest.approx(p["perplexity"], rel=1e-4)
+    assert ev.evaluate(tmp_path / "cand", prune={"kld": 10.0}).perplexity_tokens == 1023

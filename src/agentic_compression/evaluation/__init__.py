@@ -102,6 +102,8 @@ class Evaluator:
             except (OSError, ValueError):  # a damaged or older entry is measured again and rewritten
                 raw = None
         if raw is None:
+            if prune and self._judge_slice(checkpoint, prune, t0):
+                prune = None  # not hopeless: the evaluation process measures it in full
             raw = self._measure(checkpoint, fp, prune)
             raw.measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if entry is not None:
@@ -135,6 +137,39 @@ class Evaluator:
         r, s = self.request, self.s
         what = [fp or str(checkpoint.resolve()), r.ppl_ids, s.ppl_window, s.ppl_stride, r.bos_id, s.device]
         return self.work_dir / "reference" / f"{target}-{hashlib.sha256(repr(what).encode()).hexdigest()[:16]}"
+
+    def _judge_slice(self, checkpoint: Path, prune: dict[str, float], t0: float) -> bool:
+        """A candidate's first measure.SLICE scored tokens, scored in this process against the baseline's stored
+        log-probabilities and judged by ``prune``'s limits before an evaluation process is started: a hopeless one
+        raises Pruned having cost its load and the slice, not the process's start and the paired latency, which
+        come first there (the memory peak is read before any scoring). True when the slice was judged and the
+        candidate goes on to its full evaluation (which scores the slice again, a few seconds); False where the
+        evaluation process judges it: a runtime that scores its own windows (vLLM), a GPU (the run's process
+        holds no CUDA memory of a candidate), no stored reference."""
+        from .. import targets
+        from . import measure
+
+        target = targets.get(self.s.target)
+        base = self.baseline_target or self.s.target
+        if (target.perplexity is not None or not (target.full_logits and targets.get(base).full_logits)
+                or self.s.device != "cpu" or self.baseline_checkpoint is None):
+            return False
+        store = measure.StoredLogProbs(self.log_probs_store(self.baseline_checkpoint, base, self.baseline_fp))
+        if not store.complete():
+            return False
+        t = time.perf_counter()
+        model = target.scoring(target.load(checkpoint, self.s), self.s)
+        loaded = time.perf_counter() - t
+        try:
+            measure.perplexity(model, self.request.ppl_ids, self.s.ppl_window, self.s.ppl_stride,
+                               self.request.bos_id, store.reader(), prune=prune, upto=measure.SLICE)
+        except Pruned as e:
+            phases = {"load": loaded, "perplexity_kld": time.perf_counter() - t - loaded}
+            raise Pruned(str(e), {**e.partial, "judged": "in the run's process, before an evaluation process",
+                                  "phases": phases, "eval_seconds": time.perf_counter() - t0}) from None
+        finally:
+            getattr(model, "close", lambda: None)()
+        return True
 
     def _measure(self, checkpoint: Path, fp: str | None = None, prune: dict | None = None) -> Measured:
         t0 = time.perf_counter()

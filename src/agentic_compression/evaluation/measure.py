@@ -216,7 +216,7 @@ def last_logits(model, inp: torch.Tensor, n: int) -> torch.Tensor:
 @torch.no_grad()
 def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None = None,
                reference: "Reference | None" = None, keep: Path | None = None,
-               prune: dict[str, float] | None = None) -> dict[str, Any]:
+               prune: dict[str, float] | None = None, upto: int | None = None) -> dict[str, Any]:
     """Sliding-window perplexity (each token scored once, with up to ``window`` tokens of context). With ``bos``
     (a model whose tokenizer starts every text with it, such as Gemma) each window starts with that token, which
     is context, never scored. With ``reference`` (the baseline's log-probabilities: StoredLogProbs.reader, or
@@ -224,7 +224,8 @@ def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None 
     divergence of this model's next-token distribution from the reference's over the full vocabulary (``kld``:
     KLDivergence.stats). With ``keep`` (the baseline scored itself) its own log-probabilities are stored there, the
     reference of every later candidate. With ``prune`` (limits, ``hopeless``) and a reference, the first SLICE
-    scored tokens are judged, and a candidate already far past a limit raises Pruned."""
+    scored tokens are judged, and a candidate already far past a limit raises Pruned. With ``upto``, the pass
+    stops after the window whose scored tokens reach it (the slice alone)."""
     ctx = [] if bos is None else [bos]
     nll, count, prev_end = 0.0, 0, 0
     kld = KLDivergence() if reference is not None else None
@@ -244,7 +245,7 @@ def perplexity(model, ids: list[int], window: int, stride: int, bos: int | None 
         if prune and kld is not None and count >= SLICE and count - n < SLICE:
             if reason := hopeless(stats := kld.stats(), prune):
                 raise Pruned(reason, {"tokens": count, "perplexity": math.exp(nll / count), "kld": stats})
-        if end == len(ids):
+        if end == len(ids) or (upto is not None and count >= upto):
             break
     if writer is not None:
         writer.close()
