@@ -128,3 +128,39 @@ def test_the_report_names_episodes_timed_on_a_drifted_machine():
     msg = drifted({"episodes": eps})
     assert "1.60x (episode_001)" in msg and "episode_000" not in msg
     assert drifted({"episodes": eps[:1] + eps[2:]}) is None
+
+
+@pytest.mark.slow
+def test_evaluations_fork_from_one_zygote_that_a_timeout_or_its_death_does_not_break(data_dir, tiny_dir, tmp_path,
+                                                                                       fast_eval, monkeypatch):
+    """Each evaluation is a process forked from a zygote that made the imports once: two evaluations share it and
+    measure the same; a zygote that died is replaced; a child past the timeout is killed and the evaluation fails
+    saying so; closing the zygote ends it."""
+    import os
+
+    from agentic_compression.evaluation import EvaluationError, zygote
+
+    monkeypatch.setenv("ACF_EVAL_CACHE", str(tmp_path / "cache"))
+    zygote.close_all()
+    ev = _evaluator(fast_eval.model_copy(update={"cache": False}), data_dir, tiny_dir, tmp_path)
+    first = ev.evaluate(tiny_dir)
+    z = zygote._IDLE[0]
+    again = ev.evaluate(tiny_dir)
+    assert zygote._IDLE == [z] and again.perplexity == first.perplexity and again.accuracy == first.accuracy
+    os.kill(z.proc.pid, 9)
+    z.proc.wait()
+    assert ev.evaluate(tiny_dir).perplexity == first.perplexity and zygote._IDLE[0] is not z
+    slow = _evaluator(fast_eval.model_copy(update={"cache": False, "timeout_s": 1}), data_dir, tiny_dir, tmp_path)
+    with pytest.raises(EvaluationError, match="exceeded 1s"):
+        slow.evaluate(tiny_dir)
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == zygote._IDLE[0].proc.pid]
+    kept = zygote._IDLE[0].proc
+    zygote.close_all()
+    assert kept.poll() is not None and zygote._IDLE == []
+
+
+def _parent(pid: str) -> int | None:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..files import write_json
 from ..objectives import RELATIVE, ratio
 from ..schemas import EvaluationResult
+from . import zygote
 from .protocol import EvalRequest, Measured, Pruned, evaluator_for
 
 
@@ -187,20 +188,33 @@ class Evaluator:
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
                    "HF_DATASETS_OFFLINE": "0" if self.s.source == "hub" else "1",
                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-            try:
-                proc = subprocess.run([sys.executable, "-m", "agentic_compression.evaluation.worker", str(req),
-                                       str(res)], capture_output=True, text=True, env=env, timeout=self.s.timeout_s,
-                                      preexec_fn=_die_with_parent)
-            except subprocess.TimeoutExpired:
-                raise EvaluationError(f"evaluation exceeded {self.s.timeout_s}s") from None
-            log_text(proc.stdout + proc.stderr)  # into the episode's log.txt when the CLI routes output
-            if proc.returncode != 0 or not res.exists():
-                raise EvaluationError(f"evaluation process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            code, out = self._run_worker(env, req, res, Path(tmp) / "log.txt")
+            log_text(out)  # into the episode's log.txt when the CLI routes output
+            if code is None:
+                raise EvaluationError(f"evaluation exceeded {self.s.timeout_s}s")
+            if code != 0 or not res.exists():
+                raise EvaluationError(f"evaluation process failed (exit {code}):\n{out[-3000:]}")
             text = res.read_text()
             if text.startswith('{"pruned"'):
                 pruned = json.loads(text)["pruned"]
                 raise Pruned(pruned.pop("reason"), {**pruned, "eval_seconds": time.perf_counter() - t0})
             return Measured.model_validate_json(text)
+
+    def _run_worker(self, env: dict, req: Path, res: Path, log: Path) -> tuple[int | None, str]:
+        """worker.py's measurement in a process of its own: forked from a zygote that has made the imports, or,
+        where none can be used, started for it. Its exit code (None: past the timeout, killed) and its output."""
+        try:
+            code = zygote.run(env, str(req), str(res), str(log), self.s.timeout_s)
+            return code, log.read_text(errors="replace") if log.exists() else ""
+        except zygote.Gone:
+            pass
+        try:
+            proc = subprocess.run([sys.executable, "-m", "agentic_compression.evaluation.worker", str(req), str(res)],
+                                  capture_output=True, text=True, env=env, timeout=self.s.timeout_s,
+                                  preexec_fn=_die_with_parent)
+        except subprocess.TimeoutExpired:
+            return None, ""
+        return proc.returncode, proc.stdout + proc.stderr
 
     def _result(self, raw: Measured, seconds: float) -> EvaluationResult:
         acc, lat, mem = raw.accuracy, raw.latency, raw.memory

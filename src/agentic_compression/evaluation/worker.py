@@ -1,6 +1,7 @@
 """One candidate's evaluation in a fresh process, so that its peak memory, latency and energy are its own.
 
-Usage (internal): python -m agentic_compression.evaluation.worker REQUEST.json RESULT.json
+Usage (internal): python -m agentic_compression.evaluation.worker REQUEST.json RESULT.json, or ``main`` in a child
+forked from zygote.py (the imports made once; the child's memory high-water mark reset before it starts)
 Order matters: runtime RSS is read after the tokenizer is loaded and before the checkpoint is; the peak (VmHWM, or on
 a GPU the CUDA allocator's peak) is read after load + latency and before lm-eval, whose own buffers would otherwise
 count as the model's. The checkpoint is loaded by its target (targets/): transformers, llama.cpp, ONNX Runtime
