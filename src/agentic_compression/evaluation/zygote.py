@@ -9,13 +9,13 @@ closes (the run ended or died), killing a child still running. Where a zygote ca
 or died), the evaluation runs in a process started for it alone (evaluation.Evaluator._measure)."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
-import atexit
 import threading
 
 _IDLE: list["Zygote"] = []  # at most one per run process: a zygote holds about 0.5 GB of imported code
@@ -27,8 +27,8 @@ class Gone(RuntimeError):
 
 
 class Zygote:
-    def __init__(self, env: dict[str, str]):
-        self.key = (tuple(sorted(env.items())), os.getcwd())  # an environment or directory of its own
+    def __init__(self, env: dict[str, str], key: tuple):
+        self.key = key  # its environment and working directory: another needs a zygote of its own
         self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, env=env, bufsize=0)
         self.buf = b""
@@ -71,14 +71,17 @@ class Zygote:
 def run(env: dict[str, str], request: str, result: str, log: str, timeout: float) -> int | None:
     """Measure in a zygote with this environment and directory (the idle one, or a new one; an idle zygote of
     another environment is closed first). Raises Gone when the zygote cannot be used."""
-    key = (tuple(sorted(env.items())), os.getcwd())
+    try:
+        key = (tuple(sorted(env.items())), os.getcwd())
+    except OSError:  # a working directory that was deleted
+        raise Gone("no working directory") from None
     with _LOCK:
         mine = next((z for z in _IDLE if z.key == key and z.proc.poll() is None), None)
         for z in list(_IDLE):
             _IDLE.remove(z)
             if z is not mine:
                 z.close()
-    z = mine or Zygote(env)
+    z = mine or Zygote(env, key)
     try:
         code = z.run(request, result, log, timeout)
     except Gone:
@@ -90,7 +93,7 @@ def run(env: dict[str, str], request: str, result: str, log: str, timeout: float
 
 
 def close_all() -> None:
-    """End the idle zygotes (at the end of a run, and at exit)."""
+    """End the idle zygotes (at exit; a test or a service may call it sooner)."""
     with _LOCK:
         while _IDLE:
             _IDLE.pop().close()
