@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -211,7 +210,7 @@ class Evaluator:
         try:
             proc = subprocess.run([sys.executable, "-m", "agentic_compression.evaluation.worker", str(req), str(res)],
                                   capture_output=True, text=True, env=env, timeout=self.s.timeout_s,
-                                  preexec_fn=_die_with_parent)
+                                  preexec_fn=zygote.die_with_parent)
         except subprocess.TimeoutExpired:
             return None, ""
         return proc.returncode, proc.stdout + proc.stderr
@@ -237,17 +236,6 @@ class Evaluator:
             co2_grams=en["per_1k_tokens_co2_grams"], energy_kwh=en["per_1k_tokens_kwh"], energy=en,
             kld=kld.get("mean"), kld_detail=kld,
             intervals=intervals, eval_seconds=seconds, eval_phases=raw.phases)
-
-
-def _die_with_parent() -> None:
-    """In the measuring process, before it starts: end it when the process that asked for it dies (a Ray worker
-    killed mid-episode), instead of leaving it measuring for nobody. Linux only; elsewhere nothing."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def paired(lat: dict, baseline: EvaluationResult | None) -> tuple[float, dict]:

@@ -5,8 +5,9 @@ anything is measured, so its peak is its own; it only skips the imports.
 
 Protocol, one JSON line each way: the run writes {"request", "result", "log"}; the zygote forks, answers {"pid"},
 waits for the child (whose stdout and stderr go to "log") and answers {"exit"}. The zygote ends when its stdin
-closes (the run ended or died), killing a child still running. Where a zygote cannot be used (it failed to start,
-or died), the evaluation runs in a process started for it alone (evaluation.Evaluator._measure)."""
+closes (the run ended or died), killing a child still running. Where a zygote cannot be used (a kernel that cannot
+reset a process's VmHWM or populate its page tables, a zygote that failed to start or died), the evaluation runs in
+a process started for it alone (evaluation.Evaluator._run_worker)."""
 from __future__ import annotations
 
 import atexit
@@ -102,42 +103,70 @@ def close_all() -> None:
 atexit.register(close_all)
 
 
-def _map_in_as_the_zygote(pid: int) -> None:
-    """A fork copies no page-table entry of a file mapping: the child would fault in the code pages the imports
-    had touched (tens of MB of torch and transformers) while it measures, and count them as the model's memory. So
-    the pages present in the zygote (its pagemap) are mapped in here first (MADV_POPULATE_READ, Linux 5.14+), as a
-    process that made the imports itself has them. Where that cannot be done, nothing is done."""
-    try:
-        import ctypes
-
-        import numpy as np
-
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        page = os.sysconf("SC_PAGE_SIZE")
-        with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
-            for line in maps:
-                parts = line.split()
-                if len(parts) < 6 or not parts[5].startswith("/") or not parts[1].startswith("r"):
-                    continue  # file mappings only: anonymous memory was copied by the fork
-                lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                pagemap.seek(lo // page * 8)
-                present = np.frombuffer(pagemap.read((hi - lo) // page * 8), "<u8") >> np.uint64(63)
-                edges = np.flatnonzero(np.diff(np.concatenate(([0], present.astype(np.int8), [0]))))
-                for a, b in zip(edges[::2], edges[1::2]):
-                    madvise(lo + int(a) * page, int(b - a) * page, 22)  # MADV_POPULATE_READ
-    except (OSError, ValueError, AttributeError, ImportError):
-        pass
-
-
-def _child(job: dict) -> None:
-    """In the forked child: die with the zygote, write to the log, forget the zygote's memory peak, measure."""
+def die_with_parent() -> None:
+    """In a measuring process, before it starts: end it when the process that asked for it dies (a Ray worker
+    killed mid-episode, the zygote), instead of leaving it measuring for nobody. Linux only; elsewhere nothing."""
     try:
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+MADV_POPULATE_READ = 22  # Linux 5.14+
+
+
+def _madvise():
+    import ctypes
+
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
+
+
+def _file_mapping(parts: list[str]) -> bool:
+    """A readable mapping of a file, from a /proc/PID/maps line split into its fields."""
+    return len(parts) >= 6 and parts[1].startswith("r") and parts[5].startswith("/")
+
+
+def _can_measure_as_a_fresh_process() -> bool:
+    """Whether a forked child can reset its memory high-water mark and map in the zygote's code pages (both are
+    needed for its peak to be a fresh process's): checked once, in the zygote, on itself."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        with open("/proc/self/maps") as maps:
+            first = next(p for p in map(str.split, maps) if _file_mapping(p))
+        return _madvise()(int(first[0].split("-")[0], 16), os.sysconf("SC_PAGE_SIZE"), MADV_POPULATE_READ) == 0
+    except (OSError, StopIteration, AttributeError):
+        return False
+
+
+def _map_in_as_the_zygote(pid: int) -> None:
+    """A fork copies no page-table entry of a file mapping: the child would fault in the code pages the imports
+    had touched (tens of MB of torch and transformers) while it measures, and count them as the model's memory. So
+    the pages present in the zygote (its pagemap) are mapped in here first, as a process that made the imports
+    itself has them."""
+    import numpy as np
+
+    madvise, page = _madvise(), os.sysconf("SC_PAGE_SIZE")
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            parts = line.split()
+            if not _file_mapping(parts):
+                continue  # anonymous memory was copied by the fork
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            pagemap.seek(lo // page * 8)
+            present = np.frombuffer(pagemap.read((hi - lo) // page * 8), "<u8") >> np.uint64(63)
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], present.astype(np.int8), [0]))))
+            for a, b in zip(edges[::2], edges[1::2]):
+                madvise(lo + int(a) * page, int(b - a) * page, MADV_POPULATE_READ)
+
+
+def _child(job: dict) -> None:
+    """In the forked child: die with the zygote, write to the log, forget the zygote's memory peak, measure."""
+    die_with_parent()
     code = 1
     try:
         fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -146,11 +175,8 @@ def _child(job: dict) -> None:
         os.close(fd)
         os.close(0)
         _map_in_as_the_zygote(os.getppid())
-        try:
-            with open("/proc/self/clear_refs", "w") as f:  # VmHWM := current RSS (Linux 4.0+)
-                f.write("5")
-        except OSError:
-            pass
+        with open("/proc/self/clear_refs", "w") as f:  # VmHWM := current RSS
+            f.write("5")
         from pathlib import Path
 
         from .worker import main
@@ -182,6 +208,8 @@ def _preload() -> None:
 
 
 def main() -> None:
+    if not _can_measure_as_a_fresh_process():
+        return  # the run reads the end of this process's output: it measures in plain processes instead
     _preload()
     out = sys.stdout.buffer
     while line := sys.stdin.buffer.readline():  # one request at a time; nothing is sent while a child runs
